@@ -1,0 +1,117 @@
+"""``prune-run``: parse the command line with Hydra and run the pipeline.
+
+Thin by design: it finds the config tree, checks the group names a user typed (so that a typo
+gives one line naming the valid choices rather than Hydra's multi-line report), expands
+``resume=RUN_DIR``, and hands each composed config to :class:`prune_cli.pipeline.Pipeline`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from prune_cli.errors import UserError, unknown_choice
+
+log = logging.getLogger("prune_cli")
+
+#: Config groups whose names users type; checked before Hydra composes anything.
+CHECKED_GROUPS = ("model", "dataset", "method", "train", "finetune", "experiment")
+EXIT_USER_ERROR = 2
+
+
+def find_config_dir() -> Path:
+    """The ``configs/`` tree: beside the package in a checkout (editable install), or inside it
+    as ``prune_cli/configs`` in a regular install."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "configs", here / "configs"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise RuntimeError(f"prune-cli configs not found next to {here}; reinstall the package")
+
+
+CONFIG_DIR = find_config_dir()
+_failures: list[str] = []
+
+
+def group_choices(group: str) -> list[str]:
+    folder = CONFIG_DIR / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def check_overrides(args: list[str]) -> None:
+    """Reject unknown names in ``model=``, ``dataset=``, ``method=``... (sweep lists included)."""
+    for arg in args:
+        if "=" not in arg or arg.startswith("hydra"):
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if key not in CHECKED_GROUPS or "(" in value or not value:
+            continue
+        choices = group_choices(key)
+        for name in value.split(","):
+            if name.strip() not in choices:
+                raise unknown_choice(key, name.strip(), choices)
+
+
+def expand_resume(args: list[str]) -> list[str]:
+    """``resume=RUN_DIR``: re-run that run's own overrides in its directory with resume=true."""
+    out: list[str] = []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key != "resume" or value.lower() in ("true", "false", "null", ""):
+            out.append(arg)
+            continue
+        run_dir = Path(value).expanduser().resolve()
+        overrides_file = run_dir / ".hydra" / "overrides.yaml"
+        if not overrides_file.is_file():
+            raise UserError(
+                f"resume={value!r}: not a prune-run directory (no {overrides_file}); "
+                "pass the run directory printed by the interrupted run, or resume=true"
+            )
+        saved = [o for o in OmegaConf.load(overrides_file) if not str(o).startswith("resume=")]
+        out += [*map(str, saved), "resume=true", f"hydra.run.dir={run_dir}"]
+    return out
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+def _task(cfg: DictConfig) -> float | None:
+    from prune_cli.pipeline import Pipeline
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        metrics = Pipeline(cfg, run_dir).run()
+    except UserError as exc:
+        # One line, no traceback; the run directory keeps metrics.json with the failure, and
+        # in a sweep the other jobs go on.
+        message = str(exc).strip().splitlines()[0]
+        log.error("%s", message)
+        print(f"prune-run: error: {message}", file=sys.stderr)
+        _failures.append(message)
+        return None
+    final = metrics.get("final", {})
+    log.info("run finished: %s (metrics.json)", run_dir)
+    return final.get("top1")
+
+
+def main() -> None:
+    """Console entry point of ``prune-run``."""
+    args = sys.argv[1:]
+    try:
+        check_overrides(args)
+        args = expand_resume(args)
+    except UserError as exc:
+        print(f"prune-run: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    sys.argv = [sys.argv[0], *args]
+    _task()
+    if _failures:
+        sys.exit(EXIT_USER_ERROR)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""Training and evaluation: loops, optimizers and schedules, checkpoints, seeding."""
+
+from prune_cli.engine.checkpoint import load_checkpoint, load_state_into, save_checkpoint
+from prune_cli.engine.hooks import CompositeHooks, TrainHooks
+from prune_cli.engine.loop import EvalResult, FitResult, evaluate, fit
+from prune_cli.engine.seed import resolve_device, seed_everything
+
+__all__ = [
+    "CompositeHooks",
+    "EvalResult",
+    "FitResult",
+    "TrainHooks",
+    "evaluate",
+    "fit",
+    "load_checkpoint",
+    "load_state_into",
+    "resolve_device",
+    "save_checkpoint",
+    "seed_everything",
+]

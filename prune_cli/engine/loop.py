@@ -1,0 +1,333 @@
+"""The training and evaluation loops (plain PyTorch, in the style of torchvision's references).
+
+``fit`` trains for ``cfg.epochs`` epochs with SGD, evaluates after each epoch on the validation
+split (the test split when there is none: then "best" is chosen on test and labelled so),
+checkpoints after each epoch so that an interrupted run resumes from its last completed epoch, and
+stops with a clear error on a NaN/inf loss, keeping the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from prune_cli.engine.checkpoint import load_checkpoint, save_checkpoint
+from prune_cli.engine.hooks import TrainHooks
+from prune_cli.engine.optim import build_optimizer, build_scheduler
+from prune_cli.errors import NonFiniteLossError
+from prune_cli.io import atomic_write_text
+
+log = logging.getLogger("prune_cli")
+
+HISTORY_FIELDS = (
+    "stage",
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_top1",
+    "eval_split",
+    "eval_loss",
+    "eval_top1",
+    "eval_top5",
+    "time_s",
+)
+
+
+@dataclass
+class EvalResult:
+    """Mean cross-entropy and top-1/top-5 accuracy in percent over ``n`` images."""
+
+    loss: float
+    top1: float
+    top5: float
+    n: int
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass
+class FitResult:
+    """What a training stage produced. ``best_*`` refer to the epoch chosen on ``select_split``."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    select_split: str = "test"
+    best_epoch: int | None = None
+    best_top1: float | None = None
+    best_path: Path | None = None
+    seconds: float = 0.0
+
+
+def autocast_context(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when asked for (no loss scaling needed); nothing on the CPU."""
+    if amp and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def _channels_last(x: torch.Tensor, on: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if on else x
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader: Any,
+    device: torch.device | str = "cpu",
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> EvalResult:
+    """Top-1 / top-5 accuracy (percent) and mean cross-entropy of ``model`` over ``loader``.
+
+    Top-5 is computed over ``min(5, num_classes)`` classes, so it is 100% with <= 5 classes.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct1 = torch.zeros((), dtype=torch.int64, device=device)
+    correct5 = torch.zeros((), dtype=torch.int64, device=device)
+    n = 0
+    cl = channels_last and device.type == "cuda"
+    for images, labels in loader:
+        with autocast_context(device, amp):
+            logits = model(_channels_last(images, cl))
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
+        k = min(5, logits.shape[1])
+        topk = logits.topk(k, dim=1).indices
+        hits = topk.eq(labels[:, None])
+        correct1 += hits[:, 0].sum()
+        correct5 += hits.any(dim=1).sum()
+        n += labels.numel()
+    model.train(was_training)
+    if n == 0:
+        return EvalResult(float("nan"), float("nan"), float("nan"), 0)
+    return EvalResult(
+        loss=loss_sum.item() / n,
+        top1=100.0 * correct1.item() / n,
+        top5=100.0 * correct5.item() / n,
+        n=n,
+    )
+
+
+def write_history(path: Path, stage: str, rows: list[dict[str, Any]]) -> None:
+    """Rewrite ``history.csv`` atomically: rows of other stages kept, this stage's replaced."""
+    kept: list[dict[str, Any]] = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            kept = [r for r in csv.DictReader(f) if r.get("stage") != stage]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for row in [*kept, *rows]:
+        writer.writerow(row)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _check_finite(loss_sum: torch.Tensor, stage: str, epoch: int, step: int, last: Path) -> None:
+    value = loss_sum.item()
+    if not torch.isfinite(torch.tensor(value)):
+        where = f"last good checkpoint kept at {last}" if last.is_file() else "no epoch completed"
+        raise NonFiniteLossError(
+            f"{stage}: training loss became {value} at epoch {epoch + 1}, step {step + 1}; "
+            f"stopped ({where}); lower the learning rate or check the data"
+        )
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    hooks: TrainHooks,
+    *,
+    device: torch.device,
+    epoch: int = 0,
+    steps_per_epoch: int = 0,
+    smoothing: float = 0.0,
+    amp: bool = False,
+    channels_last: bool = False,
+    on_check: Callable[[torch.Tensor, int], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One pass over ``batches``; returns (sum of per-image losses, correct count, images).
+
+    Sums stay on the device (no per-step host sync on GPU); ``on_check`` sees the running sum of
+    the objective every step on the CPU, every 25 steps on the GPU and after the last step, so a
+    NaN or inf stops the run early.
+    """
+    check_every = 1 if device.type == "cpu" else 25
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    # The objective (task loss + regulariser) is summed apart: a NaN regulariser must stop
+    # training too, even while the task loss is still finite.
+    objective_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    i = -1
+    for i, (images, labels) in enumerate(batches):
+        hooks.before_step(model, epoch * steps_per_epoch + i, epoch)
+        with autocast_context(device, amp):
+            logits = model(_channels_last(images, channels_last))
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+            extra = hooks.extra_loss(model)
+            total = loss if extra is None else loss + extra
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        hooks.after_backward(model)
+        optimizer.step()
+        hooks.after_step(model)
+        batch = labels.numel()
+        loss_sum += loss.detach().double() * batch
+        objective_sum += total.detach().double()
+        correct += logits.detach().argmax(1).eq(labels).sum()
+        seen += batch
+        if on_check is not None and (i + 1) % check_every == 0:
+            on_check(objective_sum, i)
+    if on_check is not None:
+        on_check(objective_sum, i)
+    return loss_sum, correct, seen
+
+
+def fit(
+    model: nn.Module,
+    data: Any,
+    cfg: Mapping[str, Any],
+    *,
+    device: torch.device,
+    stage: str,
+    ckpt_dir: Path,
+    hooks: TrainHooks | None = None,
+    seed: int = 0,
+    resume: bool = True,
+    history_csv: Path | None = None,
+    extra_state: dict[str, Any] | None = None,
+) -> FitResult:
+    """Train ``model`` in place for ``cfg.epochs`` epochs on ``data`` (a DatasetBundle).
+
+    ``cfg`` keys: epochs, batch_size, lr, momentum, nesterov, weight_decay, schedule, milestones,
+    gamma, warmup_epochs, label_smoothing, amp, channels_last, eval_batch_size, select_best.
+    ``ckpt_dir/{stage}_last.pt`` is written after every epoch; with ``resume`` an existing one is
+    loaded and training continues after its last completed epoch. ``extra_state`` (e.g. masks) is
+    stored in every checkpoint.
+    """
+    hooks = hooks or TrainHooks()
+    epochs = int(cfg["epochs"])
+    amp = bool(cfg.get("amp", False)) and device.type == "cuda"
+    cl = bool(cfg.get("channels_last", False)) and device.type == "cuda"
+    if cl:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, epochs)
+    train_loader = data.loader(
+        "train", int(cfg["batch_size"]), train=True, device=device, seed=seed, drop_last=False
+    )
+    select_split = "val" if data.has_split("val") else "test"
+    eval_loader = data.loader(
+        select_split, int(cfg.get("eval_batch_size", 256)), train=False, device=device
+    )
+    smoothing = float(cfg.get("label_smoothing", 0.0))
+    select_best = bool(cfg.get("select_best", True))
+
+    last_path = ckpt_dir / f"{stage}_last.pt"
+    best_path = ckpt_dir / f"{stage}_best.pt"
+    result = FitResult(select_split=select_split)
+    start_epoch = 0
+    if resume and last_path.is_file():
+        state = load_checkpoint(last_path, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        start_epoch = int(state["epoch"])
+        result.history = list(state["history"])
+        result.best_epoch = state.get("best_epoch")
+        result.best_top1 = state.get("best_top1")
+        result.seconds = float(state.get("seconds", 0.0))
+    if result.best_epoch is not None and best_path.is_file():
+        result.best_path = best_path
+
+    steps_per_epoch = len(train_loader)
+    model.train()
+    for epoch in range(start_epoch, epochs):
+        tic = time.perf_counter()
+        train_loader.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        bar = tqdm(
+            train_loader,
+            desc=f"{stage} {epoch + 1}/{epochs}",
+            leave=False,
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+        loss_sum, correct, seen = train_one_epoch(
+            model,
+            bar,
+            optimizer,
+            hooks,
+            device=device,
+            epoch=epoch,
+            steps_per_epoch=steps_per_epoch,
+            smoothing=smoothing,
+            amp=amp,
+            channels_last=cl,
+            on_check=lambda total, i, e=epoch: _check_finite(total, stage, e, i, last_path),
+        )
+        hooks.on_epoch_end(model, epoch)
+        scheduler.step()
+        ev = evaluate(model, eval_loader, device, amp=amp, channels_last=cl)
+        elapsed = time.perf_counter() - tic
+        result.seconds += elapsed
+        row = {
+            "stage": stage,
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": round(loss_sum.item() / max(seen, 1), 6),
+            "train_top1": round(100.0 * correct.item() / max(seen, 1), 4),
+            "eval_split": select_split,
+            "eval_loss": round(ev.loss, 6),
+            "eval_top1": round(ev.top1, 4),
+            "eval_top5": round(ev.top5, 4),
+            "time_s": round(elapsed, 3),
+        }
+        result.history.append(row)
+        if select_best and (result.best_top1 is None or ev.top1 > result.best_top1):
+            result.best_epoch, result.best_top1 = epoch + 1, ev.top1
+            save_checkpoint(best_path, {"model": model.state_dict(), "epoch": epoch + 1})
+            result.best_path = best_path
+        save_checkpoint(
+            last_path,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "epoch": epoch + 1,
+                "history": result.history,
+                "best_epoch": result.best_epoch,
+                "best_top1": result.best_top1,
+                "seconds": result.seconds,
+                **(extra_state or {}),
+            },
+        )
+        if history_csv is not None:
+            write_history(history_csv, stage, result.history)
+        log.info(
+            f"[{stage}] epoch {epoch + 1}/{epochs} lr {lr:.4g} loss {row['train_loss']:.4f} "
+            f"train {row['train_top1']:.2f}% {select_split} {ev.top1:.2f}% ({elapsed:.1f}s)"
+        )
+    if history_csv is not None and result.history:
+        write_history(history_csv, stage, result.history)
+    return result

@@ -1,0 +1,77 @@
+"""Optimizer and learning-rate schedule from a ``train``/``finetune`` config node."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from prune_cli.errors import ConfigError
+
+SCHEDULES = ("constant", "multistep", "cosine")
+
+# Parameters whose name contains one of these never get weight decay (e.g. sharing
+# coefficients, whose scale is the thing being learned).
+NO_DECAY_DEFAULT: tuple[str, ...] = ("coefficients",)
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, no_decay: Sequence[str] = NO_DECAY_DEFAULT
+) -> list[dict[str, Any]]:
+    """Split trainable parameters into a weight-decay group and a zero-decay group."""
+    decay, plain = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (plain if any(tag in name for tag in no_decay) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if plain:
+        groups.append({"params": plain, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """SGD with momentum (optionally Nesterov) and weight decay, as the pruning literature uses."""
+    lr = float(cfg["lr"])
+    if not lr > 0:
+        raise ConfigError(f"learning rate {lr} must be > 0")
+    momentum = float(cfg.get("momentum", 0.9))
+    return torch.optim.SGD(
+        param_groups(model, float(cfg.get("weight_decay", 0.0))),
+        lr=lr,
+        momentum=momentum,
+        nesterov=bool(cfg.get("nesterov", False)) and momentum > 0,
+    )
+
+
+def lr_factor(cfg: Mapping[str, Any], epoch: float, epochs: int) -> float:
+    """Multiplier of the base learning rate at (fractional) ``epoch`` in ``[0, epochs)``.
+
+    ``multistep`` milestones below 1 are fractions of the run (0.5 = half-way), others are epochs.
+    ``cosine`` decays to 0 at the end of the run. A linear warm-up of ``warmup_epochs`` comes first.
+    """
+    name = str(cfg.get("schedule", "constant"))
+    if name not in SCHEDULES:
+        raise ConfigError(f"unknown schedule {name!r}; choose one of: {', '.join(SCHEDULES)}")
+    warmup = float(cfg.get("warmup_epochs", 0) or 0)
+    if warmup > 0 and epoch < warmup:
+        return (epoch + 1) / (warmup + 1)
+    if name == "constant":
+        return 1.0
+    if name == "cosine":
+        span = max(epochs - warmup, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(max(epoch - warmup, 0.0) / span, 1.0)))
+    gamma = float(cfg.get("gamma", 0.1))
+    milestones = [m * epochs if m < 1 else m for m in cfg.get("milestones", [])]
+    return gamma ** sum(epoch >= m for m in milestones)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], epochs: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-epoch scheduler following :func:`lr_factor` (stepped once at the end of each epoch)."""
+    lr_factor(cfg, 0, epochs)  # validate the schedule name now, not at the end of epoch 1
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(cfg, e, epochs))

@@ -1,0 +1,92 @@
+"""The interface every method implements.
+
+The pipeline calls, in order::
+
+    model = method.prepare(model)          # before training (e.g. re-parameterise convs)
+    fit(model, hooks=method)               # dense training: regulariser and per-step hooks
+    result = method.prune(model, ctx)      # masks and/or a physically smaller model
+    fit(result.model, hooks=MaskHold(...)) # fine-tuning with the masks held at zero
+
+A method is one module under ``prune_cli/methods`` registered under its config name with
+``@METHODS.register("name")``. It never calls the pipeline; when it needs more than one
+prune/fine-tune round it uses the callbacks of :class:`PruneContext`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from prune_cli.engine.hooks import TrainHooks
+from prune_cli.errors import ConfigError
+
+
+@dataclass
+class PruneResult:
+    """The pruned model (the same object or a new, smaller one) and the masks to hold."""
+
+    model: nn.Module
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PruneContext:
+    """What a method may use while pruning.
+
+    ``finetune(model, masks, stage)`` fine-tunes with the run's ``finetune`` settings and returns
+    the model; ``record(stage, model)`` adds an intermediate stage to ``metrics.json``. Both let a
+    multi-round method (slimming then magnitude, say) report every round without knowing the
+    pipeline.
+    """
+
+    data: Any
+    device: torch.device
+    seed: int
+    input_size: tuple[int, int, int]
+    finetune: Callable[[nn.Module, Mapping[str, torch.Tensor], str], nn.Module] | None = None
+    record: Callable[[str, nn.Module], None] | None = None
+
+
+class Method(TrainHooks):
+    """Base class: no-op hooks, a config, the ratio, and the run seed."""
+
+    name: ClassVar[str] = "base"
+    #: False for methods that do not prune (the baseline): the pipeline then skips fine-tuning.
+    prunes: ClassVar[bool] = True
+
+    def __init__(self, cfg: Mapping[str, Any], ratio: float, seed: int = 0) -> None:
+        if not 0.0 <= float(ratio) < 1.0:
+            raise ConfigError(f"ratio {ratio} is out of range; valid: 0 <= ratio < 1")
+        self.cfg = dict(cfg)
+        self.ratio = float(ratio)
+        self.seed = int(seed)
+
+    def option(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        """A string option of this method, validated against ``choices`` with a one-line error."""
+        value = str(self.cfg.get(key, default))
+        if value not in choices:
+            raise ConfigError(
+                f"unknown method.{key} {value!r} for method {self.name!r}; "
+                f"choose one of: {', '.join(choices)}"
+            )
+        return value
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Change the model before training (default: unchanged)."""
+        return model
+
+    def training_signature(self) -> dict[str, Any]:
+        """Everything this method changes about dense training, for the trained-model cache key.
+
+        Methods that only act after training return ``{}``, so that all of them share one
+        trained checkpoint.
+        """
+        return {}
+
+    def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
+        raise NotImplementedError

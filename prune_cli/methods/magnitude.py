@@ -1,0 +1,30 @@
+"""``magnitude``: unstructured magnitude pruning (Han et al., NIPS 2015), methods.md §4.
+
+Default variant B1 (rethinking-network-pruning ``cifar/weight-level``): one global threshold over
+|w| of all conv weights, then fine-tuning with the pruned weights held at zero. ``scope=layerwise``
+prunes the same fraction of every layer instead; ``include_linear`` adds Linear weights to the pool;
+``mode=reference`` reproduces the reference code's ``+1`` threshold behaviour (§2.1).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from prune_cli.methods.base import Method, PruneContext, PruneResult
+from prune_cli.methods.registry import METHODS
+from prune_cli.pruning import THRESHOLD_MODES, apply_masks, masks_from_scores, prunable_weights
+from prune_cli.pruning.masks import SCOPES
+
+
+@METHODS.register("magnitude")
+class MagnitudePruning(Method):
+    name = "magnitude"
+
+    def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
+        scope = self.option("scope", SCOPES, "global")
+        mode = self.option("mode", THRESHOLD_MODES, "exact")
+        weights = prunable_weights(model, bool(self.cfg.get("include_linear", False)))
+        scores = {name: w.detach().abs() for name, w in weights.items()}
+        masks = masks_from_scores(scores, self.ratio, scope, mode)
+        apply_masks(model, masks)
+        return PruneResult(model=model, masks=masks, info={"scope": scope, "mode": mode})

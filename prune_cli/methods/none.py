@@ -1,0 +1,17 @@
+"""``none``: the dense baseline. Nothing is pruned and nothing is fine-tuned."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from prune_cli.methods.base import Method, PruneContext, PruneResult
+from prune_cli.methods.registry import METHODS
+
+
+@METHODS.register("none")
+class NoPruning(Method):
+    name = "none"
+    prunes = False
+
+    def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
+        return PruneResult(model=model)

@@ -1,0 +1,90 @@
+"""The figures of one stage, and ``metrics.json`` (written atomically).
+
+Every stage object (``baseline``, ``pruned``, ``final``, and any intermediate stage a method
+records) has at least: ``top1``, ``top5`` (test split, percent), ``params``, ``params_nonzero``,
+``macs``, ``macs_nonzero`` (see :func:`prune_cli.metrics.counting.count_macs`), ``sparsity``
+(zero fraction of conv + linear weights) and ``netscore`` (computed with the configured counting
+mode and units, which ``metrics.json`` states under ``netscore_units``), plus ``netscore_dense``
+and ``netscore_nonzero`` for both counting modes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from prune_cli.io import atomic_write_text
+from prune_cli.metrics.counting import count_macs, count_params, sparsity
+from prune_cli.metrics.netscore import netscore, unit_label
+
+COUNT_MODES = ("dense", "nonzero")
+
+
+def _netscore_or_none(acc: float, params: float, macs: float, units: Mapping[str, Any]) -> float:
+    if not (acc > 0 and params > 0 and macs > 0) or math.isnan(acc):
+        return float("nan")
+    return round(
+        netscore(acc, params, macs, p_unit=float(units["p_unit"]), m_unit=float(units["m_unit"])),
+        4,
+    )
+
+
+def stage_metrics(
+    model: nn.Module,
+    evaluation: Mapping[str, float],
+    input_size: tuple[int, int, int],
+    units: Mapping[str, Any],
+    per_layer: bool = False,
+) -> dict[str, Any]:
+    """The standard figures of ``model`` after a stage; ``evaluation`` has top1, top5, loss."""
+    params, params_nz = count_params(model)
+    macs = count_macs(model, input_size)
+    global_sparsity, layer_sparsity = sparsity(model)
+    top1 = float(evaluation["top1"])
+    out: dict[str, Any] = {
+        "top1": round(top1, 4),
+        "top5": round(float(evaluation["top5"]), 4),
+        "loss": round(float(evaluation["loss"]), 6),
+        "params": params,
+        "params_nonzero": params_nz,
+        "macs": macs.dense,
+        "macs_nonzero": macs.nonzero,
+        "sparsity": round(global_sparsity, 6),
+        "netscore_dense": _netscore_or_none(top1, params, macs.dense, units),
+        "netscore_nonzero": _netscore_or_none(top1, params_nz, macs.nonzero, units),
+    }
+    out["netscore"] = out[f"netscore_{units.get('count', 'nonzero')}"]
+    if per_layer:
+        out["layer_sparsity"] = {k: round(v, 6) for k, v in layer_sparsity.items()}
+    return out
+
+
+def netscore_units(units: Mapping[str, Any]) -> dict[str, Any]:
+    """How NetScore was computed, for the report: 'M' params, 'G' MACs, counting mode."""
+    return {
+        "formula": "20*log10(top1_pct^2 / (sqrt(params/p_unit) * sqrt(macs/m_unit)))",
+        "params_unit": unit_label(float(units["p_unit"])) + "-params",
+        "macs_unit": unit_label(float(units["m_unit"])) + "-MACs",
+        "count": str(units.get("count", "nonzero")),
+    }
+
+
+def _clean(obj: Any) -> Any:
+    """JSON has no NaN: write null instead, so every JSON reader can load the file."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_metrics_json(path: Path, metrics: Mapping[str, Any]) -> None:
+    """Write ``metrics.json`` through a temporary file, so readers never see half a file."""
+    atomic_write_text(path, json.dumps(_clean(metrics), indent=2) + "\n")

@@ -1,0 +1,396 @@
+"""The pipeline: train -> prune -> fine-tune -> evaluate, one run directory per run.
+
+It knows stages, not methods: everything method-specific goes through the :class:`Method`
+interface (``prepare``, the training hooks, ``prune``) and the :class:`PruneContext` callbacks.
+
+Run directory layout::
+
+    .hydra/            resolved config, overrides (Hydra)
+    prune-run.log      the log (Hydra)
+    history.csv        one row per epoch of every training stage
+    checkpoints/       trained.pt, pruned.pt, final.pt, and per-epoch *_last.pt for resuming
+    metrics.json       written after every stage (status: running -> completed | failed)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from prune_cli.cache import cache_key, entry_lock
+from prune_cli.data import build_dataset
+from prune_cli.engine import (
+    fit,
+    load_checkpoint,
+    load_state_into,
+    resolve_device,
+    save_checkpoint,
+    seed_everything,
+)
+from prune_cli.engine.loop import FitResult, evaluate, write_history
+from prune_cli.errors import ConfigError
+from prune_cli.io import atomic_write_text
+from prune_cli.methods import PruneContext, build_method
+from prune_cli.metrics.latency import measure_latency
+from prune_cli.metrics.report import netscore_units, stage_metrics, write_metrics_json
+from prune_cli.models import build_model
+from prune_cli.pruning import MaskHold
+
+log = logging.getLogger("prune_cli")
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link a cached checkpoint into the run directory (free), copying across filesystems."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def check_ratio(ratio: Any) -> float:
+    """``ratio`` must be a number in [0, 1)."""
+    try:
+        value = float(ratio)
+    except (TypeError, ValueError):
+        raise ConfigError(f"ratio {ratio!r} is not a number; valid: 0 <= ratio < 1") from None
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"ratio {value} is out of range; valid: 0 <= ratio < 1")
+    return value
+
+
+class Pipeline:
+    """One run. ``run()`` executes the stages and returns the ``metrics.json`` content."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.history_csv = self.run_dir / "history.csv"
+        self.metrics_path = self.run_dir / "metrics.json"
+        self.resume = bool(cfg.get("resume", False))
+        self.ratio = cfg.ratio  # validated in setup(), so that a bad value is recorded too
+        self.seed = int(cfg.seed)
+        self.units = _plain(cfg.metrics.netscore)
+        self.metrics: dict[str, Any] = {
+            "status": "running",
+            "error": None,
+            "model": str(cfg.model.name),
+            "dataset": str(cfg.dataset.name),
+            "method": str(cfg.method.name),
+            "ratio": self.ratio,
+            "seed": self.seed,
+            "run_dir": str(self.run_dir),
+            "netscore_units": netscore_units(self.units),
+            "stages": [],
+            "timings": {},
+        }
+
+    # ------------------------------------------------------------------ helpers
+    def _save_metrics(self) -> None:
+        write_metrics_json(self.metrics_path, self.metrics)
+
+    def _timed(self, stage: str, seconds: float) -> None:
+        self.metrics["timings"][stage] = round(self.metrics["timings"].get(stage, 0) + seconds, 3)
+
+    def _test_eval(self, model: nn.Module) -> dict[str, float]:
+        loader = self.data.loader(
+            "test", int(self.cfg.train.get("eval_batch_size", 256)), train=False, device=self.device
+        )
+        return evaluate(model, loader, self.device).as_dict()
+
+    def record(self, stage: str, model: nn.Module, per_layer: bool = False) -> dict[str, Any]:
+        """Evaluate ``model`` on the test split and store its figures as ``metrics[stage]``."""
+        figures = stage_metrics(
+            model, self._test_eval(model), self.input_size, self.units, per_layer=per_layer
+        )
+        self.metrics[stage] = figures
+        if stage not in self.metrics["stages"]:
+            self.metrics["stages"].append(stage)
+        self._save_metrics()
+        log.info(
+            "%s: top1 %.2f%%  params %d (nonzero %d)  MACs %d (nonzero %d)  sparsity %.4f  "
+            "NetScore %.2f",
+            stage,
+            figures["top1"],
+            figures["params"],
+            figures["params_nonzero"],
+            figures["macs"],
+            figures["macs_nonzero"],
+            figures["sparsity"],
+            figures["netscore"] if figures["netscore"] == figures["netscore"] else float("nan"),
+        )
+        return figures
+
+    def _fit_summary(self, result: FitResult, model: nn.Module, epochs: int) -> dict[str, Any]:
+        """Final and best-epoch accuracy of a training stage; best is chosen on val when present."""
+        summary: dict[str, Any] = {
+            "epochs": epochs,
+            "selected_on": result.select_split,
+            "best_epoch": result.best_epoch,
+            "best_top1_selection": result.best_top1,
+            "seconds": round(result.seconds, 3),
+        }
+        if result.best_path is not None and result.select_split != "test":
+            best = copy.deepcopy(model)
+            best.load_state_dict(load_checkpoint(result.best_path, self.device)["model"])
+            summary["best_top1_test"] = round(self._test_eval(best)["top1"], 4)
+        elif result.best_top1 is not None:
+            summary["best_top1_test"] = round(result.best_top1, 4)
+        return summary
+
+    # ------------------------------------------------------------------ stages
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.ratio = self.metrics["ratio"] = check_ratio(self.ratio)
+        self.device = resolve_device(str(cfg.device))
+        seed_everything(self.seed, bool(cfg.get("deterministic", False)))
+        self.data = build_dataset(cfg.dataset)
+        self.input_size = (self.data.in_channels, self.data.image_size, self.data.image_size)
+        model_kwargs = {k: v for k, v in _plain(cfg.model).items() if k != "name"}
+        self.model_name = str(cfg.model.name)
+        # The same seed gives the same initial weights whatever the method.
+        torch.manual_seed(self.seed)
+        model = build_model(
+            self.model_name,
+            num_classes=self.data.num_classes,
+            in_channels=self.data.in_channels,
+            image_size=self.data.image_size,
+            **model_kwargs,
+        )
+        method_cfg = _plain(cfg.method)
+        self.method = build_method(method_cfg, check_ratio(method_cfg.get("ratio", self.ratio)))
+        self.method.seed = self.seed
+        self.model = self.method.prepare(model).to(self.device)
+        self.metrics["device"] = str(self.device)
+        self.metrics["method_config"] = method_cfg
+
+    def train(self) -> None:
+        """Dense training, shared through the cache, or loading ``pretrained``."""
+        tic = time.perf_counter()
+        cfg = self.cfg
+        if cfg.get("pretrained"):
+            path = Path(str(cfg.pretrained)).expanduser()
+            if not path.is_absolute():
+                path = Path(_original_cwd()) / path
+            ckpt = load_checkpoint(path, self.device)
+            load_state_into(self.model, ckpt, str(path), expect_arch=self.model_name)
+            self.metrics["train"] = {"pretrained": str(path)}
+        else:
+            self.metrics["train"] = self._train_or_load()
+        self._timed("train", time.perf_counter() - tic)
+        self.baseline_model = copy.deepcopy(self.model)
+        self.record("baseline", self.model)
+
+    def _training_payload(self) -> dict[str, Any]:
+        cfg = self.cfg
+        dataset = {k: v for k, v in _plain(cfg.dataset).items() if k not in ("num_workers",)}
+        return {
+            "model": _plain(cfg.model),
+            "dataset": dataset,
+            "train": _plain(cfg.train),
+            "seed": self.seed,
+            "deterministic": bool(cfg.get("deterministic", False)),
+            "method_training": self.method.training_signature(),
+            "device_type": self.device.type,
+            "version": 1,
+        }
+
+    def _train_or_load(self) -> dict[str, Any]:
+        cfg = self.cfg
+        payload = self._training_payload()
+        cached = bool(cfg.cache.enabled)
+        if cached:
+            key = cache_key(payload)
+            entry = Path(str(cfg.cache.dir)) / f"{self.model_name}_{cfg.dataset.name}_{key}"
+        else:
+            entry = self.ckpt_dir
+        trained = entry / "trained.pt"
+        lock = entry_lock(entry) if cached else contextlib.nullcontext()
+        with lock:
+            if cached:
+                write_json_once(entry / "key.json", payload)
+            if trained.is_file() and (cached or self.resume):
+                ckpt = load_checkpoint(trained, self.device)
+                load_state_into(self.model, ckpt, str(trained), expect_arch=self.model_name)
+                summary = dict(ckpt.get("summary", {}))
+                history = list(ckpt.get("history", []))
+                log.info("dense model loaded from %s (trained once, shared)", trained)
+                summary["from_cache"] = True
+            else:
+                result = fit(
+                    self.model,
+                    self.data,
+                    _plain(cfg.train),
+                    device=self.device,
+                    stage="train",
+                    ckpt_dir=entry,
+                    hooks=self.method,
+                    seed=self.seed,
+                    resume=cached or self.resume,
+                    history_csv=None if cached else self.history_csv,
+                )
+                summary = self._fit_summary(result, self.model, int(cfg.train.epochs))
+                history = result.history
+                save_checkpoint(
+                    trained,
+                    {
+                        "model": self.model.state_dict(),
+                        "arch": self.model_name,
+                        "summary": summary,
+                        "history": history,
+                    },
+                )
+                summary["from_cache"] = False
+        if cached:
+            _link_or_copy(trained, self.ckpt_dir / "trained.pt")
+            summary["cache_entry"] = str(entry)
+        write_history(self.history_csv, "train", history)
+        return summary
+
+    def prune(self) -> None:
+        tic = time.perf_counter()
+        pruned_path = self.ckpt_dir / "pruned.pt"
+        ctx = PruneContext(
+            data=self.data,
+            device=self.device,
+            seed=self.seed,
+            input_size=self.input_size,
+            finetune=self._finetune_callback,
+            record=lambda stage, model: self.record(stage, model) and None,
+        )
+        if self.resume and pruned_path.is_file():
+            ckpt = load_checkpoint(pruned_path, self.device)
+            load_state_into(self.model, ckpt, str(pruned_path), expect_arch=self.model_name)
+            self.masks = dict(ckpt.get("masks", {}))
+            self.metrics["prune_info"] = ckpt.get("info", {})
+            log.info("pruned model loaded from %s (resume)", pruned_path)
+        else:
+            result = self.method.prune(self.model, ctx)
+            self.model, self.masks = result.model.to(self.device), result.masks
+            self.metrics["prune_info"] = result.info
+            save_checkpoint(
+                pruned_path,
+                {
+                    "model": self.model.state_dict(),
+                    "masks": self.masks,
+                    "arch": self.model_name,
+                    "info": result.info,
+                },
+            )
+        self._timed("prune", time.perf_counter() - tic)
+        self.record("pruned", self.model)
+
+    def _finetune_callback(
+        self, model: nn.Module, masks: Mapping[str, torch.Tensor], stage: str
+    ) -> nn.Module:
+        self._fit_stage(model, masks, stage)
+        return model
+
+    def _fit_stage(self, model: nn.Module, masks: Mapping[str, torch.Tensor], stage: str) -> None:
+        cfg = self.cfg
+        tic = time.perf_counter()
+        result = fit(
+            model,
+            self.data,
+            _plain(cfg.finetune),
+            device=self.device,
+            stage=stage,
+            ckpt_dir=self.ckpt_dir,
+            hooks=MaskHold(model, masks) if masks else None,
+            seed=self.seed + 1,
+            resume=self.resume,
+            history_csv=self.history_csv,
+            extra_state={"masks": dict(masks)},
+        )
+        self.metrics[stage] = self._fit_summary(result, model, int(cfg.finetune.epochs))
+        self._timed(stage, time.perf_counter() - tic)
+
+    def finetune(self) -> None:
+        final_path = self.ckpt_dir / "final.pt"
+        if self.method.prunes and int(self.cfg.finetune.epochs) > 0:
+            self._fit_stage(self.model, self.masks, "finetune")
+        save_checkpoint(
+            final_path,
+            {"model": self.model.state_dict(), "masks": self.masks, "arch": self.model_name},
+        )
+
+    def evaluate(self) -> None:
+        tic = time.perf_counter()
+        self.record("final", self.model, per_layer=True)
+        lat_cfg = self.cfg.metrics.latency
+        if bool(lat_cfg.enabled):
+            sizes = [int(b) for b in lat_cfg.batch_sizes]
+            kwargs = {
+                "batch_sizes": sizes,
+                "device": self.device,
+                "warmup": int(lat_cfg.warmup),
+                "repeats": int(lat_cfg.repeats),
+            }
+            before = measure_latency(self.baseline_model, self.input_size, **kwargs)
+            after = measure_latency(self.model, self.input_size, **kwargs)
+            speedup = {
+                key: round(before[key]["latency_ms"] / after[key]["latency_ms"], 4) for key in after
+            }
+            self.metrics["latency"] = {"baseline": before, "final": after, "speedup": speedup}
+        self._timed("evaluate", time.perf_counter() - tic)
+
+    # ------------------------------------------------------------------ driver
+    def run(self) -> dict[str, Any]:
+        total = time.perf_counter()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._save_metrics()
+            self.setup()
+            self.train()
+            self.prune()
+            self.finetune()
+            self.evaluate()
+            self.metrics["status"] = "completed"
+        except BaseException as exc:
+            self.metrics["status"] = (
+                "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            )
+            self.metrics["error"] = f"{type(exc).__name__}: {first_line(exc)}"
+            raise
+        finally:
+            self._timed("total", time.perf_counter() - total)
+            self._save_metrics()
+        return self.metrics
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def write_json_once(path: Path, payload: Mapping[str, Any]) -> None:
+    """Describe a cache entry next to it (what was trained), for humans."""
+    if not path.is_file():
+        atomic_write_text(path, json.dumps(payload, indent=2, default=str, sort_keys=True) + "\n")
+
+
+def _original_cwd() -> str:
+    try:
+        from hydra.utils import get_original_cwd
+
+        return get_original_cwd()
+    except (ValueError, ImportError):
+        return os.getcwd()

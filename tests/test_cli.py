@@ -1,0 +1,190 @@
+"""prune-run end to end: the default pipeline, sweeps sharing one training, resume, bad input.
+
+These run the real console entry point in a subprocess (as a user would), on the offline
+``shapes`` dataset shrunk to a few hundred images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from prune_cli.engine import load_checkpoint
+
+FAST = [
+    "dataset.train_size=384",
+    "dataset.test_size=128",
+    "train.epochs=1",
+    "train.batch_size=64",
+    "finetune.epochs=1",
+    "finetune.batch_size=64",
+    "metrics.latency.batch_sizes=[1,4]",
+    "metrics.latency.warmup=1",
+    "metrics.latency.repeats=2",
+]
+STAGE_KEYS = {"top1", "top5", "params", "params_nonzero", "macs", "macs_nonzero", "sparsity",
+              "netscore"}  # fmt: skip
+
+
+def prune_run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+    return subprocess.run(
+        [sys.executable, "-m", "prune_cli.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def run_dirs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.rglob("metrics.json"))
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory) -> Path:
+    """One magnitude run at ratio 0.6 through the CLI, shared by several tests."""
+    cwd = tmp_path_factory.mktemp("default")
+    proc = prune_run(*FAST, "ratio=0.6", "hydra.run.dir=run", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd / "run"
+
+
+def test_default_run_writes_complete_metrics(default_run: Path) -> None:
+    m = json.loads((default_run / "metrics.json").read_text())
+    assert m["status"] == "completed" and m["error"] is None
+    assert (m["model"], m["dataset"], m["method"], m["ratio"], m["seed"]) == (
+        "resnet20", "shapes", "magnitude", 0.6, 0)  # fmt: skip
+    for stage in ("baseline", "pruned", "final"):
+        assert set(m[stage]) >= STAGE_KEYS, stage
+    assert m["stages"] == ["baseline", "pruned", "final"]
+    assert {"train", "prune", "finetune", "evaluate", "total"} <= set(m["timings"])
+    assert m["netscore_units"]["params_unit"] == "M-params"
+    assert m["netscore_units"]["macs_unit"] == "G-MACs"
+    assert set(m["latency"]["speedup"]) == {"b1", "b4"}
+    # pruning halves nothing structurally: dense counts equal, nonzero counts drop
+    assert m["final"]["params"] == m["baseline"]["params"]
+    assert m["final"]["params_nonzero"] < m["baseline"]["params_nonzero"]
+    assert m["final"]["macs_nonzero"] < m["baseline"]["macs"] == m["final"]["macs"]
+    assert m["final"]["netscore_nonzero"] > m["final"]["netscore_dense"]
+    assert (default_run / ".hydra" / "config.yaml").is_file()
+    history = (default_run / "history.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in history[1:]] == ["train", "finetune"]
+
+
+def test_default_run_holds_exactly_60_percent_of_conv_weights_at_zero(default_run: Path) -> None:
+    ckpt_dir = default_run / "checkpoints"
+    pruned = load_checkpoint(ckpt_dir / "pruned.pt")
+    final = load_checkpoint(ckpt_dir / "final.pt")
+    convs = [k for k, v in final["model"].items() if k.endswith("weight") and v.dim() == 4]
+    n = sum(final["model"][k].numel() for k in convs)
+    zeros = sum(int((final["model"][k] == 0).sum()) for k in convs)
+    assert zeros == int(0.6 * n)  # exact mode: floor(0.6 N)
+    for k in convs:  # the same weights are zero before and after fine-tuning ...
+        assert torch.equal(pruned["model"][k] == 0, final["model"][k] == 0), k
+    changed = [k for k in convs if not torch.equal(pruned["model"][k], final["model"][k])]
+    assert changed  # ... while the others were fine-tuned
+    m = json.loads((default_run / "metrics.json").read_text())
+    fc = final["model"]["fc.weight"].numel()
+    assert m["final"]["sparsity"] == pytest.approx(zeros / (n + fc), abs=1e-6)
+
+
+def test_sweep_trains_the_dense_model_once(tmp_path: Path) -> None:
+    proc = prune_run("-m", *FAST, "ratio=0.3,0.7", "method=magnitude,random", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = run_dirs(tmp_path / "outputs" / "multirun")
+    assert len(runs) == 4
+    metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
+    assert all(m["status"] == "completed" for m in metrics)
+    assert sorted(m["train"]["from_cache"] for m in metrics) == [False, True, True, True]
+    entries = list((tmp_path / "outputs" / "cache").iterdir())
+    assert len(entries) == 1  # one trained checkpoint shared by all four jobs
+    baselines = {m["baseline"]["top1"] for m in metrics}
+    assert len(baselines) == 1
+
+
+def test_bad_ratio_in_a_sweep_fails_alone(tmp_path: Path) -> None:
+    proc = prune_run("-m", *FAST, "ratio=0.5,1.5", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "ratio 1.5 is out of range; valid: 0 <= ratio < 1" in proc.stderr
+    by_ratio = {}
+    for r in run_dirs(tmp_path / "outputs" / "multirun"):
+        m = json.loads((r / "metrics.json").read_text())
+        by_ratio[str(m["ratio"])] = m["status"]
+    assert by_ratio == {"0.5": "completed", "1.5": "failed"}
+
+
+def _error_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("prune-run: error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model=resnet57", "unknown model 'resnet57'; choose one of: "),
+        ("dataset=cifar11", "unknown dataset 'cifar11'; choose one of: "),
+        ("method=magnitud", "unknown method 'magnitud'; choose one of: "),
+    ],
+)
+def test_unknown_names_are_one_line_errors(tmp_path: Path, override: str, expected: str) -> None:
+    proc = prune_run(override, cwd=tmp_path)
+    assert proc.returncode == 2
+    line = _error_line(proc)
+    assert expected in line
+    group = override.split("=")[0]
+    assert {"model": "resnet20", "dataset": "shapes", "method": "magnitude"}[group] in line
+
+
+def test_missing_dataset_names_directory_and_files(tmp_path: Path) -> None:
+    proc = prune_run("dataset=cifar10", f"dataset.root={tmp_path / 'nowhere'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    line = _error_line(proc)
+    assert str(tmp_path / "nowhere") in line and "data_batch_1" in line
+
+
+def test_pretrained_missing_corrupt_and_foreign(tmp_path: Path, default_run: Path) -> None:
+    proc = prune_run(*FAST, f"pretrained={tmp_path / 'none.pt'}", cwd=tmp_path)
+    assert proc.returncode == 2 and "does not exist" in _error_line(proc)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00garbage")
+    proc = prune_run(*FAST, f"pretrained={corrupt}", cwd=tmp_path)
+    assert proc.returncode == 2 and "corrupt" in _error_line(proc)
+    trained = default_run / "checkpoints" / "trained.pt"
+    proc = prune_run(*FAST, "model=resnet32", f"pretrained={trained}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "is for model 'resnet20', not 'resnet32'" in _error_line(proc)
+    # and the right one is used as is: no training
+    proc = prune_run(*FAST, f"pretrained={trained}", "hydra.run.dir=pre", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((tmp_path / "pre" / "metrics.json").read_text())
+    assert m["train"] == {"pretrained": str(trained)}
+    base = json.loads((default_run / "metrics.json").read_text())["baseline"]["top1"]
+    assert m["baseline"]["top1"] == base
+
+
+def test_resume_a_run_directory(tmp_path: Path) -> None:
+    proc = prune_run(*FAST, "cache.enabled=false", "hydra.run.dir=run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    first = json.loads((run / "metrics.json").read_text())
+    # Pretend the run died during fine-tuning: final results are gone.
+    (run / "checkpoints" / "final.pt").unlink()
+    (run / "metrics.json").unlink()
+    proc = prune_run(f"resume={run}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads((run / "metrics.json").read_text())
+    assert again["status"] == "completed"
+    assert again["baseline"]["top1"] == first["baseline"]["top1"]
+    assert again["pruned"]["top1"] == first["pruned"]["top1"]
+    assert again["final"]["top1"] == first["final"]["top1"]
+    assert "loaded from" in (run / "prune-run.log").read_text()

@@ -1,0 +1,183 @@
+"""Training loop, schedules, checkpoints: resume, NaN guard, accuracy bookkeeping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TinyNet
+
+from prune_cli.data import build_dataset
+from prune_cli.engine import TrainHooks, evaluate, fit, load_checkpoint, save_checkpoint
+from prune_cli.engine.checkpoint import load_state_into
+from prune_cli.engine.optim import build_optimizer, lr_factor, param_groups
+from prune_cli.errors import CheckpointError, ConfigError, NonFiniteLossError
+
+CFG = {
+    "epochs": 2,
+    "batch_size": 32,
+    "lr": 0.05,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "schedule": "cosine",
+    "eval_batch_size": 64,
+}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return build_dataset({"name": "shapes", "train_size": 128, "test_size": 64, "seed": 0})
+
+
+def test_lr_schedules_by_hand() -> None:
+    multistep = {"schedule": "multistep", "milestones": [0.5, 0.75], "gamma": 0.1}
+    assert [lr_factor(multistep, e, 8) for e in (0, 3, 4, 5, 6, 7)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01]
+    )
+    assert lr_factor({"schedule": "multistep", "milestones": [2]}, 2, 10) == pytest.approx(0.1)
+    cosine = {"schedule": "cosine"}
+    assert lr_factor(cosine, 0, 10) == 1.0
+    assert lr_factor(cosine, 5, 10) == pytest.approx(0.5)
+    assert lr_factor(cosine, 10, 10) == pytest.approx(0.0)
+    assert lr_factor({"schedule": "constant", "warmup_epochs": 1}, 0, 10) == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="unknown schedule 'linear'"):
+        lr_factor({"schedule": "linear"}, 0, 10)
+
+
+def test_sgd_nesterov_and_no_decay_group() -> None:
+    model = TinyNet()
+    model.register_parameter("coefficients", torch.nn.Parameter(torch.ones(2)))
+    groups = param_groups(model, 1e-4)
+    assert groups[1]["weight_decay"] == 0.0 and groups[1]["params"][0] is model.coefficients
+    opt = build_optimizer(model, {"lr": 0.1, "momentum": 0.9, "nesterov": True})
+    assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
+
+
+def test_evaluate_top1_top5_by_hand() -> None:
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return x[:, 0, 0, :6]  # logits are the first row of the image
+
+    logits = torch.tensor(
+        [[6, 5, 4, 3, 2, 1], [1, 6, 5, 4, 3, 2], [1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1.0]]
+    )
+    # top-1 hits row 1 only; top-5 also row 3 (rank 5); rows 2 and 4 rank their label 6th
+    labels = torch.tensor([0, 0, 1, 5])
+    x = logits[:, None, None, :]
+    res = evaluate(Fixed(), [(x, labels)])
+    assert res.top1 == 25.0 and res.top5 == 50.0 and res.n == 4
+    expected = torch.nn.functional.cross_entropy(logits, labels).item()
+    assert res.loss == pytest.approx(expected)
+
+
+def test_fit_trains_writes_history_and_checkpoints(data, tmp_path) -> None:
+    torch.manual_seed(0)
+    model = TinyNet()
+    before = evaluate(model, data.loader("test", 64, train=False)).loss
+    res = fit(
+        model,
+        data,
+        {**CFG, "epochs": 3},
+        device=torch.device("cpu"),
+        stage="train",
+        ckpt_dir=tmp_path,
+        history_csv=tmp_path / "history.csv",
+    )
+    lines = (tmp_path / "history.csv").read_text().splitlines()
+    assert lines[0].startswith("stage,epoch,lr,train_loss") and len(lines) == 4
+    assert [r["epoch"] for r in res.history] == [1, 2, 3]
+    assert res.history[0]["lr"] == pytest.approx(0.05)
+    assert res.select_split == "test" and res.best_epoch in (1, 2, 3)
+    assert res.best_top1 == max(r["eval_top1"] for r in res.history)
+    assert (tmp_path / "train_last.pt").is_file() and (tmp_path / "train_best.pt").is_file()
+    after = evaluate(model, data.loader("test", 64, train=False)).loss
+    assert after < before
+
+
+class _Interrupt(TrainHooks):
+    """Simulates Ctrl-C at the first step of epoch ``at``."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def before_step(self, model, step, epoch):
+        if epoch == self.at:
+            raise KeyboardInterrupt
+
+
+def test_resume_continues_from_last_epoch_and_matches_uninterrupted_run(data, tmp_path) -> None:
+    cfg = {**CFG, "epochs": 3}
+    torch.manual_seed(1)
+    init = TinyNet().state_dict()
+
+    def fresh() -> torch.nn.Module:
+        model = TinyNet()
+        model.load_state_dict(init)
+        return model
+
+    cpu = torch.device("cpu")
+    straight = fresh()
+    fit(straight, data, cfg, device=cpu, stage="t", ckpt_dir=tmp_path / "a", seed=3)
+    interrupted = fresh()
+    with pytest.raises(KeyboardInterrupt):
+        fit(interrupted, data, cfg, device=cpu, stage="t", ckpt_dir=tmp_path / "b", seed=3,
+            hooks=_Interrupt(at=2))  # fmt: skip
+    assert load_checkpoint(tmp_path / "b" / "t_last.pt")["epoch"] == 2
+    resumed = fresh()  # a new process: weights come from the checkpoint, not from memory
+    res = fit(resumed, data, cfg, device=cpu, stage="t", ckpt_dir=tmp_path / "b", seed=3)
+    assert [r["epoch"] for r in res.history] == [1, 2, 3]
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        if a.is_floating_point():
+            assert torch.allclose(a, b, atol=1e-5), k
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(data, tmp_path) -> None:
+    class NanAtEpoch2(TrainHooks):
+        epoch = 0
+
+        def before_step(self, model, step, epoch):
+            self.epoch = epoch
+
+        def extra_loss(self, model):
+            return torch.tensor(float("nan")) if self.epoch == 1 else None
+
+    with pytest.raises(NonFiniteLossError) as err:
+        fit(TinyNet(), data, {**CFG, "epochs": 3}, device=torch.device("cpu"), stage="train",
+            ckpt_dir=tmp_path, hooks=NanAtEpoch2())  # fmt: skip
+    message = str(err.value)
+    assert "\n" not in message and "nan" in message and "epoch 2" in message
+    assert "last good checkpoint" in message
+    good = load_checkpoint(tmp_path / "train_last.pt")
+    assert good["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())
+
+
+def test_checkpoint_errors_are_one_line(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt") as err:
+        load_checkpoint(bad)
+    assert "\n" not in str(err.value)
+    path = tmp_path / "ok.pt"
+    save_checkpoint(path, {"model": TinyNet().state_dict(), "arch": "tiny"})
+    ckpt = load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="is for model 'tiny', not 'resnet20'"):
+        load_state_into(TinyNet(), ckpt, str(path), expect_arch="resnet20")
+    with pytest.raises(CheckpointError, match=r"shape mismatches \(e\.g\. fc\.weight"):
+        load_state_into(TinyNet(num_classes=7), ckpt, str(path))
+    load_state_into(TinyNet(), ckpt, str(path), expect_arch="tiny")
+
+
+def test_save_checkpoint_is_atomic(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"x": torch.ones(2)})
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(RuntimeError):
+        save_checkpoint(path, {"x": torch.zeros(2)})
+    assert torch.equal(load_checkpoint(path)["x"], torch.ones(2))  # old file intact
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left

@@ -278,7 +278,7 @@ class Pipeline:
         )
         if self.resume and pruned_path.is_file():
             ckpt = load_checkpoint(pruned_path, self.device)
-            load_state_into(self.model, ckpt, str(pruned_path), expect_arch=self.model_name)
+            self.model = self.method.restore(self.model, ckpt, str(pruned_path)).to(self.device)
             self.masks = dict(ckpt.get("masks", {}))
             self.metrics["prune_info"] = ckpt.get("info", {})
             log.info("pruned model loaded from %s (resume)", pruned_path)
@@ -299,18 +299,31 @@ class Pipeline:
         self.record("pruned", self.model)
 
     def _finetune_callback(
-        self, model: nn.Module, masks: Mapping[str, torch.Tensor], stage: str
+        self,
+        model: nn.Module,
+        masks: Mapping[str, torch.Tensor],
+        stage: str,
+        epochs: int | None = None,
     ) -> nn.Module:
-        self._fit_stage(model, masks, stage)
+        self._fit_stage(model, masks, stage, epochs)
         return model
 
-    def _fit_stage(self, model: nn.Module, masks: Mapping[str, torch.Tensor], stage: str) -> None:
-        cfg = self.cfg
+    def _fit_stage(
+        self,
+        model: nn.Module,
+        masks: Mapping[str, torch.Tensor],
+        stage: str,
+        epochs: int | None = None,
+    ) -> None:
+        """Fine-tune with the ``finetune`` settings (``epochs`` overrides), holding ``masks``."""
+        settings = _plain(self.cfg.finetune)
+        if epochs is not None:
+            settings["epochs"] = int(epochs)
         tic = time.perf_counter()
         result = fit(
             model,
             self.data,
-            _plain(cfg.finetune),
+            settings,
             device=self.device,
             stage=stage,
             ckpt_dir=self.ckpt_dir,
@@ -320,7 +333,7 @@ class Pipeline:
             history_csv=self.history_csv,
             extra_state={"masks": dict(masks)},
         )
-        self.metrics[stage] = self._fit_summary(result, model, int(cfg.finetune.epochs))
+        self.metrics[stage] = self._fit_summary(result, model, int(settings["epochs"]))
         self._timed(stage, time.perf_counter() - tic)
 
     def finetune(self) -> None:
@@ -329,7 +342,12 @@ class Pipeline:
             self._fit_stage(self.model, self.masks, "finetune")
         save_checkpoint(
             final_path,
-            {"model": self.model.state_dict(), "masks": self.masks, "arch": self.model_name},
+            {
+                "model": self.model.state_dict(),
+                "masks": self.masks,
+                "arch": self.model_name,
+                "info": self.metrics.get("prune_info", {}),
+            },
         )
 
     def evaluate(self) -> None:

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from prune_cli.engine.checkpoint import load_state_into
 from prune_cli.engine.hooks import TrainHooks
 from prune_cli.errors import ConfigError
 
@@ -38,8 +39,9 @@ class PruneResult:
 class PruneContext:
     """What a method may use while pruning.
 
-    ``finetune(model, masks, stage)`` fine-tunes with the run's ``finetune`` settings and returns
-    the model; ``record(stage, model)`` adds an intermediate stage to ``metrics.json``. Both let a
+    ``finetune(model, masks, stage, epochs=None)`` fine-tunes with the run's ``finetune``
+    settings (``epochs`` overrides their epoch count) and returns the model;
+    ``record(stage, model)`` adds an intermediate stage to ``metrics.json``. Both let a
     multi-round method (slimming then magnitude, say) report every round without knowing the
     pipeline.
     """
@@ -48,7 +50,7 @@ class PruneContext:
     device: torch.device
     seed: int
     input_size: tuple[int, int, int]
-    finetune: Callable[[nn.Module, Mapping[str, torch.Tensor], str], nn.Module] | None = None
+    finetune: Callable[..., nn.Module] | None = None
     record: Callable[[str, nn.Module], None] | None = None
 
 
@@ -90,3 +92,13 @@ class Method(TrainHooks):
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
         raise NotImplementedError
+
+    def restore(self, model: nn.Module, checkpoint: Mapping[str, Any], source: str) -> nn.Module:
+        """Rebuild the pruned model from a checkpoint written after :meth:`prune` (for resume).
+
+        ``checkpoint`` holds ``model`` (state dict), ``masks`` and ``info`` (the
+        :attr:`PruneResult.info` of the run). The default loads the state dict into ``model``;
+        methods that change the architecture rebuild it from ``info`` first.
+        """
+        load_state_into(model, dict(checkpoint), source)
+        return model

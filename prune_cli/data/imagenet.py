@@ -1,0 +1,95 @@
+"""ImageNet (ILSVRC-2012) and ImageNet-style subsets from class folders.
+
+Layout: ``<root>/train/<wnid>/*.JPEG`` and ``<root>/val/<wnid>/*.JPEG`` (the official validation
+tarball is flat; sort it into wnid folders first, e.g. with the widely used ``valprep.sh``).
+Classes are the sorted wnid folders of ``train`` (torchvision ImageFolder's convention) and
+``val`` must have the same set. As usual for ImageNet, the public ``val`` images are the
+``test`` split; a held-out ``val`` split comes from train via ``dataset.val_size``.
+
+Pipeline (the standard one): train = RandomResizedCrop(``image_size``) + horizontal flip;
+eval = Resize(``resize``) + CenterCrop(``image_size``); ``image_size`` 224 and ``resize`` 256
+unless the config overrides them. Images are decoded in DataLoader workers
+(``dataset.num_workers``) to uint8 and normalized on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision import transforms as T
+from torchvision.datasets import ImageFolder
+
+from prune_cli.data.base import DATASETS, DatasetBundle, Split, cfg_int, resolve_path
+from prune_cli.errors import ConfigError, DataNotFoundError
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+SOURCE = "https://image-net.org/download (ILSVRC-2012)"
+
+
+def _folder(path: Path) -> ImageFolder:
+    try:
+        return ImageFolder(str(path))
+    except FileNotFoundError as e:  # no class folders, or a class folder without images
+        raise DataNotFoundError(
+            f"imagenet: no images in {path} (expected {path.name}/<wnid>/*.JPEG: {e})"
+        ) from e
+
+
+def _split(folder: ImageFolder) -> Split:
+    files = [p for p, _ in folder.samples]
+    labels = torch.tensor([y for _, y in folder.samples], dtype=torch.int64)
+    return Split(labels=labels, files=files)
+
+
+def imagenet_transforms(image_size: int, resize: int, hflip: bool = True) -> tuple[Any, Any]:
+    """``(train, eval)`` transforms: PIL RGB image -> uint8 ``(3, image_size, image_size)``."""
+    train = [T.RandomResizedCrop(image_size)]
+    if hflip:
+        train.append(T.RandomHorizontalFlip())
+    evaluation = [T.Resize(resize), T.CenterCrop(image_size)]
+    return T.Compose([*train, T.PILToTensor()]), T.Compose([*evaluation, T.PILToTensor()])
+
+
+@DATASETS.register("imagenet")
+def build_imagenet(cfg: Mapping[str, Any]) -> DatasetBundle:
+    """ImageNet: classes = train wnid folders (1000 for ILSVRC-2012), 3x224x224 by default."""
+    root = resolve_path(cfg.get("root") or "data/imagenet")
+    missing = [f"{d}/" for d in ("train", "val") if not (root / d).is_dir()]
+    if missing:
+        note = "; there is no downloader: ImageNet needs a login" if cfg.get("download") else ""
+        raise DataNotFoundError(
+            f"imagenet: missing {', '.join(missing)} in {root} (expected train/<wnid>/*.JPEG "
+            f"and val/<wnid>/*.JPEG; get them from {SOURCE}{note})"
+        )
+    image_size = cfg_int(cfg, "image_size", 224, minimum=1)
+    resize = cfg_int(cfg, "resize", 256, minimum=1)
+    if resize < image_size:
+        raise ConfigError(f"dataset.resize={resize} must be >= dataset.image_size={image_size}")
+    train, val = _folder(root / "train"), _folder(root / "val")
+    if val.classes != train.classes:
+        only_train = sorted(set(train.classes) - set(val.classes))
+        only_val = sorted(set(val.classes) - set(train.classes))
+        raise DataNotFoundError(
+            f"imagenet: class folders of {root / 'val'} differ from train/ "
+            f"(only in train: {only_train[:5]}, only in val: {only_val[:5]})"
+        )
+    hflip = cfg.get("hflip") is not False  # null/absent: the default, flip
+    train_tf, eval_tf = imagenet_transforms(image_size, resize, hflip)
+    return DatasetBundle(
+        name="imagenet",
+        num_classes=len(train.classes),
+        in_channels=3,
+        image_size=image_size,
+        mean=MEAN,
+        std=STD,
+        splits={"train": _split(train), "test": _split(val)},
+        class_names=list(train.classes),
+        hflip=hflip,
+        train_transform=train_tf,
+        eval_transform=eval_tf,
+        num_workers=cfg_int(cfg, "num_workers", 4, minimum=0),
+    )

@@ -1,0 +1,17 @@
+"""Metrics: parameters, MACs, sparsity (:mod:`.counting`), NetScore (:mod:`.netscore`) and
+latency (:mod:`.latency`). Definitions are in each module's docstring."""
+
+from prune_cli.metrics.counting import MacCount, count_macs, count_params, prunable_layers, sparsity
+from prune_cli.metrics.latency import measure_latency
+from prune_cli.metrics.netscore import netscore, unit_label
+
+__all__ = [
+    "MacCount",
+    "count_macs",
+    "count_params",
+    "measure_latency",
+    "netscore",
+    "prunable_layers",
+    "sparsity",
+    "unit_label",
+]

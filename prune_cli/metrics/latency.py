@@ -1,0 +1,74 @@
+"""Inference latency and throughput on one device.
+
+For each batch size b: ``warmup`` untimed forwards, then ``repeats`` timed forwards of a random
+``(b, *input_size)`` batch, in eval mode under ``torch.inference_mode``; on CUDA the device is
+synchronised before starting and after each forward, so the time covers the kernels, not just
+their launch. ``latency_ms`` is the median time of one forward of the whole batch, in
+milliseconds; ``throughput`` = b / median seconds, in images per second. The median resists the
+outliers of a shared machine.
+
+The model is measured on a deep copy, so the caller's model keeps its device, memory format and
+mode.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def measure_latency(
+    model: nn.Module,
+    input_size: tuple[int, int, int],
+    batch_sizes: Sequence[int] = (1, 64),
+    device: torch.device | str = "cpu",
+    warmup: int = 3,
+    repeats: int = 10,
+    channels_last: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Latency per batch size, keyed ``"b<size>"``: ``{"batch", "latency_ms", "throughput"}``.
+
+    ``channels_last`` converts the model copy and the inputs to NHWC memory format.
+    """
+    if warmup < 0 or repeats < 1:
+        raise ValueError(f"need warmup >= 0 and repeats >= 1, got {warmup} and {repeats}")
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    device = torch.device(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    net = copy.deepcopy(model).to(device=device, memory_format=memory_format).eval()
+    results: dict[str, dict[str, float]] = {}
+    for b in batch_sizes:
+        x = torch.randn((b, *input_size), device=device).to(memory_format=memory_format)
+        seconds = _median_forward_seconds(net, x, device, warmup, repeats)
+        results[f"b{b}"] = {"batch": b, "latency_ms": seconds * 1e3, "throughput": b / seconds}
+    return results
+
+
+def _median_forward_seconds(
+    net: nn.Module, x: torch.Tensor, device: torch.device, warmup: int, repeats: int
+) -> float:
+    times = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            net(x)
+        for _ in range(repeats):
+            _synchronize(device)
+            start = time.perf_counter()
+            net(x)
+            _synchronize(device)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued kernels: CUDA and MPS run asynchronously to the Python thread."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

@@ -1,0 +1,113 @@
+"""Export a (pruned) model so that it reloads without prune-cli or the original class definitions.
+
+- **TorchScript** (``.ts``): ``torch.jit.trace`` of an eval-mode CPU copy on a zero batch of
+  ``(1, *input_size)``. It reloads with ``torch.jit.load(path)`` alone, holding the narrower
+  structure of a channel-pruned model and the zeros of a weight-pruned one. Tracing records the
+  eval-mode graph (BN uses its running statistics, dropout is off): export is for inference.
+- **ONNX** (``.onnx``): ``torch.onnx.export`` with the TorchScript-based exporter (needs only the
+  ``onnx`` package), input ``input`` and output ``logits`` with a dynamic batch dimension.
+  :func:`run_onnx` runs the file with ONNX's reference evaluator (no onnxruntime needed), which
+  the tests use to check the logits.
+
+The pipeline calls :func:`export_model` after fine-tuning (``export.torchscript`` /
+``export.onnx`` in the config) and writes ``checkpoints/final.ts`` / ``final.onnx``.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from prune_cli.errors import ConfigError
+
+FORMATS = ("torchscript", "onnx")
+
+
+def _eval_cpu_copy(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()
+
+
+def export_torchscript(model: nn.Module, path: str | Path, input_size: Sequence[int]) -> Path:
+    """Trace ``model`` (eval mode, CPU) and save it as TorchScript at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    net = _eval_cpu_copy(model)
+    example = torch.zeros((1, *input_size))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about python values: none affect us
+        traced = torch.jit.trace(net, example)
+    traced.save(str(path))
+    return path
+
+
+def load_torchscript(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Reload a TorchScript export; needs no prune-cli class."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "deprecated, use torch.export"
+        return torch.jit.load(str(path), map_location=map_location)
+
+
+def export_onnx(
+    model: nn.Module, path: str | Path, input_size: Sequence[int], opset: int = 17
+) -> Path:
+    """Export ``model`` (eval mode, CPU) to ONNX at ``path``; needs the ``onnx`` package."""
+    try:
+        import onnx  # noqa: F401  (the exporter needs it; fail with an actionable message)
+    except ImportError:
+        raise ConfigError(
+            "ONNX export needs the 'onnx' package: pip install onnx (or set export.onnx=false)"
+        ) from None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    net = _eval_cpu_copy(model)
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+        torch.onnx.export(
+            net,
+            (torch.zeros((1, *input_size)),),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def run_onnx(path: str | Path, x: torch.Tensor) -> np.ndarray:
+    """Logits of the ONNX model at ``path`` for the batch ``x`` (ONNX reference evaluator)."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    return ReferenceEvaluator(proto).run(None, {"input": x.detach().cpu().numpy()})[0]
+
+
+def export_model(
+    model: nn.Module,
+    stem: str | Path,
+    input_size: Sequence[int],
+    formats: Sequence[str] = ("torchscript",),
+) -> dict[str, str]:
+    """Write ``<stem>.ts`` and/or ``<stem>.onnx``; returns ``{format: path}``."""
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise ConfigError(f"unknown export format(s) {sorted(unknown)}; choose from: {FORMATS}")
+    stem = Path(stem)
+    written = {}
+    if "torchscript" in formats:
+        written["torchscript"] = str(export_torchscript(model, stem.with_suffix(".ts"), input_size))
+    if "onnx" in formats:
+        written["onnx"] = str(export_onnx(model, stem.with_suffix(".onnx"), input_size))
+    return written

@@ -1,0 +1,514 @@
+"""``dynamic_filter``: dynamic pruning with feedback (DPF, Lin et al. ICLR 2020) as coded in
+heehehe/pruning-decorrelation, with an optional decorrelation regulariser (methods.md §7).
+
+Pruning happens *during* training (methods.md §7.4):
+
+1. :meth:`DynamicFilter.prepare` re-parameterises every ``nn.Conv2d`` weight as a dense parameter
+   ``weight_orig`` and a mask buffer ``weight_mask`` (all ones), the ``torch.nn.utils.prune``
+   naming, which the metrics already read (the nonzeros of a masked weight are those of
+   ``orig * mask``). Masks are buffers, never parameters, so parameter counts are unchanged.
+2. Every forward uses ``W ⊙ M`` (a forward pre-hook sets ``module.weight``). With
+   ``feedback=true`` (DPF, the repository's ``Masker``) the backward is straight-through: the
+   dense ``W`` receives the full gradient evaluated at ``W ⊙ M``, pruned entries included, so
+   pruned filters keep evolving and can come back. ``feedback=false`` is the static variant
+   (gradient times mask).
+3. :meth:`DynamicFilter.before_step` recomputes the masks from the dense weights before the
+   forward pass of iteration ``i`` of epoch ``e`` (0-based) when ``(i + 1) % freq == 0`` and
+   ``e <= stop_epoch`` (the repository: ``freq = 4``, ``stop_epoch = 225``, i.e. 49 updates per
+   epoch of 196 iterations, in epochs 0..225).
+4. :meth:`DynamicFilter.extra_loss` adds ``odecay * reg(model)`` (:mod:`.regularizers`).
+5. :meth:`DynamicFilter.prune` fixes the masks, exports ``W ⊙ M`` as plain weights (the model is a
+   plain module again) and returns the masks for fine-tuning (``finetune.epochs=0`` reproduces the
+   repository, which never fine-tunes). In the structured mode the pruned filters of every
+   removable channel group are then physically removed (:mod:`prune_cli.pruning.channels`); the
+   residual stream of a ResNet cannot be sliced, so its pruned filters stay as masked zeros.
+
+Masks (``type``):
+
+- ``structured``: one keep bit per filter, written over all of ``[in, kh, kw]``. Filter
+  importance (``importance``): ``l1_mean`` = ``sum|W[j]| / W[j].numel()`` (the repository),
+  ``l1`` = ``sum|W[j]|``, ``l2`` = ``||W[j]||_2``, ``l2_mean`` = ``sum W[j]^2 / W[j].numel()``
+  (the repository's ``L2``). ``scope=global`` ranks all filters of all convs together (the
+  repository), ``layerwise`` each conv on its own.
+- ``unstructured``: one keep bit per weight, importance ``|w|`` (``l1``, ``l1_mean``, ``l2``) or
+  ``w^2`` (``l2_mean``); the repository's unstructured mode raises KeyError, this one works.
+
+The threshold is that of methods.md §2.1 (``threshold_mode``): ``exact`` removes
+``floor(N * s)`` filters/weights, ``reference`` the repository's ``int(N * s) + 1``.
+Sparsity ``s`` (``schedule``): ``constant`` = ``rate`` from the first update (the repository);
+``cubic`` = ``s_t = rate - rate * (1 - t / T)^3`` at global iteration ``t``, ``T = stop_epoch *
+iterations per epoch``, ``s_t = rate`` for ``t >= T`` (Zhu & Gupta, DPF; methods.md §7.3).
+
+``mask_bn=true`` masks the BN (γ and β) right after each conv with the conv's filter mask too, so
+a pruned channel outputs 0 (true channel removal, and physical removal preserves the function).
+With ``mask_bn=false`` (the repository) a pruned channel outputs its BN's constant, which
+physical removal drops; ``prune_info.removal_exact`` says which.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from prune_cli.engine.checkpoint import load_state_into
+from prune_cli.errors import ConfigError
+from prune_cli.methods.base import Method, PruneContext, PruneResult
+from prune_cli.methods.registry import METHODS
+from prune_cli.methods.regularizers import REGULARIZERS, regularizer
+from prune_cli.pruning.masks import SCOPES
+from prune_cli.pruning.threshold import THRESHOLD_MODES, keep_mask
+
+log = logging.getLogger("prune_cli")
+
+PRUNE_TYPES = ("structured", "unstructured")
+IMPORTANCES = ("l1_mean", "l1", "l2", "l2_mean")
+SCHEDULES = ("constant", "cubic")
+
+
+# ----------------------------------------------------------------------------- masked weights
+class _StraightThroughMask(torch.autograd.Function):
+    """``W * M`` forward; the full gradient to ``W`` backward (the repository's ``Masker``)."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+def masked_weight(weight: torch.Tensor, mask: torch.Tensor, feedback: bool = True) -> torch.Tensor:
+    """``weight ⊙ mask``; gradient to ``weight`` straight-through (``feedback``) or times mask."""
+    if feedback:
+        return _StraightThroughMask.apply(weight, mask)
+    return weight * mask
+
+
+class MaskedWeight:
+    """Keeps ``module.<name> = <name>_orig ⊙ <name>_mask`` for every forward pass.
+
+    A plain object (no reference to the method) so that ``copy.deepcopy`` of the model works;
+    the post-hook detaches the computed weight because a non-leaf tensor attribute would make
+    ``deepcopy`` fail.
+    """
+
+    def __init__(self, name: str, feedback: bool) -> None:
+        self.name = name
+        self.feedback = feedback
+
+    def compute(self, module: nn.Module) -> torch.Tensor:
+        orig = getattr(module, f"{self.name}_orig")
+        mask = getattr(module, f"{self.name}_mask")
+        return masked_weight(orig, mask, self.feedback)
+
+    def pre(self, module: nn.Module, args: Any) -> None:
+        setattr(module, self.name, self.compute(module))
+
+    def post(self, module: nn.Module, args: Any, out: Any) -> None:
+        setattr(module, self.name, getattr(module, self.name).detach())
+
+
+def attach_mask(module: nn.Module, name: str, feedback: bool = True) -> MaskedWeight:
+    """Re-parameterise ``module.<name>`` as ``<name>_orig`` (the same Parameter object, so an
+    optimizer built before keeps working) times a buffer ``<name>_mask`` of ones."""
+    param = module._parameters.pop(name)
+    module.register_parameter(f"{name}_orig", param)
+    module.register_buffer(f"{name}_mask", torch.ones_like(param, requires_grad=False))
+    hook = MaskedWeight(name, feedback)
+    module.register_forward_pre_hook(hook.pre)
+    module.register_forward_hook(hook.post)
+    with torch.no_grad():
+        setattr(module, name, hook.compute(module).detach())
+    return hook
+
+
+def _is_masked(module: nn.Module, name: str = "weight") -> bool:
+    return f"{name}_orig" in module._parameters and f"{name}_mask" in module._buffers
+
+
+@torch.no_grad()
+def detach_mask(module: nn.Module, name: str = "weight", apply: bool = True) -> torch.Tensor:
+    """Undo :func:`attach_mask`: ``<name>`` becomes a plain Parameter holding ``orig ⊙ mask``
+    (``apply=False``: the dense values). Returns the mask (bool, ``True`` = kept)."""
+    param = module._parameters.pop(f"{name}_orig")
+    mask = module._buffers.pop(f"{name}_mask")
+    for hooks in (module._forward_pre_hooks, module._forward_hooks):
+        for key, fn in list(hooks.items()):
+            owner = getattr(fn, "__self__", None)
+            if isinstance(owner, MaskedWeight) and owner.name == name:
+                del hooks[key]
+    if name in module.__dict__:
+        delattr(module, name)
+    if apply:
+        param.mul_(mask)
+    module.register_parameter(name, param)
+    return mask.to(torch.bool)
+
+
+def masked_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """``(name, conv)`` of every conv re-parameterised by :func:`attach_mask`, module order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and _is_masked(m)]
+
+
+def bn_after_conv(model: nn.Module) -> dict[str, str]:
+    """``{conv name: BN name}`` for each BatchNorm2d registered right after a conv (module order)
+    with ``num_features == out_channels``: the conv-BN pairs of CIFAR ResNets, VGG and
+    torchvision's Conv-BN-activation blocks."""
+    pairs: dict[str, str] = {}
+    previous: tuple[str, nn.Module] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.BatchNorm2d) and previous is not None:
+            conv_name, conv = previous
+            if conv.out_channels == module.num_features:
+                pairs[conv_name] = name
+        if isinstance(module, (nn.Conv2d, nn.BatchNorm2d)):
+            previous = (name, module) if isinstance(module, nn.Conv2d) else None
+    return pairs
+
+
+# ----------------------------------------------------------------------------- importance, masks
+def filter_importance(weight: torch.Tensor, importance: str = "l1_mean") -> torch.Tensor:
+    """One score per filter ``W[j]`` (see the module docstring); ``l1_mean`` makes filters of
+    different sizes comparable: a filter of all 0.1 scores 0.1 whatever its shape."""
+    flat = weight.detach().reshape(weight.shape[0], -1).float()
+    if importance == "l1_mean":
+        return flat.abs().sum(dim=1) / flat.shape[1]
+    if importance == "l1":
+        return flat.abs().sum(dim=1)
+    if importance == "l2":
+        return flat.pow(2).sum(dim=1).sqrt()
+    if importance == "l2_mean":
+        return flat.pow(2).sum(dim=1) / flat.shape[1]
+    raise ValueError(f"unknown importance {importance!r}; choose one of: {', '.join(IMPORTANCES)}")
+
+
+def weight_importance(weight: torch.Tensor, importance: str = "l1") -> torch.Tensor:
+    """One score per weight: ``w^2`` for ``l2_mean``, ``|w|`` otherwise (same ranking as L2)."""
+    w = weight.detach().float()
+    return w.pow(2) if importance == "l2_mean" else w.abs()
+
+
+def compute_keep(
+    scores: Mapping[str, torch.Tensor], sparsity: float, scope: str = "global", mode: str = "exact"
+) -> dict[str, torch.Tensor]:
+    """Bool keep masks shaped like each score tensor: the lowest ``sparsity`` of all scores
+    together (``global``) or of each tensor (``layerwise``), threshold of methods.md §2.1."""
+    if scope == "layerwise":
+        return {n: keep_mask(s, sparsity, mode) for n, s in scores.items()}
+    flat = torch.cat([s.reshape(-1) for s in scores.values()])
+    keep = keep_mask(flat, sparsity, mode)
+    out, offset = {}, 0
+    for name, s in scores.items():
+        out[name] = keep[offset : offset + s.numel()].reshape(s.shape)
+        offset += s.numel()
+    return out
+
+
+def cubic_sparsity(final: float, t: float, total: float) -> float:
+    """Zhu & Gupta's schedule with initial sparsity 0: ``final - final * (1 - t/total)^3``,
+    ``final`` once ``t >= total`` (and at once when ``total <= 0``)."""
+    if total <= 0 or t >= total:
+        return final
+    return final - final * (1.0 - max(t, 0.0) / total) ** 3
+
+
+def repo_sparsity(model: nn.Module) -> tuple[int, int, float]:
+    """The repository's printed sparsity (``cal_sparsity``): ``(denominator, zeros, percent)``.
+
+    zeros = zero entries of all masks; denominator = entries of every parameter whose name
+    contains ``weight`` or ``bias`` (855,770 for ResNet-56: conv, BN and FC, not only the 850,864
+    conv weights), so it is not the fraction of conv weights pruned.
+    """
+    zeros = sum(int((b == 0).sum()) for n, b in model.named_buffers() if n.endswith("_mask"))
+    total = sum(p.numel() for n, p in model.named_parameters() if "weight" in n or "bias" in n)
+    return total, zeros, 100.0 * zeros / total if total else 0.0
+
+
+# ----------------------------------------------------------------------------- the method
+@METHODS.register("dynamic_filter")
+class DynamicFilter(Method):
+    """Dynamic filter (or weight) pruning with feedback during training; see the module doc."""
+
+    name = "dynamic_filter"
+
+    def __init__(self, cfg: Mapping[str, Any], ratio: float, seed: int = 0) -> None:
+        super().__init__(cfg, ratio, seed)
+        rate = float(self.cfg.get("rate", ratio))
+        if not 0.0 <= rate < 1.0:
+            raise ConfigError(f"method.rate {rate} is out of range; valid: 0 <= rate < 1")
+        self.ratio = self.rate = rate
+        self.type = self.option("type", PRUNE_TYPES, "structured")
+        self.importance = self.option("importance", IMPORTANCES, "l1_mean")
+        self.scope = self.option("scope", SCOPES, "global")
+        self.schedule = self.option("schedule", SCHEDULES, "constant")
+        self.threshold_mode = self.option("threshold_mode", THRESHOLD_MODES, "exact")
+        self.reg = self.option("reg", REGULARIZERS, "none")
+        self.freq = self._int("freq", 4, 1)
+        self.stop_epoch = self._int("stop_epoch", 225, 0)
+        self.odecay = float(self.cfg.get("odecay", 1.0))
+        self.feedback = bool(self.cfg.get("feedback", True))
+        self.mask_bn = bool(self.cfg.get("mask_bn", False))
+        self.remove_filters = bool(self.cfg.get("remove_filters", True))
+        self.reg_options = {
+            "include_diag": bool(self.cfg.get("cov_include_diag", True)),
+            **{k: float(v) for k, v in dict(self.cfg.get("zhu") or {}).items()},
+        }
+        unknown = set(dict(self.cfg.get("zhu") or {})) - {"lam", "eta", "gamma", "tau"}
+        if unknown:
+            raise ConfigError(
+                f"unknown method.zhu key {sorted(unknown)[0]!r}; "
+                "choose one of: eta, gamma, lam, tau"
+            )
+        self.steps_per_epoch: int | None = None
+        self.updates = 0  # mask recomputations so far (this process)
+        self._epoch: int | None = None
+        self._i = -1
+        self._bn: dict[str, str] = {}
+        self._generator = torch.Generator().manual_seed(self.seed)
+
+    def _int(self, key: str, default: int, low: int) -> int:
+        value = self.cfg.get(key, default)
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = low - 1
+        if number < low or str(number) != str(value).strip():
+            raise ConfigError(f"method.{key} {value!r} is out of range; valid: integer >= {low}")
+        return number
+
+    # ------------------------------------------------------------------ training
+    def training_signature(self) -> dict[str, Any]:
+        """Everything that changes training: the masks, the gradient path, the regulariser."""
+        return {
+            "method": self.name,
+            "rate": self.rate,
+            "type": self.type,
+            "importance": self.importance,
+            "scope": self.scope,
+            "schedule": self.schedule,
+            "threshold_mode": self.threshold_mode,
+            "freq": self.freq,
+            "stop_epoch": self.stop_epoch,
+            "feedback": self.feedback,
+            "mask_bn": self.mask_bn,
+            "reg": self.reg,
+            "odecay": self.odecay if self.reg != "none" else None,
+            "reg_options": self.reg_options if self.reg != "none" else None,
+        }
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Attach a mask of ones to every conv weight (and its BN's γ, β with ``mask_bn``)."""
+        modules = dict(model.named_modules())
+        self._bn = bn_after_conv(model) if self.mask_bn else {}
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d) and not _is_masked(module):
+                attach_mask(module, "weight", self.feedback)
+        for bn_name in self._bn.values():
+            bn = modules[bn_name]
+            for pname in ("weight", "bias"):
+                if getattr(bn, pname, None) is not None and not _is_masked(bn, pname):
+                    attach_mask(bn, pname, self.feedback)
+        return model
+
+    def on_fit_start(self, model: nn.Module, epochs: int, steps_per_epoch: int) -> None:
+        self.steps_per_epoch = int(steps_per_epoch)
+
+    def should_update(self, i: int, epoch: int) -> bool:
+        """Recompute masks before iteration ``i`` (0-based, within ``epoch``)?"""
+        return (i + 1) % self.freq == 0 and epoch <= self.stop_epoch
+
+    def target_sparsity(self, step: int) -> float:
+        """The sparsity of the masks computed at global iteration ``step`` (``schedule``)."""
+        if self.schedule == "constant":
+            return self.rate
+        if self.steps_per_epoch is None:
+            raise RuntimeError("the cubic schedule needs on_fit_start (steps per epoch)")
+        return cubic_sparsity(self.rate, step, self.stop_epoch * self.steps_per_epoch)
+
+    def before_step(self, model: nn.Module, step: int, epoch: int) -> None:
+        # The loop numbers iterations globally; the repository's rule uses the index within the
+        # epoch, counted here (a resumed stage restarts at an epoch boundary, so this holds).
+        if epoch != self._epoch:
+            self._epoch, self._i = epoch, 0
+        else:
+            self._i += 1
+        if self.should_update(self._i, epoch):
+            self.update_masks(model, self.target_sparsity(step))
+
+    @torch.no_grad()
+    def update_masks(self, model: nn.Module, sparsity: float) -> None:
+        """Recompute every mask from the current dense weights at ``sparsity``."""
+        convs = masked_convs(model)
+        if self.type == "structured":
+            scores = {n: filter_importance(c.weight_orig, self.importance) for n, c in convs}
+        else:
+            scores = {n: weight_importance(c.weight_orig, self.importance) for n, c in convs}
+        keep = compute_keep(scores, sparsity, self.scope, self.threshold_mode)
+        modules = dict(model.named_modules())
+        for name, conv in convs:
+            k = keep[name].to(conv.weight_mask.device)
+            shape = (-1,) + (1,) * (conv.weight_mask.dim() - 1)
+            full = k.reshape(shape).expand_as(conv.weight_mask) if self.type == "structured" else k
+            conv.weight_mask.copy_(full)
+            conv.weight = (conv.weight_orig * conv.weight_mask).detach()
+            bn_name = self._bn.get(name)
+            if bn_name is not None and self.type == "structured":
+                bn = modules[bn_name]
+                for pname in ("weight", "bias"):
+                    if _is_masked(bn, pname):
+                        getattr(bn, f"{pname}_mask").copy_(k)
+                        setattr(bn, pname, (getattr(bn, f"{pname}_orig") * k).detach())
+        self.updates += 1
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        """``odecay * reg(model)`` (``None`` for ``reg=none``)."""
+        options = {**self.reg_options, "generator": self._generator}
+        value = regularizer(self.reg, model, **options)
+        return None if value is None else self.odecay * value
+
+    def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
+        pruned, total = filter_counts(model)
+        denom, zeros, pct = repo_sparsity(model)
+        log.info(
+            "dynamic_filter epoch %d: %d/%d filters pruned; repository sparsity %.2f%% (%d/%d)",
+            epoch + 1,
+            pruned,
+            total,
+            pct,
+            zeros,
+            denom,
+        )
+
+    # ------------------------------------------------------------------ pruning
+    def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
+        """Fix the masks, export ``W ⊙ M``, and (structured) remove the pruned filters."""
+        convs = masked_convs(model)
+        if not convs:
+            raise RuntimeError("dynamic_filter.prune needs the model returned by prepare()")
+        never_updated = all(bool(c.weight_mask.all()) for _, c in convs)
+        masks_from = "training"
+        if never_updated and self.rate > 0:
+            # No mask was computed during training (pretrained=, or too few iterations): prune
+            # once at the final rate from the trained weights.
+            self.update_masks(model, self.rate)
+            masks_from = "one-shot at prune"
+        pruned_filters, total_filters = filter_counts(model)
+        denom, zeros, pct = repo_sparsity(model)
+        info: dict[str, Any] = {
+            "type": self.type,
+            "rate": self.rate,
+            "importance": self.importance,
+            "scope": self.scope,
+            "schedule": self.schedule,
+            "threshold_mode": self.threshold_mode,
+            "reg": self.reg,
+            "odecay": self.odecay,
+            "masks_from": masks_from,
+            "filters_pruned": pruned_filters,
+            "filters_total": total_filters,
+            "repo_sparsity_percent": round(pct, 4),
+            "repo_sparsity_zeros": zeros,
+            "repo_sparsity_denominator": denom,
+        }
+        masks = export_masks(model)
+        if self.type == "structured" and self.remove_filters:
+            model, masks, removal = remove_pruned_filters(model, masks, ctx.input_size)
+            info.update(removal)
+            info["removal_exact"] = self.mask_bn
+        masks = {n: m for n, m in masks.items() if not bool(m.all())}
+        return PruneResult(model=model, masks=masks, info=info)
+
+    def restore(self, model: nn.Module, checkpoint: Mapping[str, Any], source: str) -> nn.Module:
+        """Strip the re-parameterisation, rebuild the removed structure, load the weights."""
+        strip_masks(model, apply=False)
+        info = dict(checkpoint.get("info", {}))
+        if info.get("channels"):
+            from prune_cli.pruning.channels import rebuild
+
+            model = rebuild(model, info["channels"], tuple(info["input_size"]))
+        load_state_into(model, dict(checkpoint), source)
+        return model
+
+
+# ----------------------------------------------------------------------------- export helpers
+def filter_counts(model: nn.Module) -> tuple[int, int]:
+    """(filters whose mask is zero over all of ``[in, kh, kw]``, filters) over masked convs."""
+    pruned = total = 0
+    for _, conv in masked_convs(model):
+        flat = conv.weight_mask.reshape(conv.weight_mask.shape[0], -1)
+        pruned += int((flat == 0).all(dim=1).sum())
+        total += flat.shape[0]
+    return pruned, total
+
+
+def strip_masks(model: nn.Module, apply: bool = True) -> dict[str, torch.Tensor]:
+    """Undo every :func:`attach_mask` in ``model``; ``{param name: bool mask}``."""
+    masks = {}
+    for name, module in model.named_modules():
+        for pname in ("weight", "bias"):
+            if _is_masked(module, pname):
+                prefix = f"{name}." if name else ""
+                masks[f"{prefix}{pname}"] = detach_mask(module, pname, apply)
+    return masks
+
+
+def export_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Export ``W ⊙ M`` as plain parameters; the masks keyed by parameter name."""
+    return strip_masks(model, apply=True)
+
+
+def remove_pruned_filters(
+    model: nn.Module, masks: dict[str, torch.Tensor], input_size: tuple[int, int, int]
+) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
+    """Physically remove the pruned filters of every removable channel group.
+
+    A group whose producer conv lost every filter keeps one (filter 0, still masked to zero)
+    rather than being cut to nothing. Masks of the sliced modules are sliced alike. Returns the
+    new model, the masks and ``{"channels": channel_report, "input_size", "filters_removed"}``
+    (``channels`` lets :meth:`DynamicFilter.restore` rebuild the structure on resume).
+    """
+    from prune_cli.pruning.channels import channel_groups, channel_report, remove_channels
+
+    groups = channel_groups(model, input_size)
+    keep: dict[str, torch.Tensor] = {}
+    for g in groups:
+        mask = masks.get(f"{g.name}.weight")
+        if mask is None:
+            continue
+        filters = mask.reshape(mask.shape[0], -1).any(dim=1).cpu()
+        if not bool(filters.any()):
+            # A layer cannot have zero channels: keep filter 0, still masked (all zeros).
+            filters = filters.clone()
+            filters[0] = True
+        if not bool(filters.all()):
+            keep[g.name] = filters
+    new = remove_channels(model, groups, keep)
+    by_name = {g.name: g for g in groups}
+    out = dict(masks)
+    for name, k in keep.items():
+        g = by_name[name]
+        idx = torch.nonzero(k).reshape(-1)
+        for member in (g.name, *g.gates, *g.depthwise, *g.bns):
+            for pname in ("weight", "bias"):
+                key = f"{member}.{pname}"
+                if key in out:
+                    out[key] = out[key].index_select(0, idx.to(out[key].device))
+        for consumer in g.consumers:
+            key = f"{consumer}.weight"
+            if key in out and out[key].dim() > 1:
+                out[key] = out[key].index_select(1, idx.to(out[key].device))
+    removed = sum(int((~k).sum()) for k in keep.values())
+    return (
+        new,
+        out,
+        {
+            "channels": channel_report(groups, keep),
+            "input_size": list(input_size),
+            "filters_removed": removed,
+        },
+    )

@@ -1,0 +1,214 @@
+"""Training-time penalties of ``method=dynamic_filter`` (``method.reg``), methods.md §7.5.
+
+Every penalty is a pure function of tensors (``*_penalty`` / ``*_term``) with a model-level sum
+over the weights it applies to. The training loss is ``CE + odecay * reg(model)`` (the name
+``odecay`` comes from the SRIP code the repository copied).
+
+The model-level functions read the *trainable dense* weights: a weight re-parameterised as
+``weight_orig`` (parameter) + ``weight_mask`` (buffer) by :mod:`prune_cli.methods.dynamic_filter`
+contributes ``weight_orig``, so the penalty acts on what SGD updates. Masks are buffers, never
+parameters, and are excluded, except by :func:`cov_faithful`, which includes them because the
+repository's masks were ``nn.Parameter``s.
+
+- ``none``: no penalty.
+- ``cov_faithful``: the repository's ``reg_cov`` exactly as coded (NumPy on detached tensors; only
+  2-D kernel slices whose first dimension has length 2 count): **no gradient, and exactly 0 on
+  ResNet-56**, whose kernels are 3x3 and 1x1. It exists only to reproduce the repository's runs.
+- ``cov``: the corrected, differentiable covariance penalty over every conv kernel slice.
+- ``decorr_zhu``: Zhu, Zhou & Li (IJCAI 2018) as in henry-eigen/Decorr_Reg ``ssr.py``:
+  ``lam*||W||_F + eta*R_s + gamma*R_c`` per conv layer.
+- ``ortho``: SRIP (Bansal et al. 2018), the repository's unused ``reg_ortho``: one power-iteration
+  estimate of ``sigma_max(W^T W - I)`` per weight with >= 2 dimensions, squared and summed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REGULARIZERS = ("none", "cov_faithful", "cov", "decorr_zhu", "ortho")
+
+
+def _weights(model: nn.Module, min_dim: int = 2, exact_dim: int | None = None) -> Iterator:
+    """``(name, parameter)`` of every trainable parameter with >= ``min_dim`` dimensions
+    (exactly ``exact_dim`` if given), shared tensors once."""
+    for name, p in model.named_parameters():
+        if p.dim() < min_dim or (exact_dim is not None and p.dim() != exact_dim):
+            continue
+        yield name, p
+
+
+def _zero(model: nn.Module) -> torch.Tensor:
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return torch.zeros((), device=device)
+
+
+# ----------------------------------------------------------------------------- cov_faithful
+def cov_faithful_slice(w_: np.ndarray) -> float:
+    """The repository's per-slice term: ``sum |triu(np.cov(w_))|`` if ``len(w_) == 2``, else 0.
+
+    ``np.cov`` treats rows as variables (ddof = 1); ``triu`` keeps the diagonal. A 0-d slice
+    (a row of a linear layer's weight) contributes nothing.
+    """
+    if w_.ndim == 0 or len(w_) != 2:
+        return 0.0
+    cov = np.atleast_2d(np.cov(w_))
+    return float(np.absolute(np.triu(cov)).sum())
+
+
+def cov_faithful(model: nn.Module) -> torch.Tensor:
+    """``reg_cov`` of heehehe/pruning-decorrelation as coded (methods.md §7.5, consequences a, b).
+
+    Loops over every parameter (and mask buffer ``*_mask``, which were parameters there) with
+    >= 2 dimensions, over its 2-D slices ``W[o, c]``, and adds :func:`cov_faithful_slice`. The
+    value is a constant tensor without gradient; only slices whose first dimension is 2 can be
+    non-zero, so it is 0 for 3x3 and 1x1 kernels and for linear layers.
+    """
+    tensors = [p for _, p in _weights(model)]
+    tensors += [b for n, b in model.named_buffers() if n.endswith("_mask") and b.dim() >= 2]
+    total = 0.0
+    for w in tensors:
+        # Only W[o, c] with first dimension 2 can contribute: skip the rest without a Python
+        # loop over ~10^5 slices (the value is the same, the repository's loop is just slow).
+        if w.dim() < 3 or w.shape[2] != 2:
+            continue
+        arr = w.detach().cpu().numpy()
+        for row in arr:
+            for w_ in row:
+                total += cov_faithful_slice(w_)
+    return torch.tensor(total, dtype=torch.float32, device=_zero(model).device)
+
+
+# ----------------------------------------------------------------------------- cov
+def cov_penalty(weight: torch.Tensor, include_diag: bool = True) -> torch.Tensor:
+    """``sum_{o,c} sum_{i<=j} |Cov(K)_ij|`` over the kernel slices ``K = W[o, c]`` (kh x kw).
+
+    ``Cov(K) = (K - mean_row(K)) (K - mean_row(K))^T / (kw - 1)``: rows are variables, columns
+    observations, as ``np.cov``. ``include_diag=False`` sums ``i < j`` only (decorrelation
+    without the variance term). Kernels with ``kw < 2`` have no covariance and give 0.
+    """
+    if weight.dim() != 4 or weight.shape[-1] < 2:
+        return weight.new_zeros(())
+    kw = weight.shape[-1]
+    centred = weight - weight.mean(dim=-1, keepdim=True)
+    cov = centred @ centred.transpose(-1, -2) / (kw - 1)
+    kh = weight.shape[-2]
+    ones = torch.ones(kh, kh, dtype=torch.bool, device=weight.device)
+    upper = ones.triu(0 if include_diag else 1)
+    return cov.abs()[..., upper].sum()
+
+
+def cov(model: nn.Module, include_diag: bool = True) -> torch.Tensor:
+    """:func:`cov_penalty` summed over every conv weight (4-D parameter) of ``model``."""
+    total = _zero(model)
+    for _, w in _weights(model, exact_dim=4):
+        total = total + cov_penalty(w, include_diag)
+    return total
+
+
+# ----------------------------------------------------------------------------- decorr_zhu
+def zhu_correlation(weight: torch.Tensor, tau: float = 1e-4) -> torch.Tensor:
+    """``R_c`` of Zhu et al. 2018 for one layer (henry-eigen/Decorr_Reg ``rc_loss``).
+
+    Filters are the columns ``F = W.reshape(out, -1)^T``; those with ``mean|w| > tau`` form S.
+    Each is centred and L2-normalised, ``P = F_S^T F_S`` (the Pearson correlation matrix) and
+    ``R_c = ||P - diag(P) I||_F / |S|``. Fewer than two filters in S give 0.
+    """
+    filters = weight.reshape(weight.shape[0], -1).t()
+    keep = filters.abs().mean(dim=0) > tau
+    n = int(keep.sum())
+    if n < 2:
+        return weight.new_zeros(())
+    sel = filters[:, keep]
+    unit = F.normalize(sel - sel.mean(dim=0, keepdim=True), dim=0, eps=1e-12)
+    pearson = unit.t() @ unit
+    off = pearson - torch.diag_embed(torch.diagonal(pearson))
+    return torch.linalg.norm(off) / n
+
+
+def group_lasso(weight: torch.Tensor) -> torch.Tensor:
+    """``R_s = (sum_o ||W[o]||_F + sum_c ||W[:, c]||_F) / 2``: filter- and channel-wise ℓ2."""
+    filter_wise = weight.reshape(weight.shape[0], -1).norm(dim=1).sum()
+    channel_wise = weight.transpose(0, 1).reshape(weight.shape[1], -1).norm(dim=1).sum()
+    return (filter_wise + channel_wise) / 2
+
+
+def zhu_term(
+    weight: torch.Tensor,
+    lam: float = 5e-4,
+    eta: float = 1e-3,
+    gamma: float = 5.0,
+    tau: float = 1e-4,
+) -> torch.Tensor:
+    """One layer's ``lam*||W||_F + eta*R_s + gamma*R_c`` (Decorr_Reg ``rc_reg``, defaults)."""
+    return (
+        lam * torch.linalg.norm(weight)
+        + eta * group_lasso(weight)
+        + gamma * zhu_correlation(weight, tau)
+    )
+
+
+def decorr_zhu(
+    model: nn.Module,
+    lam: float = 5e-4,
+    eta: float = 1e-3,
+    gamma: float = 5.0,
+    tau: float = 1e-4,
+) -> torch.Tensor:
+    """:func:`zhu_term` summed over every conv weight (4-D parameter) of ``model``."""
+    total = _zero(model)
+    for _, w in _weights(model, exact_dim=4):
+        total = total + zhu_term(w, lam, eta, gamma, tau)
+    return total
+
+
+# ----------------------------------------------------------------------------- ortho
+def srip_sigma(weight: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One power-iteration estimate of ``sigma_max(M)``, ``M = W^T W - I`` (SRIP, ``reg_ortho``).
+
+    ``W`` is reshaped to ``(rows, cols = W[0].numel())``. With a random unit ``u``:
+    ``v = normalize(M^T u)``, ``u = normalize(M v)``, ``sigma = u . (M v)``. Exact when ``M`` is a
+    multiple of the identity; 0 for orthonormal columns.
+    """
+    cols = weight[0].numel()
+    w = weight.reshape(-1, cols)
+    m = w.t() @ w - torch.eye(cols, device=w.device, dtype=w.dtype)
+    u = torch.randn(cols, generator=generator, dtype=w.dtype)
+    u = F.normalize(u.to(w.device), dim=0, eps=1e-12)
+    v = F.normalize(m.t() @ u, dim=0, eps=1e-12)
+    u = F.normalize(m @ v, dim=0, eps=1e-12)
+    return torch.dot(u, m @ v)
+
+
+def ortho(model: nn.Module, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``sum sigma^2`` of :func:`srip_sigma` over every parameter with >= 2 dimensions."""
+    total = _zero(model)
+    for _, w in _weights(model):
+        total = total + srip_sigma(w, generator) ** 2
+    return total
+
+
+# ----------------------------------------------------------------------------- dispatch
+def regularizer(name: str, model: nn.Module, **options: Any) -> torch.Tensor | None:
+    """``reg(model)`` for ``method.reg = name`` (``None`` for ``none``).
+
+    ``options``: ``include_diag`` (cov); ``lam``, ``eta``, ``gamma``, ``tau`` (decorr_zhu);
+    ``generator`` (ortho). Unknown names raise ``ValueError`` (the method validates the name).
+    """
+    if name == "none":
+        return None
+    if name == "cov_faithful":
+        return cov_faithful(model)
+    if name == "cov":
+        return cov(model, bool(options.get("include_diag", True)))
+    if name == "decorr_zhu":
+        keys = ("lam", "eta", "gamma", "tau")
+        return decorr_zhu(model, **{k: float(options[k]) for k in keys if k in options})
+    if name == "ortho":
+        return ortho(model, options.get("generator"))
+    raise ValueError(f"unknown regularizer {name!r}; choose one of: {', '.join(REGULARIZERS)}")

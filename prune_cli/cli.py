@@ -8,6 +8,7 @@ gives one line naming the valid choices rather than Hydra's multi-line report), 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -101,15 +102,29 @@ def _task(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Console entry point of ``prune-run``."""
     args = sys.argv[1:]
+    # Started by torchrun: one run on several processes (prune_cli.distributed, DDP).
+    torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     try:
         check_overrides(args)
         args = expand_resume(args)
+        if torchrun:
+            from prune_cli import distributed
+
+            args = distributed.torchrun_overrides(args, CONFIG_DIR / "config.yaml")
     except UserError as exc:
         print(f"prune-run: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     sys.argv = [sys.argv[0], *args]
-    _task()
-    if _failures:
+    try:
+        _task()
+    finally:
+        if torchrun:
+            distributed.shutdown()
+    from prune_cli.callbacks import SWEEP_FAILURES
+
+    if _failures or SWEEP_FAILURES:
+        if SWEEP_FAILURES and not _failures:  # jobs that failed in launcher worker processes
+            print(f"prune-run: error: {SWEEP_FAILURES[0]}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
 
 

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 
+def _nonzero_rank() -> bool:
+    """True on ranks other than 0 of a torchrun job (prune_cli.distributed): they do not write.
+
+    Looked up without importing torch, so that light tools (prune-report) stay light.
+    """
+    dist = sys.modules.get("torch.distributed")
+    return bool(dist and dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file through a temporary file and ``os.replace``: never half-written."""
+    """Write a text file through a temporary file and ``os.replace``: never half-written.
+
+    In a distributed run only rank 0 writes (the other ranks hold the same content).
+    """
+    if _nonzero_rank():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -29,6 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from prune_cli import distributed
 from prune_cli.cache import cache_key, entry_lock
 from prune_cli.data import build_dataset
 from prune_cli.engine import (
@@ -41,6 +42,7 @@ from prune_cli.engine import (
 )
 from prune_cli.engine.loop import FitResult, evaluate, write_history
 from prune_cli.errors import ConfigError
+from prune_cli.export import FORMATS, export_model
 from prune_cli.io import atomic_write_text
 from prune_cli.methods import PruneContext, build_method
 from prune_cli.metrics.latency import measure_latency
@@ -223,11 +225,13 @@ class Pipeline:
         else:
             entry = self.ckpt_dir
         trained = entry / "trained.pt"
-        lock = entry_lock(entry) if cached else contextlib.nullcontext()
+        # Under torchrun only rank 0 takes the lock and decides; a rank waiting on the lock
+        # while rank 0 trains would deadlock the gradient all-reduce.
+        lock = entry_lock(entry) if cached and distributed.is_main() else contextlib.nullcontext()
         with lock:
             if cached:
                 write_json_once(entry / "key.json", payload)
-            if trained.is_file() and (cached or self.resume):
+            if distributed.broadcast_object(trained.is_file()) and (cached or self.resume):
                 ckpt = load_checkpoint(trained, self.device)
                 load_state_into(self.model, ckpt, str(trained), expect_arch=self.model_name)
                 summary = dict(ckpt.get("summary", {}))
@@ -259,7 +263,7 @@ class Pipeline:
                     },
                 )
                 summary["from_cache"] = False
-        if cached:
+        if cached and distributed.is_main():
             _link_or_copy(trained, self.ckpt_dir / "trained.pt")
             summary["cache_entry"] = str(entry)
         write_history(self.history_csv, "train", history)
@@ -274,7 +278,7 @@ class Pipeline:
             seed=self.seed,
             input_size=self.input_size,
             finetune=self._finetune_callback,
-            record=lambda stage, model: self.record(stage, model) and None,
+            record=self.record,
         )
         if self.resume and pruned_path.is_file():
             ckpt = load_checkpoint(pruned_path, self.device)
@@ -349,6 +353,12 @@ class Pipeline:
                 "info": self.metrics.get("prune_info", {}),
             },
         )
+        # A copy that reloads without prune-cli's classes (the narrower structure included).
+        export_cfg = _plain(self.cfg.get("export")) or {}
+        formats = [f for f in FORMATS if export_cfg.get(f, False)]
+        if formats and distributed.is_main():
+            written = export_model(self.model, final_path, self.input_size, formats)
+            self.metrics["export"] = written
 
     def evaluate(self) -> None:
         tic = time.perf_counter()

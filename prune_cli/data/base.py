@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from prune_cli import distributed
 from prune_cli.data.loaders import FileLoader, TensorLoader
 from prune_cli.errors import ConfigError, unknown_choice
 from prune_cli.registry import Registry
@@ -149,6 +150,8 @@ class DatasetBundle:
             raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
         dev = torch.device(device)
         part = self.splits[split]
+        # Under torchrun each rank loads its shard (prune_cli.distributed); else rank 0 of 1.
+        shard = {"rank": distributed.rank(), "world_size": distributed.world_size()}
         if part.in_memory:
             images, labels = part.tensors_on(dev)
             return TensorLoader(
@@ -163,6 +166,7 @@ class DatasetBundle:
                 drop_last=drop_last,
                 crop_padding=self.crop_padding,
                 hflip=self.hflip,
+                **shard,
             )
         transform = self.train_transform if train else self.eval_transform
         if transform is None:
@@ -179,6 +183,7 @@ class DatasetBundle:
             seed=seed,
             drop_last=drop_last,
             num_workers=self.num_workers,
+            **shard,
         )
 
 

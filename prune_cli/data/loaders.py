@@ -79,6 +79,30 @@ def _num_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else math.ceil(n / batch_size)
 
 
+def shard_slice(n: int, rank: int, world_size: int) -> slice:
+    """Rank ``rank``'s contiguous part of ``n`` items split as evenly as possible.
+
+    The first ``n % world_size`` ranks get one item more; one process gets ``slice(0, n)``.
+    """
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))
+
+
+def _sharded_num_batches(loader: Any, n: int) -> int:
+    """Batches per rank in a distributed run.
+
+    Training: every rank takes the same number of steps (DistributedDataParallel synchronises
+    each one); a last partial global batch with fewer images than ranks is dropped, since a
+    rank with no image cannot take the step. Evaluation: batches over this rank's part.
+    """
+    if not loader.train:
+        part = shard_slice(n, loader.rank, loader.world_size)
+        return math.ceil((part.stop - part.start) / loader.batch_size)
+    full, rest = divmod(n, loader.batch_size)
+    return full + (1 if rest >= loader.world_size and not loader.drop_last else 0)
+
+
 class _EpochCounter:
     """Epoch bookkeeping shared by both loaders.
 
@@ -120,6 +144,8 @@ class TensorLoader(_EpochCounter):
         drop_last: bool = False,
         crop_padding: int = 4,
         hflip: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         super().__init__()
         self.images, self.labels = images, labels
@@ -128,8 +154,13 @@ class TensorLoader(_EpochCounter):
         self.crop_padding, self.hflip = crop_padding, hflip
         self.num_samples = len(labels)
         self._mean, self._std = _channel_stats(mean, std, device)
+        # Distributed runs (prune_cli.distributed): ``batch_size`` stays the global batch.
+        self.rank, self.world_size = rank, world_size
+        self._eval_part = shard_slice(self.num_samples, rank, world_size)
 
     def __len__(self) -> int:
+        if self.world_size > 1:
+            return _sharded_num_batches(self, self.num_samples)
         return _num_batches(self.num_samples, self.batch_size, self.drop_last)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -140,22 +171,40 @@ class TensorLoader(_EpochCounter):
             perm = torch.randperm(n, generator=generator_for(self.seed, epoch, _ORDER_STREAM))
             perm = perm.to(self.images.device)
         aug = generator_for(self.seed, epoch, _AUGMENT_STREAM)
+        sharded = self.world_size > 1
+        if sharded and not self.train:  # evaluation: this rank's contiguous part of the split
+            lo, n = self._eval_part.start, self._eval_part.stop
+        else:
+            lo = 0
         for i in range(len(self)):
-            sel = slice(i * bs, min(n, (i + 1) * bs))
+            sel = slice(lo + i * bs, min(n, lo + (i + 1) * bs))
             idx = perm[sel] if perm is not None else sel
+            part = None
+            if sharded and self.train:  # this rank's slice of the global batch
+                part = shard_slice(sel.stop - sel.start, self.rank, self.world_size)
+                idx = idx[part]
             x = self.images[idx].to(self.device, non_blocking=True)
             y = self.labels[idx].to(self.device, non_blocking=True)
             if self.train:
-                x = self._augment(x, aug)
+                x = self._augment(x, aug, part, sel.stop - sel.start)
             yield normalize(x, self._mean, self._std), y
 
-    def _augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        b, p = len(x), self.crop_padding
-        # Drawn on the CPU generator for every batch, so results match across devices.
+    def _augment(
+        self,
+        x: torch.Tensor,
+        gen: torch.Generator,
+        part: slice | None = None,
+        total: int | None = None,
+    ) -> torch.Tensor:
+        b, p = total or len(x), self.crop_padding
+        # Drawn on the CPU generator for every batch, so results match across devices; for the
+        # whole global batch in a distributed run, so each rank uses its slice of those draws.
         offsets = torch.randint(0, 2 * p + 1, (b, 2), generator=gen)
         flips = torch.rand(b, generator=gen) < 0.5
         if not self.hflip:
             flips.zero_()
+        if part is not None:
+            offsets, flips = offsets[part], flips[part]
         return crop_and_flip(x, offsets.to(x.device), flips.to(x.device), p)
 
 
@@ -201,6 +250,8 @@ class FileLoader(_EpochCounter):
         seed: int = 0,
         drop_last: bool = False,
         num_workers: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         super().__init__()
         self.dataset = ImageFiles(files, labels, transform)
@@ -208,9 +259,26 @@ class FileLoader(_EpochCounter):
         self.seed, self.drop_last, self.num_workers = seed, drop_last, num_workers
         self.num_samples = len(files)
         self._mean, self._std = _channel_stats(mean, std, device)
+        # Distributed runs (prune_cli.distributed): ``batch_size`` stays the global batch.
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
+        if self.world_size > 1:
+            return _sharded_num_batches(self, self.num_samples)
         return _num_batches(self.num_samples, self.batch_size, self.drop_last)
+
+    def _rank_part(self) -> tuple[int, ...]:
+        return (self.rank,) if self.world_size > 1 else ()
+
+    def _rank_batches(self, order: list[int]) -> list[list[int]]:
+        """This rank's slice of every global batch of ``order`` (training), or batches over
+        its contiguous part of the split (evaluation)."""
+        bs, world = self.batch_size, self.world_size
+        if not self.train:
+            part = order[shard_slice(len(order), self.rank, world)]
+            return [part[i : i + bs] for i in range(0, len(part), bs)]
+        batches = [order[i : i + bs] for i in range(0, len(order), bs)]
+        return [b[shard_slice(len(b), self.rank, world)] for b in batches[: len(self)]]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = self._next_epoch()
@@ -219,14 +287,18 @@ class FileLoader(_EpochCounter):
             order = torch.randperm(self.num_samples, generator=gen).tolist()
         else:
             order = list(range(self.num_samples))
+        if self.world_size > 1:
+            batching: dict[str, Any] = {"batch_sampler": self._rank_batches(order)}
+        else:
+            batching = {"batch_size": self.batch_size, "sampler": order}
+            batching["drop_last"] = self.drop_last
         loader = DataLoader(
             self.dataset,
-            batch_size=self.batch_size,
-            sampler=order,
+            **batching,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
-            drop_last=self.drop_last,
-            generator=generator_for(self.seed, epoch, _WORKER_STREAM),
+            # Each rank's workers draw their own augmentations; one process keeps its seeds.
+            generator=generator_for(self.seed, epoch, _WORKER_STREAM, *self._rank_part()),
         )
         for x, y in loader:
             x = x.to(self.device, non_blocking=True)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prune_cli.distributed import is_main
 from prune_cli.errors import CheckpointError
 
 
@@ -17,7 +18,10 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` with ``torch.save`` to a temporary file, then rename it into place.
 
     A crash never leaves a torn checkpoint: readers see either the old file or the new one.
+    In a distributed run only rank 0 writes (every rank holds the same weights).
     """
+    if not is_main():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -15,6 +15,9 @@ from torch import nn
 class TrainHooks:
     """Called by :func:`prune_cli.engine.fit` around every optimisation step."""
 
+    def on_fit_start(self, model: nn.Module, epochs: int, steps_per_epoch: int) -> None:
+        """Once before the first step of a stage (e.g. a sparsity schedule over all steps)."""
+
     def before_step(self, model: nn.Module, step: int, epoch: int) -> None:
         """Before the forward pass of global iteration ``step`` (e.g. recompute dynamic masks)."""
 
@@ -37,6 +40,10 @@ class CompositeHooks(TrainHooks):
 
     def __init__(self, hooks: Iterable[TrainHooks]) -> None:
         self.hooks = [h for h in hooks if h is not None]
+
+    def on_fit_start(self, model: nn.Module, epochs: int, steps_per_epoch: int) -> None:
+        for h in self.hooks:
+            h.on_fit_start(model, epochs, steps_per_epoch)
 
     def before_step(self, model: nn.Module, step: int, epoch: int) -> None:
         for h in self.hooks:

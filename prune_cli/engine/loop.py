@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from prune_cli import distributed
 from prune_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from prune_cli.engine.hooks import TrainHooks
 from prune_cli.engine.optim import build_optimizer, build_scheduler
@@ -115,6 +116,11 @@ def evaluate(
         correct5 += hits.any(dim=1).sum()
         n += labels.numel()
     model.train(was_training)
+    if distributed.is_distributed():  # each rank saw its shard of the split: add them up
+        counts = torch.stack([correct1, correct5, torch.tensor(n, device=device)])
+        distributed.all_reduce_sum(loss_sum)
+        distributed.all_reduce_sum(counts)
+        correct1, correct5, n = counts[0], counts[1], int(counts[2])
     if n == 0:
         return EvalResult(float("nan"), float("nan"), float("nan"), 0)
     return EvalResult(
@@ -149,6 +155,14 @@ def _check_finite(loss_sum: torch.Tensor, stage: str, epoch: int, step: int, las
         )
 
 
+def _reduced(total: torch.Tensor) -> torch.Tensor:
+    """The objective summed over ranks, so that all ranks stop together on a NaN (a rank that
+    stopped alone would leave the others waiting in the next gradient all-reduce)."""
+    if not distributed.is_distributed():
+        return total
+    return distributed.all_reduce_sum(total.detach().clone())
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -162,8 +176,12 @@ def train_one_epoch(
     amp: bool = False,
     channels_last: bool = False,
     on_check: Callable[[torch.Tensor, int], None] | None = None,
+    forward: nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One pass over ``batches``; returns (sum of per-image losses, correct count, images).
+
+    ``forward`` (default ``model``) computes the logits: the DistributedDataParallel wrapper of
+    ``model`` in a distributed run; hooks always get ``model`` itself.
 
     Sums stay on the device (no per-step host sync on GPU); ``on_check`` sees the running sum of
     the objective every step on the CPU, every 25 steps on the GPU and after the last step, so a
@@ -180,7 +198,7 @@ def train_one_epoch(
     for i, (images, labels) in enumerate(batches):
         hooks.before_step(model, epoch * steps_per_epoch + i, epoch)
         with autocast_context(device, amp):
-            logits = model(_channels_last(images, channels_last))
+            logits = (forward or model)(_channels_last(images, channels_last))
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
             extra = hooks.extra_loss(model)
             total = loss if extra is None else loss + extra
@@ -231,6 +249,8 @@ def fit(
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, epochs)
+    # Distributed: the batch size is the global batch, split evenly across ranks.
+    distributed.local_batch_size(int(cfg["batch_size"]))
     train_loader = data.loader(
         "train", int(cfg["batch_size"]), train=True, device=device, seed=seed, drop_last=False
     )
@@ -260,6 +280,8 @@ def fit(
         result.best_path = best_path
 
     steps_per_epoch = len(train_loader)
+    hooks.on_fit_start(model, epochs, steps_per_epoch)
+    ddp_model = distributed.wrap_ddp(model, device) if distributed.is_distributed() else None
     model.train()
     for epoch in range(start_epoch, epochs):
         tic = time.perf_counter()
@@ -283,8 +305,17 @@ def fit(
             smoothing=smoothing,
             amp=amp,
             channels_last=cl,
-            on_check=lambda total, i, e=epoch: _check_finite(total, stage, e, i, last_path),
+            on_check=lambda total, i, e=epoch: _check_finite(
+                _reduced(total), stage, e, i, last_path
+            ),
+            forward=ddp_model,
         )
+        if distributed.is_distributed():
+            distributed.sync_buffers(model)
+            images = torch.tensor(float(seen), dtype=torch.float64, device=device)
+            sums = torch.stack([loss_sum, correct.double(), images])
+            distributed.all_reduce_sum(sums)
+            loss_sum, correct, seen = sums[0], sums[1].long(), int(sums[2])
         hooks.on_epoch_end(model, epoch)
         scheduler.step()
         ev = evaluate(model, eval_loader, device, amp=amp, channels_last=cl)
@@ -330,4 +361,5 @@ def fit(
         )
     if history_csv is not None and result.history:
         write_history(history_csv, stage, result.history)
+    distributed.barrier()  # rank 0's checkpoints are on disk before any rank reads them
     return result

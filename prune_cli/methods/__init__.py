@@ -6,7 +6,18 @@ from collections.abc import Mapping
 from typing import Any
 
 # Importing the modules registers the methods.
-from prune_cli.methods import magnitude, none, random  # noqa: F401
+from prune_cli.methods import (  # noqa: F401
+    double_pruning,
+    dynamic_filter,
+    l1_filter,
+    magnitude,
+    network_slimming,
+    none,
+    optimized,
+    random,
+    soft_sharing,
+    template_reuse,
+)
 from prune_cli.methods.base import Method, PruneContext, PruneResult
 from prune_cli.methods.registry import METHODS
 

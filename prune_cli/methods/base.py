@@ -51,7 +51,7 @@ class PruneContext:
     seed: int
     input_size: tuple[int, int, int]
     finetune: Callable[..., nn.Module] | None = None
-    record: Callable[[str, nn.Module], None] | None = None
+    record: Callable[[str, nn.Module], Any] | None = None
 
 
 class Method(TrainHooks):

@@ -7,13 +7,12 @@ These run the real console entry point in a subprocess (as a user would), on the
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import prune_run as _prune_run
 
 from prune_cli.engine import load_checkpoint
 
@@ -33,15 +32,7 @@ STAGE_KEYS = {"top1", "top5", "params", "params_nonzero", "macs", "macs_nonzero"
 
 
 def prune_run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
-    return subprocess.run(
-        [sys.executable, "-m", "prune_cli.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return _prune_run(*args, cwd=cwd, threads=2)
 
 
 def run_dirs(root: Path) -> list[Path]:

@@ -1,0 +1,21 @@
+"""Running ``prune-run`` in a subprocess, as a user would, for the end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def prune_run(*args: str, cwd: Path, threads: int = 1) -> subprocess.CompletedProcess:
+    """``python -m prune_cli.cli ARGS`` in ``cwd``; output captured as text."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
+    return subprocess.run(
+        [sys.executable, "-m", "prune_cli.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )

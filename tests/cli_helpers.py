@@ -7,6 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+#: Overrides that shrink the default run to a few seconds (tiny data, one epoch per stage).
+FAST = [
+    "dataset.train_size=384",
+    "dataset.test_size=128",
+    "train.epochs=1",
+    "train.batch_size=64",
+    "finetune.epochs=1",
+    "finetune.batch_size=64",
+    "metrics.latency.batch_sizes=[1,4]",
+    "metrics.latency.warmup=1",
+    "metrics.latency.repeats=2",
+]
+
 
 def prune_run(*args: str, cwd: Path, threads: int = 1) -> subprocess.CompletedProcess:
     """``python -m prune_cli.cli ARGS`` in ``cwd``; output captured as text."""

@@ -12,21 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import FAST
 from cli_helpers import prune_run as _prune_run
 
 from prune_cli.engine import load_checkpoint
 
-FAST = [
-    "dataset.train_size=384",
-    "dataset.test_size=128",
-    "train.epochs=1",
-    "train.batch_size=64",
-    "finetune.epochs=1",
-    "finetune.batch_size=64",
-    "metrics.latency.batch_sizes=[1,4]",
-    "metrics.latency.warmup=1",
-    "metrics.latency.repeats=2",
-]
 STAGE_KEYS = {"top1", "top5", "params", "params_nonzero", "macs", "macs_nonzero", "sparsity",
               "netscore"}  # fmt: skip
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_helpers import FAST, prune_run
 from torch import nn
 
 from prune_cli.errors import ConfigError
@@ -36,7 +37,6 @@ from prune_cli.methods.regularizers import (
 from prune_cli.metrics.counting import count_params, sparsity
 from prune_cli.models import build_model
 from prune_cli.pruning import MaskHold
-from tests.test_cli import FAST, prune_run
 
 
 def method(**cfg) -> object:

@@ -107,12 +107,17 @@ def _flop_counter_macs(model: nn.Module, input_size: tuple[int, int, int]) -> in
     return counter.get_total_flops() // 2
 
 
-@pytest.mark.parametrize(
-    ("input_size", "num_classes"),
-    [((3, 32, 32), 10), ((1, 48, 48), 7), ((3, 224, 224), 1000)],
-    ids=["cifar", "fer", "imagenet"],
-)
-@pytest.mark.parametrize("name", MODELS.names())
+INPUTS = {"cifar": ((3, 32, 32), 10), "fer": ((1, 48, 48), 7), "imagenet": ((3, 224, 224), 1000)}
+# Wide ResNets are CIFAR models (no downsampling stem): at 224 px WRN-28-10 is 250 GMACs a pass.
+MAC_CASES = [
+    pytest.param(name, *INPUTS[data], id=f"{name}-{data}")
+    for name in MODELS.names()
+    for data in INPUTS
+    if not (name.startswith("wrn") and data == "imagenet")
+]
+
+
+@pytest.mark.parametrize(("name", "input_size", "num_classes"), MAC_CASES)
 def test_dense_macs_equal_torch_flop_counter(
     name: str, input_size: tuple[int, int, int], num_classes: int
 ) -> None:

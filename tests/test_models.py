@@ -35,7 +35,7 @@ def test_registry_holds_every_documented_model() -> None:
         *("resnet20", "resnet32", "resnet56", "resnet110", "resnet18", "resnet50"),
         *("vgg11", "vgg16", "vgg19", "mobilenet_v2", "mobilenet_v3_small"),
         *("mobilenet_v3_large", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "squeezenet1_1"),
-        *("efficientnet_b0", "mnasnet1_0"),
+        *("efficientnet_b0", "mnasnet1_0", "wrn16_4", "wrn16_8", "wrn28_10", "wrn40_4"),
     }
     assert set(ALL_MODELS) == expected
 
@@ -91,6 +91,10 @@ def test_imagenet_logits(name: str) -> None:
         ("resnet20", {}, 10, 269_722 + 2_752),
         ("vgg19", {}, 10, 20_035_018),  # methods.md §3
         ("vgg19", {}, 100, 20_081_188),
+        ("wrn28_10", {}, 10, 36_479_194),  # methods.md §9.2 (Savarese & Maire's WRN-28-10)
+        ("wrn16_8", {}, 10, 10_961_370),  # 11.0M in Zagoruyko & Komodakis Table 4
+        ("wrn40_4", {}, 10, 8_949_210),  # 8.9M
+        ("wrn16_4", {}, 100, 2_748_890 + 256 * 90 + 90),
     ],
 )
 def test_exact_parameter_counts(

@@ -21,6 +21,7 @@ from prune_cli.errors import ConfigError
 from prune_cli.methods import PruneContext, build_method
 from prune_cli.metrics.counting import count_macs, count_params
 from prune_cli.models import build_model
+from prune_cli.models.wide_resnet import WideResNet
 from prune_cli.sharing import (
     BANKS_ATTR,
     SConv2d,
@@ -28,6 +29,7 @@ from prune_cli.sharing import (
     choose_templates,
     materialize,
     predicted_params,
+    resnet_plans,
     share,
     shufflenet_plans,
     templates_per_bank,
@@ -218,6 +220,48 @@ def test_soft_sharing_counts_on_cifar_resnet() -> None:
         assert method.summary.layers == {"layer1": 4, "layer2": 4, "layer3": 4}
 
 
+@pytest.mark.parametrize(
+    ("depth", "width", "k", "expected"),
+    [  # methods.md §9.2, derived from the authors' SWRN-d-w-k (10 classes)
+        (28, 10, 1, 12_287_212),
+        (28, 10, 2, 17_125_630),
+        (28, 10, 4, 26_802_466),
+        (28, 10, 6, 36_479_302),  # k = L = 6: no saving, the WRN plus 108 coefficients
+        (28, 14, 2, 33_537_790),
+    ],
+)
+def test_soft_sharing_reproduces_swrn_parameter_counts(
+    depth: int, width: int, k: int, expected: int
+) -> None:
+    model = WideResNet(depth, width, num_classes=10)
+    plans = resnet_plans(model)
+    # The first block of each stage is unshared: 3 banks of 2 (n - 1) = 6 convs of C x C x 3 x 3.
+    assert [(p.name, len(p.layers), p.weight_shape[0]) for p in plans] == [
+        ("layer1", 6, 16 * width),
+        ("layer2", 6, 32 * width),
+        ("layer3", 6, 64 * width),
+    ]
+    ks = {p.name: k for p in plans}
+    assert predicted_params(count_params(model)[0], plans, ks) == expected
+
+
+def test_soft_sharing_on_a_wide_resnet_shares_the_convs_it_counts() -> None:
+    torch.manual_seed(0)
+    model = build_model("wrn16_4", num_classes=10, in_channels=3, image_size=32)
+    p0 = count_params(model)[0]
+    assert p0 == 2_748_890  # WRN-16-4 (Zagoruyko & Komodakis 2016: 2.7M)
+    method = soft(templates_per_stage=1)
+    method.prepare(model)
+    # n = 2 blocks per stage: L = 2 convs of 64^2*9, 128^2*9, 256^2*9 weights share k = 1 template.
+    saved = sum(c * c * 9 for c in (64, 128, 256)) - 3 * 2
+    assert count_params(model)[0] == p0 - saved
+    assert method.summary.layers == {"layer1": 2, "layer2": 2, "layer3": 2}
+    shared = [n for n, m in model.named_modules() if isinstance(m, SConv2d)]
+    assert shared == [f"layer{s}.1.conv{c}" for s in (1, 2, 3) for c in (1, 2)]
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
 def test_auto_picks_the_k_closest_to_ratio() -> None:
     base = shufflenet("shufflenet_v2_x1_0", 100, 32)
     plans = shufflenet_plans(base)
@@ -250,6 +294,7 @@ def perturb(model: nn.Module) -> None:
         ("shufflenet_v2_x0_5", {"name": "template_reuse", "coefficients": "per_channel"}),
         ("shufflenet_v2_x0_5", {"name": "soft_sharing"}),
         ("resnet20", {"name": "soft_sharing", "templates_per_stage": 1}),
+        ("wrn16_4", {"name": "soft_sharing", "templates_per_stage": 1}),
     ],
 )
 def test_materialized_model_gives_identical_logits_and_macs(model_name: str, cfg: dict) -> None:
@@ -443,3 +488,23 @@ def test_experiment_arms_compose_and_match_parameter_counts() -> None:
                 "magnitude", "exact", False)  # fmt: skip
         else:
             assert (kind, cfg.method.name) == ("slimming", "network_slimming")
+
+
+def test_swrn_experiment_pins_the_papers_recipe_and_counts() -> None:
+    experiment = "+experiment=soft_sharing_swrn"
+    base, baseline = compose_all([experiment], [experiment, "method=none"])
+    assert (base.model.name, base.dataset.name, base.method.name) == (
+        "wrn28_10", "cifar10", "soft_sharing")  # fmt: skip
+    assert (base.train.epochs, base.train.lr, base.train.nesterov) == (200, 0.1, True)
+    assert (list(base.train.milestones), base.train.gamma) == ([60, 120, 160], 0.2)
+    assert (base.train.weight_decay, base.dataset.val_size) == (5e-4, 0.1)
+    assert base.hydra.sweeper.params["method.templates_per_stage"] == "1,2,4,6"
+    assert (baseline.model.name, baseline.method.name) == ("wrn28_10", "none")
+    # The swept k give the paper's SWRN-28-10-k counts (methods.md §9.2) on the pinned model.
+    model = WideResNet(28, 10, num_classes=10)
+    plans = resnet_plans(model)
+    counts = {
+        k: predicted_params(count_params(model)[0], plans, {p.name: k for p in plans})
+        for k in (1, 2, 4, 6)
+    }
+    assert counts == {1: 12_287_212, 2: 17_125_630, 4: 26_802_466, 6: 36_479_302}

@@ -44,6 +44,7 @@ SUPPORTED = [
     "shufflenet_v2_x0_5",
     "efficientnet_b0",
     "mnasnet1_0",
+    "wrn16_4",  # pre-activation: the BN after each block's conv1 leads its group
 ]
 
 

@@ -9,9 +9,10 @@ and every BN stay unshared.
 
 Models:
 
-- CIFAR ResNets (``resnet20/32/56/110``, basic blocks): the two 3x3 convs of blocks ``2..n`` of
-  each stage share the stage's bank, ``L = 2 (n - 1)`` layers of ``C_s x C_s x 3 x 3`` (the
-  WRN rule of the paper on the project's ResNets).
+- Wide ResNets (``wrn16_4/16_8/28_10/40_4``), the paper's SWRN-d-w-k, and CIFAR ResNets
+  (``resnet20/32/56/110``): the two 3x3 convs of blocks ``2..n`` of each stage share the stage's
+  bank, ``L = 2 (n - 1)`` layers of ``C_s x C_s x 3 x 3``. ``model=wrn28_10
+  method.templates_per_stage=2`` is SWRN-28-10-2 (17,125,630 parameters for 10 classes).
 - ShuffleNetV2 (``shufflenet_v2_x0_5/x1_0``), the baseline of the template-reuse comparison: the
   same rule, "every conv of the units after the first", shares the two 1x1 convs *and* the
   depthwise 3x3 conv of every stride-1 unit; as a bank holds one weight shape, each stage gets a
@@ -60,7 +61,8 @@ class SoftSharing(SharingMethod):
             return shufflenet_plans(model, pointwise=True, depthwise=True)
         raise ConfigError(
             f"method 'soft_sharing' does not support {type(model).__name__}; choose one of: "
-            "resnet20, resnet32, resnet56, resnet110, shufflenet_v2_x0_5, shufflenet_v2_x1_0"
+            "resnet20, resnet32, resnet56, resnet110, wrn16_4, wrn16_8, wrn28_10, wrn40_4, "
+            "shufflenet_v2_x0_5, shufflenet_v2_x1_0"
         )
 
     def plan_description(self) -> str:
@@ -69,4 +71,4 @@ class SoftSharing(SharingMethod):
                 "ShuffleNetV2: every conv of the stride-1 units (1x1 bank and depthwise bank "
                 "per stage)"
             )
-        return "CIFAR ResNet: one bank per stage over the 3x3 convs after the first block"
+        return "(Wide) CIFAR ResNet: one bank per stage over the 3x3 convs after the first block"

@@ -1,6 +1,7 @@
 """Model registry: config name -> factory, and :func:`build_model`.
 
-Registered names: CIFAR ResNets ``resnet20/32/56/110`` (:mod:`.cifar_resnet`), CIFAR VGG with BN
+Registered names: CIFAR ResNets ``resnet20/32/56/110`` (:mod:`.cifar_resnet`), Wide ResNets
+``wrn16_4``, ``wrn16_8``, ``wrn28_10``, ``wrn40_4`` (:mod:`.wide_resnet`), CIFAR VGG with BN
 ``vgg11/16/19`` (:mod:`.vgg`), and torchvision's ``resnet18``, ``resnet50``, ``mobilenet_v2``,
 ``mobilenet_v3_small``, ``mobilenet_v3_large``, ``shufflenet_v2_x0_5``, ``shufflenet_v2_x1_0``,
 ``squeezenet1_1``, ``efficientnet_b0`` and ``mnasnet1_0`` adapted to the input
@@ -17,7 +18,7 @@ from torch import nn
 from prune_cli.errors import ConfigError
 
 # Imported for their side effect: each module registers its factories in MODELS.
-from prune_cli.models import cifar_resnet, torchvision_models, vgg  # noqa: F401
+from prune_cli.models import cifar_resnet, torchvision_models, vgg, wide_resnet  # noqa: F401
 from prune_cli.models.base import MODELS, ModelFactory, unknown_options
 
 __all__ = ["MODELS", "ModelFactory", "build_model"]

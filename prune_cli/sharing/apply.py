@@ -9,10 +9,11 @@ Sharing plans (which convs share which bank) [methods.md §9.2, §9.3]:
   (6, 14, 6). With ``depthwise=True`` (variant C) the depthwise convs (``bf x 1 x 3 x 3``,
   ``groups = bf``) share a second bank ``stage<s>_depthwise`` (``n_s - 1`` layers). The stride-2
   units, conv1, conv5, the classifier and every BN stay unshared.
-- :func:`resnet_plans` (soft sharing, §9.2, Savarese & Maire's SWRN rule on the project's CIFAR
-  ResNets): per stage, every 3x3 conv of the blocks after the first block shares one bank
-  ``layer<s>``: ``L = 2 (n - 1)`` layers of shape ``C_s x C_s x 3 x 3``. The first block of a
-  stage (stride or width change), the stem, the 1x1 shortcuts and the classifier stay unshared.
+- :func:`resnet_plans` (soft sharing, §9.2, Savarese & Maire's SWRN rule, on the Wide ResNets of
+  the paper and on the project's CIFAR ResNets): per stage, every 3x3 conv of the blocks after
+  the first block shares one bank ``layer<s>``: ``L = 2 (n - 1)`` layers of shape
+  ``C_s x C_s x 3 x 3``. The first block of a stage (stride or width change), the stem, the 1x1
+  shortcuts and the classifier stay unshared.
 
 Parameter formula (§9.3, generalised to any plan): with ``P`` the unshared model's parameters and
 bank ``b`` serving ``L_b`` layers of weight size ``|W_b|`` with ``k_b`` templates,
@@ -41,6 +42,7 @@ from torch import nn
 from prune_cli.errors import ConfigError
 from prune_cli.metrics.counting import count_params
 from prune_cli.models.cifar_resnet import CifarResNet
+from prune_cli.models.wide_resnet import WideResNet
 from prune_cli.sharing.layers import (
     COEFFICIENT_KINDS,
     SConv2d,
@@ -123,8 +125,9 @@ def shufflenet_plans(
     return plans
 
 
-def resnet_plans(model: CifarResNet) -> list[BankPlan]:
-    """Savarese & Maire's rule on a CIFAR ResNet: 3x3 convs after the first block of a stage."""
+def resnet_plans(model: CifarResNet | WideResNet) -> list[BankPlan]:
+    """Savarese & Maire's rule on a (wide) CIFAR ResNet: 3x3 convs after the first block of a
+    stage. On WRN-28-10 this is SWRN-28-10-k: 3 banks of 6 layers (160, 320, 640 channels)."""
     plans: list[BankPlan] = []
     for stage_name in ("layer1", "layer2", "layer3"):
         blocks = list(getattr(model, stage_name))
@@ -141,7 +144,8 @@ def is_shufflenet(model: nn.Module) -> bool:
 
 
 def is_cifar_resnet(model: nn.Module) -> bool:
-    return isinstance(model, CifarResNet)
+    """A CIFAR ResNet or a Wide ResNet: three stages ``layer1..3`` of ``conv1``/``conv2`` blocks."""
+    return isinstance(model, (CifarResNet, WideResNet))
 
 
 def templates_per_bank(ks: int | Sequence[int], plans: Sequence[BankPlan]) -> dict[str, int]:

@@ -551,6 +551,19 @@ def test_shapes_bundle_and_test_set_independent_of_train_size() -> None:
     assert not torch.equal(a.splits["test"].images[:30], a.splits["train"].images[:30])
 
 
+def test_shapes_image_size_resizes_by_area_average() -> None:
+    a, small = shapes_bundle(), shapes_bundle(image_size=16)
+    assert (small.image_size, small.splits["train"].images.shape) == (16, (60, 3, 16, 16))
+    # Area averaging: each 16 px pixel is the rounded mean of a 2x2 block of the 32 px image.
+    blocks = a.splits["train"].images.float().unflatten(2, (16, 2)).unflatten(4, (16, 2))
+    expected = blocks.mean(dim=(3, 5)).round().to(torch.uint8)
+    assert torch.equal(small.splits["train"].images, expected)
+    assert torch.equal(small.splits["train"].labels, a.splits["train"].labels)
+    assert shapes_bundle(image_size=48).splits["test"].images.shape == (20, 3, 48, 48)
+    with pytest.raises(ConfigError, match="image_size must be >= 8"):
+        shapes_bundle(image_size=4)
+
+
 # ----------------------------------------------------------------------------- config
 
 

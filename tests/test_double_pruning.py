@@ -208,3 +208,22 @@ def test_experiment_configs_compose_into_valid_sweeps(experiment: str) -> None:
         assert params["dataset"] == "cifar10,fer2013,ferplus"
     if experiment == "double_pruning_stages":
         assert params["method"] == "none,network_slimming,magnitude,double_pruning"
+
+
+def test_resnet50_gets_its_offline_budget_and_nothing_else_does() -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(configs), version_base=None):
+        headline = compose("config", overrides=["model=resnet50", "method=double_pruning"])
+        default = compose("config")
+        real = compose("config", overrides=["model=resnet50", "dataset=cifar10"])
+        mine = compose("config", overrides=["model=resnet50", "dataset.image_size=32"])
+    GlobalHydra.instance().clear()
+    assert headline.dataset.image_size == 16 and headline.dataset.crop_padding == 2
+    assert headline.model.zero_init_residual is True
+    assert (default.dataset.image_size, default.train.warmup_epochs) == (32, 0)
+    assert "zero_init_residual" not in real.model and "image_size" not in real.dataset
+    assert mine.dataset.image_size == 32  # the command line wins over the budget

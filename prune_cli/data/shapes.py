@@ -40,6 +40,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from prune_cli.data.base import DATASETS, DatasetBundle, Split, cfg_int
 from prune_cli.data.loaders import generator_for
@@ -179,17 +180,38 @@ def generate_shapes(
     return pixels, labels.to(torch.int64)
 
 
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 ``(n, c, h, w)`` images resized to ``size x size``: area averaging when shrinking
+    (every source pixel counts, no aliasing of the stripes and checkerboards), bilinear when
+    enlarging."""
+    if images.shape[-1] == size:
+        return images
+    mode = "area" if size < images.shape[-1] else "bilinear"
+    out = torch.empty(images.shape[0], images.shape[1], size, size, dtype=torch.uint8)
+    for start in range(0, len(images), 1024):  # chunked: a float copy of all images is large
+        chunk = images[start : start + 1024].float()
+        resized = F.interpolate(chunk, size=(size, size), mode=mode)
+        out[start : start + 1024] = resized.clamp_(0, 255).round_().to(torch.uint8)
+    return out
+
+
 @DATASETS.register("shapes")
 def build_shapes(cfg: Mapping[str, Any]) -> DatasetBundle:
-    """The procedural ``shapes`` dataset (see the module docstring)."""
+    """The procedural ``shapes`` dataset (see the module docstring).
+
+    ``dataset.image_size`` (default 32) resizes the generated 32 px images; the per-model
+    offline budgets (``configs/budget/``) use 16 px to fit large models in a CPU demo.
+    """
     seed = cfg_int(cfg, "seed", 0)
+    size = cfg_int(cfg, "image_size", SIDE, minimum=8)
     train_x, train_y = generate_shapes(cfg_int(cfg, "train_size", 5000, minimum=1), seed)
     test_x, test_y = generate_shapes(cfg_int(cfg, "test_size", 1000, minimum=1), seed, _TEST_STREAM)
+    train_x, test_x = resize_images(train_x, size), resize_images(test_x, size)
     return DatasetBundle(
         name="shapes",
         num_classes=len(CLASSES),
         in_channels=3,
-        image_size=SIDE,
+        image_size=size,
         mean=MEAN,
         std=STD,
         splits={

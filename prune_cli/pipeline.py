@@ -45,7 +45,7 @@ from prune_cli.errors import ConfigError
 from prune_cli.export import FORMATS, export_model
 from prune_cli.io import atomic_write_text
 from prune_cli.methods import PruneContext, build_method
-from prune_cli.metrics.latency import measure_latency
+from prune_cli.metrics.latency import compare_latency
 from prune_cli.metrics.report import netscore_units, stage_metrics, write_metrics_json
 from prune_cli.models import build_model
 from prune_cli.pruning import MaskHold
@@ -378,8 +378,10 @@ class Pipeline:
                 "warmup": int(lat_cfg.warmup),
                 "repeats": int(lat_cfg.repeats),
             }
-            before = measure_latency(self.baseline_model, self.input_size, **kwargs)
-            after = measure_latency(self.model, self.input_size, **kwargs)
+            both = compare_latency(
+                {"baseline": self.baseline_model, "final": self.model}, self.input_size, **kwargs
+            )
+            before, after = both["baseline"], both["final"]
             speedup = {
                 key: round(before[key]["latency_ms"] / after[key]["latency_ms"], 4) for key in after
             }

@@ -7,7 +7,8 @@ the kept widths), then
 
 - ``mac_x``     = dense MACs / pruned MACs (one 32x32 image, conv + linear; methods.md §2.2),
 - ``speedup_bN`` = dense latency / pruned latency at batch N (median of ``--repeats`` forwards
-  in eval mode under inference_mode; :func:`prune_cli.metrics.latency.measure_latency`),
+  in eval mode under inference_mode, the dense and pruned forwards interleaved so that a slow
+  phase of the machine slows both; :func:`prune_cli.metrics.latency.compare_latency`),
 - ``eff_bN``    = speedup_bN / mac_x (1.0: latency falls exactly as fast as MACs).
 
 Target (issue 3): eff_b256 >= 0.8 for ResNet-56 and VGG-16 at ratio 0.5 on CPU.
@@ -29,7 +30,7 @@ from torch import nn
 
 from prune_cli.methods.network_slimming import slim
 from prune_cli.metrics.counting import count_macs
-from prune_cli.metrics.latency import measure_latency
+from prune_cli.metrics.latency import compare_latency, measure_latency
 from prune_cli.models import build_model
 
 MODELS = ("resnet56", "vgg16", "mobilenet_v2", "shufflenet_v2_x1_0")
@@ -87,9 +88,10 @@ def main() -> None:
             pruned, _ = slim(dense, input_size, ratio, round_to=args.round_to)
             macs = count_macs(pruned, input_size).dense
             mac_x = dense_macs / macs
-            lat = measure_latency(pruned, input_size, **kwargs)
+            both = compare_latency({"dense": dense, "pruned": pruned}, input_size, **kwargs)
+            lat = both["pruned"]
             speed = {
-                b: base[f"b{b}"]["latency_ms"] / lat[f"b{b}"]["latency_ms"]
+                b: both["dense"][f"b{b}"]["latency_ms"] / lat[f"b{b}"]["latency_ms"]
                 for b in args.batch_sizes
             }
             row = "".join(

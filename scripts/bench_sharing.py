@@ -27,7 +27,7 @@ import torch
 
 from prune_cli.methods import build_method
 from prune_cli.metrics.counting import count_macs, count_params
-from prune_cli.metrics.latency import measure_latency
+from prune_cli.metrics.latency import compare_latency
 from prune_cli.models import build_model
 from prune_cli.sharing import materialize
 
@@ -68,8 +68,8 @@ def main() -> None:
                 "warmup": args.warmup,
                 "repeats": args.repeats,
             }
-            shared_lat = measure_latency(model, size, **kwargs)
-            plain_lat = measure_latency(plain, size, **kwargs)
+            both = compare_latency({"shared": model, "plain": plain}, size, **kwargs)
+            shared_lat, plain_lat = both["shared"], both["plain"]
             for b in args.batch_sizes:
                 s, p = shared_lat[f"b{b}"]["latency_ms"], plain_lat[f"b{b}"]["latency_ms"]
                 row += [f"{s:.3f}", f"{p:.3f}", f"{s / p:.3f}"]

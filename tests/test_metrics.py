@@ -12,6 +12,7 @@ from torch.nn.utils import prune
 from torch.utils.flop_counter import FlopCounterMode
 
 from prune_cli.metrics import (
+    compare_latency,
     count_macs,
     count_params,
     measure_latency,
@@ -253,3 +254,16 @@ def test_measure_latency_keys_and_positive_numbers() -> None:
 def test_measure_latency_rejects_bad_arguments(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         measure_latency(nn.Linear(2, 2), (1, 1, 2), **kwargs)
+
+
+def test_compare_latency_measures_every_model_at_every_batch_size() -> None:
+    small, large = nn.Conv2d(3, 4, 3), nn.Sequential(*[nn.Conv2d(3, 3, 3, padding=1)] * 8)
+    result = compare_latency(
+        {"small": small, "large": large}, (3, 16, 16), batch_sizes=(1, 8), warmup=0, repeats=2
+    )
+    assert set(result) == {"small", "large"}
+    for lat in result.values():
+        assert set(lat) == {"b1", "b8"}
+        assert lat["b8"]["batch"] == 8
+        assert lat["b8"]["throughput"] == pytest.approx(8 / (lat["b8"]["latency_ms"] / 1e3))
+    assert small.training and large.training  # measured on copies: the callers' modes are kept

@@ -35,7 +35,7 @@ from torch import nn
 from prune_cli.errors import ConfigError
 from prune_cli.methods.base import Method, PruneContext, PruneResult
 from prune_cli.metrics.counting import count_macs, count_params
-from prune_cli.metrics.latency import measure_latency
+from prune_cli.metrics.latency import compare_latency
 from prune_cli.sharing import (
     BankPlan,
     SharingSummary,
@@ -177,9 +177,5 @@ def _latency_b1(shared: nn.Module, plain: nn.Module, ctx: PruneContext) -> dict[
     """Batch-1 latency (median ms) of the shared model (weights regenerated at every forward) and
     of its materialised copy (plain convs): the runtime cost of regenerating the weights."""
     kwargs = {"batch_sizes": [1], "device": ctx.device, "warmup": 2, "repeats": 10}
-    return {
-        "shared": round(measure_latency(shared, ctx.input_size, **kwargs)["b1"]["latency_ms"], 4),
-        "materialized": round(
-            measure_latency(plain, ctx.input_size, **kwargs)["b1"]["latency_ms"], 4
-        ),
-    }
+    both = compare_latency({"shared": shared, "materialized": plain}, ctx.input_size, **kwargs)
+    return {name: round(lat["b1"]["latency_ms"], 4) for name, lat in both.items()}

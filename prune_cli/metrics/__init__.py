@@ -2,11 +2,12 @@
 latency (:mod:`.latency`). Definitions are in each module's docstring."""
 
 from prune_cli.metrics.counting import MacCount, count_macs, count_params, prunable_layers, sparsity
-from prune_cli.metrics.latency import measure_latency
+from prune_cli.metrics.latency import compare_latency, measure_latency
 from prune_cli.metrics.netscore import netscore, unit_label
 
 __all__ = [
     "MacCount",
+    "compare_latency",
     "count_macs",
     "count_params",
     "measure_latency",

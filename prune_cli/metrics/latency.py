@@ -9,6 +9,11 @@ outliers of a shared machine.
 
 The model is measured on a deep copy, so the caller's model keeps its device, memory format and
 mode.
+
+:func:`compare_latency` measures several models *interleaved*: each repeat times one forward of
+every model in turn, so a slow phase of a shared machine (another job, frequency scaling) slows
+all of them alike instead of biasing the ratio between the one measured before and the one
+measured after. Speedups (dense vs pruned) come from it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -35,35 +40,59 @@ def measure_latency(
 
     ``channels_last`` converts the model copy and the inputs to NHWC memory format.
     """
+    return compare_latency(
+        {"model": model}, input_size, batch_sizes, device, warmup, repeats, channels_last
+    )["model"]
+
+
+def compare_latency(
+    models: Mapping[str, nn.Module],
+    input_size: tuple[int, int, int],
+    batch_sizes: Sequence[int] = (1, 64),
+    device: torch.device | str = "cpu",
+    warmup: int = 3,
+    repeats: int = 10,
+    channels_last: bool = False,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """:func:`measure_latency` of every model, measured interleaved (module docstring):
+    ``{name: {"b<size>": {"batch", "latency_ms", "throughput"}}}``."""
     if warmup < 0 or repeats < 1:
         raise ValueError(f"need warmup >= 0 and repeats >= 1, got {warmup} and {repeats}")
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     device = torch.device(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    net = copy.deepcopy(model).to(device=device, memory_format=memory_format).eval()
-    results: dict[str, dict[str, float]] = {}
+    nets = {
+        name: copy.deepcopy(m).to(device=device, memory_format=memory_format).eval()
+        for name, m in models.items()
+    }
+    results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in nets}
     for b in batch_sizes:
         x = torch.randn((b, *input_size), device=device).to(memory_format=memory_format)
-        seconds = _median_forward_seconds(net, x, device, warmup, repeats)
-        results[f"b{b}"] = {"batch": b, "latency_ms": seconds * 1e3, "throughput": b / seconds}
+        times: dict[str, list[float]] = {name: [] for name in nets}
+        with torch.inference_mode():
+            for net in nets.values():
+                for _ in range(warmup):
+                    net(x)
+            for _ in range(repeats):
+                for name, net in nets.items():
+                    times[name].append(_forward_seconds(net, x, device))
+        for name, ts in times.items():
+            seconds = statistics.median(ts)
+            results[name][f"b{b}"] = {
+                "batch": b,
+                "latency_ms": seconds * 1e3,
+                "throughput": b / seconds,
+            }
     return results
 
 
-def _median_forward_seconds(
-    net: nn.Module, x: torch.Tensor, device: torch.device, warmup: int, repeats: int
-) -> float:
-    times = []
-    with torch.inference_mode():
-        for _ in range(warmup):
-            net(x)
-        for _ in range(repeats):
-            _synchronize(device)
-            start = time.perf_counter()
-            net(x)
-            _synchronize(device)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _forward_seconds(net: nn.Module, x: torch.Tensor, device: torch.device) -> float:
+    _synchronize(device)
+    start = time.perf_counter()
+    net(x)
+    _synchronize(device)
+    return time.perf_counter() - start
 
 
 def _synchronize(device: torch.device) -> None:

@@ -40,6 +40,7 @@ from prune_cli.engine import (
     save_checkpoint,
     seed_everything,
 )
+from prune_cli.engine.checkpoint import state_dict_of
 from prune_cli.engine.loop import FitResult, evaluate, write_history
 from prune_cli.errors import ConfigError
 from prune_cli.export import FORMATS, export_model
@@ -194,7 +195,10 @@ class Pipeline:
             if not path.is_absolute():
                 path = Path(_original_cwd()) / path
             ckpt = load_checkpoint(path, self.device)
-            load_state_into(self.model, ckpt, str(path), expect_arch=self.model_name)
+            state = self.method.pretrained_state(self.model, state_dict_of(ckpt))
+            load_state_into(
+                self.model, {**ckpt, "model": state}, str(path), expect_arch=self.model_name
+            )
             self.metrics["train"] = {"pretrained": str(path)}
         else:
             self.metrics["train"] = self._train_or_load()

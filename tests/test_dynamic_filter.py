@@ -376,6 +376,40 @@ def test_masked_model_survives_deepcopy_and_state_dict(tiny_net: nn.Module) -> N
     assert other.name == "weight"
 
 
+def test_a_plain_dense_checkpoint_loads_into_the_masked_model() -> None:
+    torch.manual_seed(0)
+    dense = build_model("resnet20", num_classes=10, in_channels=3, image_size=32).eval()
+    masked = build_model("resnet20", num_classes=10, in_channels=3, image_size=32)
+    method = build_method({"name": "dynamic_filter", "mask_bn": True}, 0.5)
+    method.prepare(masked)
+    state = method.pretrained_state(masked, dense.state_dict())
+    assert "conv1.weight" not in state and torch.equal(
+        state["conv1.weight_orig"], dense.conv1.weight
+    )
+    assert torch.equal(state["bn1.weight_mask"], torch.ones(16))  # mask_bn: BN gamma masked too
+    masked.load_state_dict(state)  # strict: every key of the masked layout is there
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(masked.eval()(x), dense(x))
+    # a checkpoint already in the masked layout (resume) passes through unchanged
+    assert method.pretrained_state(masked, masked.state_dict()).keys() == state.keys()
+
+
+def test_prune_run_dynamic_filter_from_a_pretrained_dense_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    dense = build_model("resnet20", num_classes=10, in_channels=3, image_size=32)
+    torch.save({"model": dense.state_dict(), "arch": "resnet20"}, tmp_path / "dense.pt")
+    proc = prune_run(
+        *FAST, "method=dynamic_filter", "ratio=0.5", "pretrained=dense.pt", "hydra.run.dir=run",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["status"] == "completed" and m["train"]["pretrained"].endswith("dense.pt")
+    info = m["prune_info"]
+    assert info["filters_pruned"] == math.floor(0.5 * info["filters_total"])
+
+
 # ----------------------------------------------------------------------------- CLI
 def test_prune_run_dynamic_filter_end_to_end(tmp_path: Path) -> None:
     proc = prune_run(

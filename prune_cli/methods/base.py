@@ -82,6 +82,14 @@ class Method(TrainHooks):
         """Change the model before training (default: unchanged)."""
         return model
 
+    def pretrained_state(
+        self, model: nn.Module, state: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """A dense checkpoint's state dict (``pretrained=``) in the key layout of ``model`` after
+        :meth:`prepare`. The default returns it unchanged; methods whose ``prepare`` renames
+        parameters map the plain names onto theirs."""
+        return dict(state)
+
     def training_signature(self) -> dict[str, Any]:
         """Everything this method changes about dense training, for the trained-model cache key.
 

@@ -315,6 +315,21 @@ class DynamicFilter(Method):
                     attach_mask(bn, pname, self.feedback)
         return model
 
+    def pretrained_state(
+        self, model: nn.Module, state: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """A plain dense checkpoint for the masked model: ``<p>`` becomes ``<p>_orig`` and
+        ``<p>_mask`` starts as ones (no weight masked yet), so DPF can start from a trained
+        dense model. A checkpoint that already has the masked layout is returned unchanged."""
+        own = model.state_dict()
+        out = dict(state)
+        for key in own:
+            base = key.removesuffix("_orig")
+            if key.endswith("_orig") and key not in out and base in out:
+                out[key] = out.pop(base)
+                out.setdefault(f"{base}_mask", torch.ones_like(own[f"{base}_mask"]))
+        return out
+
     def on_fit_start(self, model: nn.Module, epochs: int, steps_per_epoch: int) -> None:
         self.steps_per_epoch = int(steps_per_epoch)
 

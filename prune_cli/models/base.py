@@ -20,6 +20,19 @@ ModelFactory = Callable[..., nn.Module]
 MODELS: Registry[ModelFactory] = Registry("model")
 
 
+def init_conv_bn(model: nn.Module, zero_linear_bias: bool = False) -> None:
+    """The CIFAR-model initialisation: convs Kaiming-normal (fan-out, ReLU gain), BN gamma 1 and
+    beta 0; linear layers PyTorch's default, with a zero bias if ``zero_linear_bias``."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and zero_linear_bias and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
 def unknown_options(model: str, unknown: Iterable[str], valid: Iterable[str]) -> ConfigError:
     """The one-line error for config options a model does not take."""
     choices = ", ".join(sorted(valid)) or "(none)"

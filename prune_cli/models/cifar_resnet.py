@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prune_cli.errors import unknown_choice
-from prune_cli.models.base import MODELS
+from prune_cli.models.base import MODELS, init_conv_bn
 
 SHORTCUTS = ("A", "B")
 STAGE_WIDTHS = (16, 32, 64)
@@ -110,15 +110,7 @@ class CifarResNet(nn.Module):
         self.layer1, self.layer2, self.layer3 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(STAGE_WIDTHS[-1], num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -256,22 +256,46 @@ class _Progress:
         self.bar.close()
 
 
-def _finish(
-    problem: Problem,
-    best: np.ndarray,
-    best_key: Key,
-    seed_key: Key,
-    history: list[Key],
-    p: _Progress,
-) -> SearchResult:
+class _Best:
+    """The best genome seen so far, the best fitness after every generation (``history``) and
+    the generations since the last improvement, shared by the three searches.
+
+    Ties keep the genome seen first (the lower index within one offer, the earlier offer across
+    offers), so the seed wins over equally fit genomes.
+    """
+
+    def __init__(self, genomes: np.ndarray, keys: Sequence[Key]) -> None:
+        i = max(range(len(keys)), key=lambda j: (keys[j], -j))
+        self.genome, self.key = genomes[i].copy(), keys[i]
+        self.history = [self.key]
+        self.stale = 0
+        self._improved = False
+
+    def offer(self, genomes: np.ndarray, keys: Sequence[Key]) -> None:
+        i = max(range(len(keys)), key=lambda j: (keys[j], -j))
+        if keys[i] > self.key:
+            self.genome, self.key, self._improved = genomes[i].copy(), keys[i], True
+
+    def end_generation(
+        self, generation: int, p: _Progress, evaluations: int, patience: int
+    ) -> bool:
+        """Record the generation; ``True`` when ``patience`` generations passed without gain."""
+        self.stale = 0 if self._improved else self.stale + 1
+        self._improved = False
+        self.history.append(self.key)
+        p.step(generation, self.key, evaluations)
+        return self.stale >= patience
+
+
+def _finish(problem: Problem, best: _Best, seed_key: Key, p: _Progress) -> SearchResult:
     p.close()
     return SearchResult(
-        best=best.copy(),
-        best_fitness=best_key,
+        best=best.genome.copy(),
+        best_fitness=best.key,
         seed_fitness=seed_key,
-        history=history,
+        history=best.history,
         evaluations=problem.evaluations,
-        generations=len(history) - 1,
+        generations=len(best.history) - 1,
         seconds_per_generation=p.seconds,
     )
 
@@ -310,9 +334,7 @@ def genetic_search(
     fit = problem.evaluate(pop)
     seed_key = fit[0]
     p = _Progress("ga", cfg.generations, progress)
-    best_i = max(range(len(fit)), key=lambda i: (fit[i], -i))
-    best, best_key = pop[best_i].copy(), fit[best_i]
-    history, stale = [best_key], 0
+    best = _Best(pop, fit)
     for g in range(1, cfg.generations + 1):
         # Stable ranking: on equal fitness the earlier individual (the seed first) wins.
         order = sorted(range(len(fit)), key=lambda i: fit[i], reverse=True)
@@ -333,16 +355,10 @@ def genetic_search(
             fresh.append(child)
         pop = np.stack(children + fresh)
         fit = child_fit + problem.evaluate(np.stack(fresh))
-        gen_best = max(range(len(fit)), key=lambda i: (fit[i], -i))
-        if fit[gen_best] > best_key:
-            best, best_key, stale = pop[gen_best].copy(), fit[gen_best], 0
-        else:
-            stale += 1
-        history.append(best_key)
-        p.step(g, best_key, problem.evaluations)
-        if stale >= cfg.patience:
+        best.offer(pop, fit)
+        if best.end_generation(g, p, problem.evaluations, cfg.patience):
             break
-    return _finish(problem, best, best_key, seed_key, history, p)
+    return _finish(problem, best, seed_key, p)
 
 
 def binary_pso(
@@ -367,14 +383,12 @@ def binary_pso(
     fit = problem.evaluate(x)
     seed_key = fit[0]
     pbest, pbest_fit = x.copy(), list(fit)
-    g_i = max(range(len(fit)), key=lambda i: (fit[i], -i))
-    best, best_key = x[g_i].copy(), fit[g_i]
-    history, stale = [best_key], 0
+    best = _Best(x, fit)
     p = _Progress("pso", cfg.iterations, progress)
     for it in range(1, cfg.iterations + 1):
         xf = x.astype(np.float64)
         r1, r2 = rng.random(x.shape), rng.random(x.shape)
-        v = cfg.inertia * v + cfg.c1 * r1 * (pbest - xf) + cfg.c2 * r2 * (best[None] - xf)
+        v = cfg.inertia * v + cfg.c1 * r1 * (pbest - xf) + cfg.c2 * r2 * (best.genome[None] - xf)
         np.clip(v, -cfg.vmax, cfg.vmax, out=v)
         prob = 1.0 / (1.0 + np.exp(-v))
         sampled = rng.random(x.shape) < prob
@@ -383,16 +397,10 @@ def binary_pso(
         for i, f in enumerate(fit):
             if f > pbest_fit[i]:
                 pbest[i], pbest_fit[i] = x[i].copy(), f
-        g_i = max(range(len(fit)), key=lambda i: (fit[i], -i))
-        if fit[g_i] > best_key:
-            best, best_key, stale = x[g_i].copy(), fit[g_i], 0
-        else:
-            stale += 1
-        history.append(best_key)
-        p.step(it, best_key, problem.evaluations)
-        if stale >= cfg.patience:
+        best.offer(x, fit)
+        if best.end_generation(it, p, problem.evaluations, cfg.patience):
             break
-    return _finish(problem, best, best_key, seed_key, history, p)
+    return _finish(problem, best, seed_key, p)
 
 
 def simulated_annealing(
@@ -410,34 +418,27 @@ def simulated_annealing(
         return _trivial_result(problem)
     cur = problem.seed.copy()
     cur_key = seed_key = problem.evaluate(cur[None])[0]
-    best, best_key = cur.copy(), cur_key
     # Calibrate the temperature scale on one batch of neighbours of the seed.
     probes = np.stack([mutate(problem, cur, cfg.swaps, rng) for _ in range(cfg.moves)])
     probe_fit = problem.evaluate(probes)
     deltas = np.array([abs(f[0] - seed_key[0]) for f in probe_fit])
     scale = float(deltas[deltas > 0].mean()) if (deltas > 0).any() else 1.0
-    for i, f in enumerate(probe_fit):
-        if f > best_key:
-            best, best_key = probes[i].copy(), f
-    history, stale, temp = [best_key], 0, cfg.t0
+    # The seed first, so a probe must be strictly fitter to become the best.
+    best = _Best(np.concatenate([cur[None], probes]), [seed_key, *probe_fit])
+    temp = cfg.t0
     p = _Progress("sa", cfg.iterations, progress)
     for level in range(1, cfg.iterations + 1):
-        improved = False
         for _ in range(cfg.moves):
             cand = mutate(problem, cur, cfg.swaps, rng)
             key = problem.evaluate(cand[None])[0]
             delta = key[0] - cur_key[0]
             if key >= cur_key or rng.random() < math.exp(delta / (temp * scale)):
                 cur, cur_key = cand, key
-            if key > best_key:
-                best, best_key, improved = cand.copy(), key, True
+            best.offer(cand[None], [key])
         temp *= cfg.alpha
-        stale = 0 if improved else stale + 1
-        history.append(best_key)
-        p.step(level, best_key, problem.evaluations)
-        if stale >= cfg.patience:
+        if best.end_generation(level, p, problem.evaluations, cfg.patience):
             break
-    return _finish(problem, best, best_key, seed_key, history, p)
+    return _finish(problem, best, seed_key, p)
 
 
 SEARCHES = ("ga", "pso", "sa")

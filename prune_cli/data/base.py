@@ -151,22 +151,25 @@ class DatasetBundle:
         dev = torch.device(device)
         part = self.splits[split]
         # Under torchrun each rank loads its shard (prune_cli.distributed); else rank 0 of 1.
-        shard = {"rank": distributed.rank(), "world_size": distributed.world_size()}
+        common: dict[str, Any] = {
+            "train": train,
+            "mean": self.mean,
+            "std": self.std,
+            "device": dev,
+            "seed": seed,
+            "drop_last": drop_last,
+            "rank": distributed.rank(),
+            "world_size": distributed.world_size(),
+        }
         if part.in_memory:
             images, labels = part.tensors_on(dev)
             return TensorLoader(
                 images,
                 labels,
                 int(batch_size),
-                train=train,
-                mean=self.mean,
-                std=self.std,
-                device=dev,
-                seed=seed,
-                drop_last=drop_last,
                 crop_padding=self.crop_padding,
                 hflip=self.hflip,
-                **shard,
+                **common,
             )
         transform = self.train_transform if train else self.eval_transform
         if transform is None:
@@ -176,14 +179,8 @@ class DatasetBundle:
             part.labels,
             int(batch_size),
             transform=transform,
-            train=train,
-            mean=self.mean,
-            std=self.std,
-            device=dev,
-            seed=seed,
-            drop_last=drop_last,
             num_workers=self.num_workers,
-            **shard,
+            **common,
         )
 
 

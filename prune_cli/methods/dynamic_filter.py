@@ -59,8 +59,8 @@ from prune_cli.errors import ConfigError
 from prune_cli.methods.base import Method, PruneContext, PruneResult
 from prune_cli.methods.registry import METHODS
 from prune_cli.methods.regularizers import REGULARIZERS, regularizer
-from prune_cli.pruning.masks import SCOPES
-from prune_cli.pruning.threshold import THRESHOLD_MODES, keep_mask
+from prune_cli.pruning.masks import SCOPES, masks_from_scores
+from prune_cli.pruning.threshold import THRESHOLD_MODES
 
 log = logging.getLogger("prune_cli")
 
@@ -191,22 +191,6 @@ def weight_importance(weight: torch.Tensor, importance: str = "l1") -> torch.Ten
     """One score per weight: ``w^2`` for ``l2_mean``, ``|w|`` otherwise (same ranking as L2)."""
     w = weight.detach().float()
     return w.pow(2) if importance == "l2_mean" else w.abs()
-
-
-def compute_keep(
-    scores: Mapping[str, torch.Tensor], sparsity: float, scope: str = "global", mode: str = "exact"
-) -> dict[str, torch.Tensor]:
-    """Bool keep masks shaped like each score tensor: the lowest ``sparsity`` of all scores
-    together (``global``) or of each tensor (``layerwise``), threshold of methods.md §2.1."""
-    if scope == "layerwise":
-        return {n: keep_mask(s, sparsity, mode) for n, s in scores.items()}
-    flat = torch.cat([s.reshape(-1) for s in scores.values()])
-    keep = keep_mask(flat, sparsity, mode)
-    out, offset = {}, 0
-    for name, s in scores.items():
-        out[name] = keep[offset : offset + s.numel()].reshape(s.shape)
-        offset += s.numel()
-    return out
 
 
 def cubic_sparsity(final: float, t: float, total: float) -> float:
@@ -363,7 +347,7 @@ class DynamicFilter(Method):
             scores = {n: filter_importance(c.weight_orig, self.importance) for n, c in convs}
         else:
             scores = {n: weight_importance(c.weight_orig, self.importance) for n, c in convs}
-        keep = compute_keep(scores, sparsity, self.scope, self.threshold_mode)
+        keep = masks_from_scores(scores, sparsity, self.scope, self.threshold_mode)
         modules = dict(model.named_modules())
         for name, conv in convs:
             k = keep[name].to(conv.weight_mask.device)

@@ -1,7 +1,8 @@
 """Does physical channel removal buy real speed? MAC reduction vs measured latency speedup.
 
 For each model and channel ratio: network slimming's channel removal (global |γ| threshold over
-the prunable groups, :func:`prune_cli.methods.network_slimming.slim`) on a randomly initialised
+the channel groups, :func:`prune_cli.pruning.channels.channel_prune` with the BN-γ criterion,
+``--groups coupled`` (default) or ``single``) on a randomly initialised
 model whose BN γ are drawn uniformly from [0, 1) (latency does not depend on the weights, only on
 the kept widths), then
 
@@ -15,7 +16,7 @@ Target (issue 3): eff_b256 >= 0.8 for ResNet-56 and VGG-16 at ratio 0.5 on CPU.
 
     OMP_NUM_THREADS=2 python scripts/bench_latency.py                   # CPU, all defaults
     python scripts/bench_latency.py --device cuda --batch-sizes 1 256   # GPU
-    python scripts/bench_latency.py --models resnet56 --ratios 0.5 --round-to 8
+    python scripts/bench_latency.py --models resnet56 --ratios 0.5 --round-to 8 --groups single
 
 Numbers from a shared or busy machine are noisy: compare runs made back to back.
 """
@@ -28,10 +29,11 @@ import time
 import torch
 from torch import nn
 
-from prune_cli.methods.network_slimming import slim
 from prune_cli.metrics.counting import count_macs
 from prune_cli.metrics.latency import compare_latency, measure_latency
 from prune_cli.models import build_model
+from prune_cli.pruning.channels import channel_prune
+from prune_cli.pruning.importance import BNScale
 
 MODELS = ("resnet56", "vgg16", "mobilenet_v2", "shufflenet_v2_x1_0")
 RATIOS = (0.3, 0.5, 0.7)
@@ -56,6 +58,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--round-to", type=int, default=1)
+    parser.add_argument("--groups", choices=("coupled", "single"), default="coupled")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -70,7 +73,7 @@ def main() -> None:
     }
     print(
         f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
-        f"round_to {args.round_to}, channels_last {args.channels_last}"
+        f"round_to {args.round_to}, groups {args.groups}, channels_last {args.channels_last}"
     )
     cols = "".join(f"  {'ms_b' + str(b):>10} {'speedup_b' + str(b):>12}" for b in args.batch_sizes)
     effs = "".join(f" {'eff_b' + str(b):>9}" for b in args.batch_sizes)
@@ -85,7 +88,15 @@ def main() -> None:
         print(f"{name:<20}{0.0:>6.2f}{dense_macs / 1e6:>10.2f}{1.0:>7.2f}{row}", flush=True)
         for ratio in args.ratios:
             tic = time.perf_counter()
-            pruned, _ = slim(dense, input_size, ratio, round_to=args.round_to)
+            pruned = channel_prune(
+                dense,
+                BNScale(),
+                ratio,
+                input_size=input_size,
+                scope="global",
+                grouping=args.groups,
+                round_to=args.round_to,
+            ).model
             macs = count_macs(pruned, input_size).dense
             mac_x = dense_macs / macs
             both = compare_latency({"dense": dense, "pruned": pruned}, input_size, **kwargs)

@@ -16,15 +16,12 @@ from torch import nn
 
 from prune_cli.errors import ConfigError
 from prune_cli.methods import PruneContext, build_method
-from prune_cli.methods.dynamic_filter import (
-    attach_mask,
-    cubic_sparsity,
-    filter_counts,
-    filter_importance,
-    masked_convs,
-    repo_sparsity,
-)
-from prune_cli.methods.regularizers import (
+from prune_cli.methods.dynamic_filter import filter_counts, repo_sparsity
+from prune_cli.metrics.counting import count_params, sparsity
+from prune_cli.models import build_model
+from prune_cli.pruning import MaskHold
+from prune_cli.pruning.importance import filter_scores
+from prune_cli.pruning.regularizers import (
     cov,
     cov_faithful,
     cov_penalty,
@@ -34,9 +31,8 @@ from prune_cli.methods.regularizers import (
     srip_sigma,
     zhu_correlation,
 )
-from prune_cli.metrics.counting import count_params, sparsity
-from prune_cli.models import build_model
-from prune_cli.pruning import MaskHold
+from prune_cli.pruning.reparam import attach_mask, masked_convs
+from prune_cli.pruning.schedules import cubic_sparsity
 
 
 def method(**cfg) -> object:
@@ -143,11 +139,11 @@ def test_resnet56_repo_sparsity_denominator_and_cov_faithful_zero(resnet56: nn.M
 def test_importance_is_mean_abs_per_filter() -> None:
     small = torch.full((1, 1, 3, 3), 0.1)
     large = torch.full((1, 64, 3, 3), 0.1)
-    assert filter_importance(small, "l1_mean").item() == pytest.approx(0.1)
-    assert filter_importance(large, "l1_mean").item() == pytest.approx(0.1)
-    assert filter_importance(large, "l1").item() == pytest.approx(57.6)
-    assert filter_importance(small, "l2").item() == pytest.approx(0.3)
-    assert filter_importance(small, "l2_mean").item() == pytest.approx(0.01)
+    assert filter_scores(small, "l1_mean").item() == pytest.approx(0.1)
+    assert filter_scores(large, "l1_mean").item() == pytest.approx(0.1)
+    assert filter_scores(large, "l1").item() == pytest.approx(57.6)
+    assert filter_scores(small, "l2").item() == pytest.approx(0.3)
+    assert filter_scores(small, "l2_mean").item() == pytest.approx(0.01)
 
 
 def test_update_hook_fires_49_times_per_epoch_until_stop_epoch(tiny_net: nn.Module) -> None:

@@ -17,18 +17,19 @@ from torch import nn
 from prune_cli.errors import ConfigError
 from prune_cli.export import export_onnx, export_torchscript, load_torchscript, run_onnx
 from prune_cli.methods import PruneContext, build_method
-from prune_cli.methods.network_slimming import NetworkSlimming, slim
+from prune_cli.methods.network_slimming import NetworkSlimming
 from prune_cli.metrics.counting import count_macs, count_params
 from prune_cli.models import build_model
 from prune_cli.models.vgg import CifarVGG
 from prune_cli.pruning.channels import (
-    channel_groups,
+    channel_prune,
     global_keep,
     guard_keep,
     remove_channels,
     zero_pruned_bn,
 )
-from prune_cli.pruning.importance import bn_gamma, filter_norm
+from prune_cli.pruning.groups import channel_groups
+from prune_cli.pruning.importance import BNScale, FilterNorm
 
 INPUT = (3, 32, 32)
 SUPPORTED = [
@@ -67,22 +68,37 @@ def _ctx() -> PruneContext:
     return PruneContext(data=None, device=torch.device("cpu"), seed=0, input_size=INPUT)
 
 
+def slim(
+    model: nn.Module, input_size: tuple, ratio: float, grouping: str = "single", **kw
+) -> tuple[nn.Module, dict]:
+    """Slimming's removal step: BN-γ importance, one global threshold."""
+    pruned = channel_prune(
+        model, BNScale(), ratio, input_size=input_size, scope="global", grouping=grouping, **kw
+    )
+    return pruned.model, pruned.info
+
+
+def _leader(model: nn.Module, group) -> nn.Module:
+    """The ranking BN of a single group (the BN after its producer, followed by an activation)."""
+    modules = dict(model.named_modules())
+    return modules[next(m.module for m in group.bns if m.nonlinear and not m.after_depthwise)]
+
+
 @pytest.mark.parametrize("name", SUPPORTED)
 def test_slimming_removes_the_threshold_channels_and_keeps_the_function(name: str) -> None:
     ratio = 0.5
     dense = _model(name)
-    groups = channel_groups(dense, INPUT)
-    modules = dict(dense.named_modules())
-    ranked = [g for g in groups if g.leader is not None]
+    groups = channel_groups(dense, INPUT, "single")
+    ranked = [g for g in groups if any(m.nonlinear and not m.after_depthwise for m in g.bns)]
     assert ranked, name
-    # Expected counts, computed independently: the floor(N*ratio) smallest |γ| over all leader
+    # Expected counts, computed independently: the floor(N*ratio) smallest |γ| over all ranking
     # BNs go (values are distinct), then every group keeps at least one channel.
-    gammas = torch.cat([modules[g.leader].weight.detach().abs() for g in ranked])
+    gammas = torch.cat([_leader(dense, g).weight.detach().abs() for g in ranked])
     n_total = gammas.numel()
     cut = gammas.sort().values[math.floor(n_total * ratio) - 1]
     expected = {}
     for g in ranked:
-        kept = int((modules[g.leader].weight.detach().abs() > cut).sum())
+        kept = int((_leader(dense, g).weight.detach().abs() > cut).sum())
         expected[g.name] = max(kept, 1)
 
     pruned, info = slim(dense, INPUT, ratio)
@@ -90,14 +106,15 @@ def test_slimming_removes_the_threshold_channels_and_keeps_the_function(name: st
     new_modules = dict(pruned.named_modules())
     for g in ranked:
         assert new_modules[g.name].out_channels == expected[g.name]
-        assert new_modules[g.leader].num_features == expected[g.name]
+        for bn in g.bns:
+            assert new_modules[bn.module].num_features == expected[g.name]
         for dw in g.depthwise:
-            assert new_modules[dw].groups == expected[g.name]
+            assert new_modules[dw.module].groups == expected[g.name]
     assert count_params(pruned)[0] < count_params(dense)[0]
     assert count_macs(pruned, INPUT).dense < count_macs(dense, INPUT).dense
 
-    masked = dense  # slim() copied the model: mask the original the same way
-    keep = global_keep(bn_gamma(dense, groups), ratio)
+    masked = dense  # channel_prune copied the model: mask the original the same way
+    keep = global_keep(BNScale()(dense, groups), ratio)
     zero_pruned_bn(masked, groups, keep)
     x = torch.randn(3, *INPUT, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -137,7 +154,7 @@ def vgg19() -> nn.Module:
 def test_vgg19_threshold_matches_methods_md(vgg19: nn.Module) -> None:
     """5504 BN channels; 0.7 removes 3852 in exact mode, 3853 in reference mode (§2.1, §3)."""
     dense = vgg19
-    groups = channel_groups(dense, INPUT)
+    groups = channel_groups(dense, INPUT, "single")
     assert sum(g.size for g in groups) == 5504
     _, exact = slim(dense, INPUT, 0.7, mode="exact")
     _, reference = slim(dense, INPUT, 0.7, mode="reference")
@@ -188,6 +205,7 @@ def test_l1_penalty_moves_gamma_by_lr_lambda_sign() -> None:
     with torch.no_grad():
         bn.weight[:2] = torch.tensor([0.3, -0.3])
     before = bn.weight.detach().clone()
+    beta_before = bn.bias.detach().clone()
     lr = 0.1
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.0, weight_decay=0.0)
     opt.zero_grad()
@@ -196,7 +214,7 @@ def test_l1_penalty_moves_gamma_by_lr_lambda_sign() -> None:
     opt.step()
     assert torch.allclose(bn.weight[:2], torch.tensor([0.3 - lr * 1e-3, -0.3 + lr * 1e-3]))
     assert torch.allclose(bn.weight, before - lr * 1e-3 * torch.sign(before))
-    assert torch.equal(bn.bias, bn.bias.detach())  # β is not penalised: grad 0, unchanged
+    assert torch.equal(bn.bias.detach(), beta_before)  # β is not penalised: grad 0, unchanged
 
 
 def test_lambda_by_family_and_training_signature() -> None:
@@ -204,7 +222,7 @@ def test_lambda_by_family_and_training_signature() -> None:
     vgg.prepare(build_model("vgg11", num_classes=10, in_channels=3, image_size=32))
     res = NetworkSlimming({"name": "network_slimming", "bn_init": 0.5}, 0.5)
     model = res.prepare(build_model("resnet20", num_classes=10, in_channels=3, image_size=32))
-    assert vgg.l1_lambda == 1e-4 and res.l1_lambda == 1e-5
+    assert vgg.sparsity.lam == 1e-4 and res.sparsity.lam == 1e-5
     assert vgg.training_signature() != res.training_signature()
     assert res.training_signature() == {"bn_l1_lambda": 1e-5, "bn_init": 0.5}
     assert all(torch.all(m.weight == 0.5) for m in model.modules() if isinstance(m, nn.BatchNorm2d))
@@ -226,7 +244,7 @@ def test_bad_options_are_one_line_config_errors(override: dict, match: str) -> N
 
 def test_squeezenet_has_no_bn_to_slim_but_l1_filter_prunes_it() -> None:
     model = _model("squeezenet1_1")
-    with pytest.raises(ConfigError, match="needs BatchNorm"):
+    with pytest.raises(ConfigError, match="can be ranked by bn_gamma"):
         slim(model, INPUT, 0.5)
     result = build_method({"name": "l1_filter"}, 0.5).prune(model, _ctx())
     assert count_params(result.model)[0] < count_params(model)[0]
@@ -236,7 +254,7 @@ def test_squeezenet_has_no_bn_to_slim_but_l1_filter_prunes_it() -> None:
 def test_l1_filter_layerwise_removes_the_smallest_filters_of_each_layer() -> None:
     dense = _model("vgg11")
     groups = channel_groups(dense, INPUT)
-    norms = filter_norm(dense, groups)
+    norms = FilterNorm()(dense, groups)
     result = build_method({"name": "l1_filter"}, 0.25).prune(dense, _ctx())
     for kept, total in result.info["channels"].values():
         assert kept == total - math.floor(0.25 * total)

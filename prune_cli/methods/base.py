@@ -24,6 +24,8 @@ from torch import nn
 from prune_cli.engine.checkpoint import load_state_into
 from prune_cli.engine.hooks import TrainHooks
 from prune_cli.errors import ConfigError
+from prune_cli.pruning.groups import GROUPINGS
+from prune_cli.pruning.threshold import THRESHOLD_MODES
 
 
 @dataclass
@@ -77,6 +79,42 @@ class Method(TrainHooks):
                 f"choose one of: {', '.join(choices)}"
             )
         return value
+
+    def number(self, key: str, default: Any) -> float:
+        """A numeric option of this method, with a one-line ConfigError for a non-number."""
+        value = self.cfg.get(key, default)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"method.{key} {value!r} of method {self.name!r} is not a number"
+            ) from None
+
+    def fraction(self, key: str, default: float) -> float:
+        """A rate option in [0, 1) (e.g. ``channel_ratio``)."""
+        value = self.number(key, default)
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"method.{key} {value} is out of range; valid: 0 <= {key} < 1")
+        return value
+
+    def channel_settings(self) -> dict[str, Any]:
+        """The options of every channel-removal method, validated: ``groups`` (``coupled`` |
+        ``single``), ``mode`` (threshold), ``min_channels`` (> 0: an int, or a fraction of the
+        group if < 1) and ``round_to`` (integer >= 1), as :func:`channel_prune` keywords."""
+        grouping = self.option("groups", GROUPINGS, "coupled")
+        mode = self.option("mode", THRESHOLD_MODES, "exact")
+        min_channels = self.number("min_channels", 1)
+        if min_channels <= 0:
+            raise ConfigError(f"method.min_channels {min_channels} is out of range; valid: > 0")
+        round_to = self.number("round_to", 1)
+        if round_to < 1 or round_to != int(round_to):
+            raise ConfigError(f"method.round_to {round_to} is out of range; valid: integer >= 1")
+        return {
+            "grouping": grouping,
+            "mode": mode,
+            "min_channels": min_channels,
+            "round_to": int(round_to),
+        }
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Change the model before training (default: unchanged)."""

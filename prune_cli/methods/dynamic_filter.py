@@ -19,9 +19,12 @@ Pruning happens *during* training (methods.md §7.4):
 4. :meth:`DynamicFilter.extra_loss` adds ``odecay * reg(model)`` (:mod:`.regularizers`).
 5. :meth:`DynamicFilter.prune` fixes the masks, exports ``W ⊙ M`` as plain weights (the model is a
    plain module again) and returns the masks for fine-tuning (``finetune.epochs=0`` reproduces the
-   repository, which never fine-tunes). In the structured mode the pruned filters of every
-   removable channel group are then physically removed (:mod:`prune_cli.pruning.channels`); the
-   residual stream of a ResNet cannot be sliced, so its pruned filters stay as masked zeros.
+   repository, which never fine-tunes). In the structured mode every channel whose filter is
+   masked in all its producers is then physically removed (:func:`channel_prune` with the
+   :class:`~prune_cli.pruning.importance.MaskedFilters` criterion; ``method.groups``: ``coupled``
+   also cuts residual-stream channels that every producer of the stream masked, ``single`` only
+   single groups); a masked filter whose channel another producer still uses stays as a masked
+   zero. The mask re-parameterisation lives in :mod:`prune_cli.pruning.reparam`.
 
 Masks (``type``):
 
@@ -54,151 +57,33 @@ from typing import Any
 import torch
 from torch import nn
 
-from prune_cli.engine.checkpoint import load_state_into
 from prune_cli.errors import ConfigError
 from prune_cli.methods.base import Method, PruneContext, PruneResult
 from prune_cli.methods.registry import METHODS
-from prune_cli.methods.regularizers import REGULARIZERS, regularizer
+from prune_cli.pruning.channels import channel_prune, load_pruned
+from prune_cli.pruning.importance import (
+    FILTER_IMPORTANCES,
+    MaskedFilters,
+    filter_scores,
+    weight_scores,
+)
 from prune_cli.pruning.masks import SCOPES, masks_from_scores
+from prune_cli.pruning.regularizers import REGULARIZERS, regularizer
+from prune_cli.pruning.reparam import (
+    attach_mask,
+    bn_after_conv,
+    export_masks,
+    is_masked,
+    masked_convs,
+    strip_masks,
+)
+from prune_cli.pruning.schedules import cubic_sparsity
 from prune_cli.pruning.threshold import THRESHOLD_MODES
 
 log = logging.getLogger("prune_cli")
 
 PRUNE_TYPES = ("structured", "unstructured")
-IMPORTANCES = ("l1_mean", "l1", "l2", "l2_mean")
 SCHEDULES = ("constant", "cubic")
-
-
-# ----------------------------------------------------------------------------- masked weights
-class _StraightThroughMask(torch.autograd.Function):
-    """``W * M`` forward; the full gradient to ``W`` backward (the repository's ``Masker``)."""
-
-    @staticmethod
-    def forward(ctx: Any, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return weight * mask
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad, None
-
-
-def masked_weight(weight: torch.Tensor, mask: torch.Tensor, feedback: bool = True) -> torch.Tensor:
-    """``weight ⊙ mask``; gradient to ``weight`` straight-through (``feedback``) or times mask."""
-    if feedback:
-        return _StraightThroughMask.apply(weight, mask)
-    return weight * mask
-
-
-class MaskedWeight:
-    """Keeps ``module.<name> = <name>_orig ⊙ <name>_mask`` for every forward pass.
-
-    A plain object (no reference to the method) so that ``copy.deepcopy`` of the model works;
-    the post-hook detaches the computed weight because a non-leaf tensor attribute would make
-    ``deepcopy`` fail.
-    """
-
-    def __init__(self, name: str, feedback: bool) -> None:
-        self.name = name
-        self.feedback = feedback
-
-    def compute(self, module: nn.Module) -> torch.Tensor:
-        orig = getattr(module, f"{self.name}_orig")
-        mask = getattr(module, f"{self.name}_mask")
-        return masked_weight(orig, mask, self.feedback)
-
-    def pre(self, module: nn.Module, args: Any) -> None:
-        setattr(module, self.name, self.compute(module))
-
-    def post(self, module: nn.Module, args: Any, out: Any) -> None:
-        setattr(module, self.name, getattr(module, self.name).detach())
-
-
-def attach_mask(module: nn.Module, name: str, feedback: bool = True) -> MaskedWeight:
-    """Re-parameterise ``module.<name>`` as ``<name>_orig`` (the same Parameter object, so an
-    optimizer built before keeps working) times a buffer ``<name>_mask`` of ones."""
-    param = module._parameters.pop(name)
-    module.register_parameter(f"{name}_orig", param)
-    module.register_buffer(f"{name}_mask", torch.ones_like(param, requires_grad=False))
-    hook = MaskedWeight(name, feedback)
-    module.register_forward_pre_hook(hook.pre)
-    module.register_forward_hook(hook.post)
-    with torch.no_grad():
-        setattr(module, name, hook.compute(module).detach())
-    return hook
-
-
-def _is_masked(module: nn.Module, name: str = "weight") -> bool:
-    return f"{name}_orig" in module._parameters and f"{name}_mask" in module._buffers
-
-
-@torch.no_grad()
-def detach_mask(module: nn.Module, name: str = "weight", apply: bool = True) -> torch.Tensor:
-    """Undo :func:`attach_mask`: ``<name>`` becomes a plain Parameter holding ``orig ⊙ mask``
-    (``apply=False``: the dense values). Returns the mask (bool, ``True`` = kept)."""
-    param = module._parameters.pop(f"{name}_orig")
-    mask = module._buffers.pop(f"{name}_mask")
-    for hooks in (module._forward_pre_hooks, module._forward_hooks):
-        for key, fn in list(hooks.items()):
-            owner = getattr(fn, "__self__", None)
-            if isinstance(owner, MaskedWeight) and owner.name == name:
-                del hooks[key]
-    if name in module.__dict__:
-        delattr(module, name)
-    if apply:
-        param.mul_(mask)
-    module.register_parameter(name, param)
-    return mask.to(torch.bool)
-
-
-def masked_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
-    """``(name, conv)`` of every conv re-parameterised by :func:`attach_mask`, module order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and _is_masked(m)]
-
-
-def bn_after_conv(model: nn.Module) -> dict[str, str]:
-    """``{conv name: BN name}`` for each BatchNorm2d registered right after a conv (module order)
-    with ``num_features == out_channels``: the conv-BN pairs of CIFAR ResNets, VGG and
-    torchvision's Conv-BN-activation blocks."""
-    pairs: dict[str, str] = {}
-    previous: tuple[str, nn.Module] | None = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.BatchNorm2d) and previous is not None:
-            conv_name, conv = previous
-            if conv.out_channels == module.num_features:
-                pairs[conv_name] = name
-        if isinstance(module, (nn.Conv2d, nn.BatchNorm2d)):
-            previous = (name, module) if isinstance(module, nn.Conv2d) else None
-    return pairs
-
-
-# ----------------------------------------------------------------------------- importance, masks
-def filter_importance(weight: torch.Tensor, importance: str = "l1_mean") -> torch.Tensor:
-    """One score per filter ``W[j]`` (see the module docstring); ``l1_mean`` makes filters of
-    different sizes comparable: a filter of all 0.1 scores 0.1 whatever its shape."""
-    flat = weight.detach().reshape(weight.shape[0], -1).float()
-    if importance == "l1_mean":
-        return flat.abs().sum(dim=1) / flat.shape[1]
-    if importance == "l1":
-        return flat.abs().sum(dim=1)
-    if importance == "l2":
-        return flat.pow(2).sum(dim=1).sqrt()
-    if importance == "l2_mean":
-        return flat.pow(2).sum(dim=1) / flat.shape[1]
-    raise ValueError(f"unknown importance {importance!r}; choose one of: {', '.join(IMPORTANCES)}")
-
-
-def weight_importance(weight: torch.Tensor, importance: str = "l1") -> torch.Tensor:
-    """One score per weight: ``w^2`` for ``l2_mean``, ``|w|`` otherwise (same ranking as L2)."""
-    w = weight.detach().float()
-    return w.pow(2) if importance == "l2_mean" else w.abs()
-
-
-def cubic_sparsity(final: float, t: float, total: float) -> float:
-    """Zhu & Gupta's schedule with initial sparsity 0: ``final - final * (1 - t/total)^3``,
-    ``final`` once ``t >= total`` (and at once when ``total <= 0``)."""
-    if total <= 0 or t >= total:
-        return final
-    return final - final * (1.0 - max(t, 0.0) / total) ** 3
 
 
 def repo_sparsity(model: nn.Module) -> tuple[int, int, float]:
@@ -227,7 +112,7 @@ class DynamicFilter(Method):
             raise ConfigError(f"method.rate {rate} is out of range; valid: 0 <= rate < 1")
         self.ratio = self.rate = rate
         self.type = self.option("type", PRUNE_TYPES, "structured")
-        self.importance = self.option("importance", IMPORTANCES, "l1_mean")
+        self.importance = self.option("importance", FILTER_IMPORTANCES, "l1_mean")
         self.scope = self.option("scope", SCOPES, "global")
         self.schedule = self.option("schedule", SCHEDULES, "constant")
         self.threshold_mode = self.option("threshold_mode", THRESHOLD_MODES, "exact")
@@ -238,6 +123,7 @@ class DynamicFilter(Method):
         self.feedback = bool(self.cfg.get("feedback", True))
         self.mask_bn = bool(self.cfg.get("mask_bn", False))
         self.remove_filters = bool(self.cfg.get("remove_filters", True))
+        self.grouping = self.channel_settings()["grouping"]
         self.reg_options = {
             "include_diag": bool(self.cfg.get("cov_include_diag", True)),
             **{k: float(v) for k, v in dict(self.cfg.get("zhu") or {}).items()},
@@ -290,12 +176,12 @@ class DynamicFilter(Method):
         modules = dict(model.named_modules())
         self._bn = bn_after_conv(model) if self.mask_bn else {}
         for module in model.modules():
-            if isinstance(module, nn.Conv2d) and not _is_masked(module):
+            if isinstance(module, nn.Conv2d) and not is_masked(module):
                 attach_mask(module, "weight", self.feedback)
         for bn_name in self._bn.values():
             bn = modules[bn_name]
             for pname in ("weight", "bias"):
-                if getattr(bn, pname, None) is not None and not _is_masked(bn, pname):
+                if getattr(bn, pname, None) is not None and not is_masked(bn, pname):
                     attach_mask(bn, pname, self.feedback)
         return model
 
@@ -344,9 +230,9 @@ class DynamicFilter(Method):
         """Recompute every mask from the current dense weights at ``sparsity``."""
         convs = masked_convs(model)
         if self.type == "structured":
-            scores = {n: filter_importance(c.weight_orig, self.importance) for n, c in convs}
+            scores = {n: filter_scores(c.weight_orig, self.importance) for n, c in convs}
         else:
-            scores = {n: weight_importance(c.weight_orig, self.importance) for n, c in convs}
+            scores = {n: weight_scores(c.weight_orig, self.importance) for n, c in convs}
         keep = masks_from_scores(scores, sparsity, self.scope, self.threshold_mode)
         modules = dict(model.named_modules())
         for name, conv in convs:
@@ -359,7 +245,7 @@ class DynamicFilter(Method):
             if bn_name is not None and self.type == "structured":
                 bn = modules[bn_name]
                 for pname in ("weight", "bias"):
-                    if _is_masked(bn, pname):
+                    if is_masked(bn, pname):
                         getattr(bn, f"{pname}_mask").copy_(k)
                         setattr(bn, pname, (getattr(bn, f"{pname}_orig") * k).detach())
         self.updates += 1
@@ -416,22 +302,43 @@ class DynamicFilter(Method):
         }
         masks = export_masks(model)
         if self.type == "structured" and self.remove_filters:
-            model, masks, removal = remove_pruned_filters(model, masks, ctx.input_size)
+            model, masks, removal = self._remove_filters(model, masks, ctx)
             info.update(removal)
             info["removal_exact"] = self.mask_bn
         masks = {n: m for n, m in masks.items() if not bool(m.all())}
         return PruneResult(model=model, masks=masks, info=info)
 
+    def _remove_filters(
+        self, model: nn.Module, masks: dict[str, torch.Tensor], ctx: PruneContext
+    ) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
+        """Physically remove every channel whose filter is masked in all its producers
+        (``method.groups``: in single groups only, or residual streams too); a group whose
+        producers lost every filter keeps one, still masked to zero. The masks are sliced
+        alike. ``filters_removed`` counts the removed channels."""
+        pruned = channel_prune(
+            model,
+            MaskedFilters(masks),
+            0.0,
+            input_size=ctx.input_size,
+            scope="zeros",
+            grouping=self.grouping,
+            masks=masks,
+        )
+        info = pruned.info
+        removal = {
+            "groups": self.grouping,
+            "channels": info["channels"],
+            "keep": info["keep"],
+            "input_size": info["input_size"],
+            "discovery": info["discovery"],
+            "filters_removed": info["channels_total"] - info["channels_kept"],
+        }
+        return pruned.model.to(ctx.device), pruned.masks, removal
+
     def restore(self, model: nn.Module, checkpoint: Mapping[str, Any], source: str) -> nn.Module:
         """Strip the re-parameterisation, rebuild the removed structure, load the weights."""
         strip_masks(model, apply=False)
-        info = dict(checkpoint.get("info", {}))
-        if info.get("channels"):
-            from prune_cli.pruning.channels import rebuild
-
-            model = rebuild(model, info["channels"], tuple(info["input_size"]))
-        load_state_into(model, dict(checkpoint), source)
-        return model
+        return load_pruned(model, checkpoint, source)
 
 
 # ----------------------------------------------------------------------------- export helpers
@@ -443,71 +350,3 @@ def filter_counts(model: nn.Module) -> tuple[int, int]:
         pruned += int((flat == 0).all(dim=1).sum())
         total += flat.shape[0]
     return pruned, total
-
-
-def strip_masks(model: nn.Module, apply: bool = True) -> dict[str, torch.Tensor]:
-    """Undo every :func:`attach_mask` in ``model``; ``{param name: bool mask}``."""
-    masks = {}
-    for name, module in model.named_modules():
-        for pname in ("weight", "bias"):
-            if _is_masked(module, pname):
-                prefix = f"{name}." if name else ""
-                masks[f"{prefix}{pname}"] = detach_mask(module, pname, apply)
-    return masks
-
-
-def export_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Export ``W ⊙ M`` as plain parameters; the masks keyed by parameter name."""
-    return strip_masks(model, apply=True)
-
-
-def remove_pruned_filters(
-    model: nn.Module, masks: dict[str, torch.Tensor], input_size: tuple[int, int, int]
-) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
-    """Physically remove the pruned filters of every removable channel group.
-
-    A group whose producer conv lost every filter keeps one (filter 0, still masked to zero)
-    rather than being cut to nothing. Masks of the sliced modules are sliced alike. Returns the
-    new model, the masks and ``{"channels": channel_report, "input_size", "filters_removed"}``
-    (``channels`` lets :meth:`DynamicFilter.restore` rebuild the structure on resume).
-    """
-    from prune_cli.pruning.channels import channel_groups, channel_report, remove_channels
-
-    groups = channel_groups(model, input_size)
-    keep: dict[str, torch.Tensor] = {}
-    for g in groups:
-        mask = masks.get(f"{g.name}.weight")
-        if mask is None:
-            continue
-        filters = mask.reshape(mask.shape[0], -1).any(dim=1).cpu()
-        if not bool(filters.any()):
-            # A layer cannot have zero channels: keep filter 0, still masked (all zeros).
-            filters = filters.clone()
-            filters[0] = True
-        if not bool(filters.all()):
-            keep[g.name] = filters
-    new = remove_channels(model, groups, keep)
-    by_name = {g.name: g for g in groups}
-    out = dict(masks)
-    for name, k in keep.items():
-        g = by_name[name]
-        idx = torch.nonzero(k).reshape(-1)
-        for member in (g.name, *g.gates, *g.depthwise, *g.bns):
-            for pname in ("weight", "bias"):
-                key = f"{member}.{pname}"
-                if key in out:
-                    out[key] = out[key].index_select(0, idx.to(out[key].device))
-        for consumer in g.consumers:
-            key = f"{consumer}.weight"
-            if key in out and out[key].dim() > 1:
-                out[key] = out[key].index_select(1, idx.to(out[key].device))
-    removed = sum(int((~k).sum()) for k in keep.values())
-    return (
-        new,
-        out,
-        {
-            "channels": channel_report(groups, keep),
-            "input_size": list(input_size),
-            "filters_removed": removed,
-        },
-    )

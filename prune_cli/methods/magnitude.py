@@ -12,7 +12,7 @@ from torch import nn
 
 from prune_cli.methods.base import Method, PruneContext, PruneResult
 from prune_cli.methods.registry import METHODS
-from prune_cli.pruning import THRESHOLD_MODES, apply_masks, masks_from_scores, prunable_weights
+from prune_cli.pruning import THRESHOLD_MODES, magnitude_masks
 from prune_cli.pruning.masks import SCOPES
 
 
@@ -23,8 +23,6 @@ class MagnitudePruning(Method):
     def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
         scope = self.option("scope", SCOPES, "global")
         mode = self.option("mode", THRESHOLD_MODES, "exact")
-        weights = prunable_weights(model, bool(self.cfg.get("include_linear", False)))
-        scores = {name: w.detach().abs() for name, w in weights.items()}
-        masks = masks_from_scores(scores, self.ratio, scope, mode)
-        apply_masks(model, masks)
+        include_linear = bool(self.cfg.get("include_linear", False))
+        masks = magnitude_masks(model, self.ratio, scope, mode, include_linear)
         return PruneResult(model=model, masks=masks, info={"scope": scope, "mode": mode})

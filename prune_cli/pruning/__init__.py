@@ -1,9 +1,18 @@
-"""Mechanics shared by pruning methods: thresholds, masks, holding masks during fine-tuning."""
+"""The model-agnostic toolbox the methods are recipes on.
+
+- :mod:`.threshold`, :mod:`.masks`: percentile thresholds, weight masks, holding them at zero;
+- :mod:`.groups`, :mod:`.shufflenet`: channel groups (coupled producers, concatenations, splits,
+  ShuffleNetV2 streams); :mod:`.channels`: :func:`~.channels.channel_prune` (score, keep, remove);
+- :mod:`.importance`: importance criteria; :mod:`.regularizers`: training-time penalties;
+- :mod:`.reparam`: masked re-parameterisation of weights (DPF); :mod:`.schedules`: sparsity
+  schedules; :mod:`.search`: mask search (GA / PSO / SA).
+"""
 
 from prune_cli.pruning.masks import (
     MaskHold,
     apply_masks,
     count_pruned,
+    magnitude_masks,
     masks_from_scores,
     prunable_weights,
 )
@@ -15,6 +24,7 @@ __all__ = [
     "apply_masks",
     "count_pruned",
     "keep_mask",
+    "magnitude_masks",
     "masks_from_scores",
     "n_to_remove",
     "prunable_weights",

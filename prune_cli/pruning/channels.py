@@ -1,238 +1,163 @@
-"""Physical channel removal: find the coupled channel groups of a CNN and slice them out.
+"""Structured pruning: score channel groups, choose the channels to keep, slice them out.
 
-Definitions (methods.md §3 "coupled-set rule", §6):
+:func:`channel_prune` is the one entry point the structured methods (``l1_filter``,
+``network_slimming``, ``double_pruning``, ``dynamic_filter``'s filter removal) are recipes on::
 
-- A **channel group** is a set of channels that must be removed together: the output channels
-  of one *producer* conv, the BNs over them, the depthwise convs (and their BNs) that process them
-  one-to-one, and the input channels of every *consumer* conv or linear that reads them. Removing
-  channel ``i`` of a group removes row ``i`` / column ``i`` of every member.
-- The group's **leader** is the BN right after the producer conv. Network slimming ranks a group
-  by |γ| of its leader only; a depthwise BN follows its producer's mask and is never ranked on its
-  own (methods.md §3, MobileNetV2 rule).
-- A group is **prunable** only when the removal is a plain slice of every member: exactly one
-  producer (a conv with ``groups == 1``); no residual addition (post-activation ResNets: only the
-  inner BNs; the residual stream of ResNet/MobileNet/EfficientNet/MNASNet blocks stays whole);
-  no concatenation, split, slice or reshape other than the flatten before a linear layer; not the
-  model output. Everything else is left untouched.
+    groups -> scores (an importance criterion) -> keep masks -> removal -> info
 
-Groups come from Torch-Pruning's ``DependencyGraph`` (v1.6), which traces the autograd graph;
-its groups are translated into :class:`ChannelGroup` (module names) and the slicing is done here,
-so the same code rebuilds a pruned structure on resume. Torch-Pruning fails on ShuffleNetV2
-(``channel_shuffle`` reshapes break its index mapping), so torchvision's ``ShuffleNetV2`` gets
-hand-written groups (:func:`shufflenet_groups`): the stem, the inner channels of every block's
-``branch2`` and ``conv5``. The block outputs (channel split + concat + shuffle) stay whole.
+- **groups** (:mod:`.groups`): every tensor slice that must go when one channel goes; ``single``
+  (one producer, the slimming paper's setting) or ``coupled`` (residual streams, concatenations,
+  splits, ShuffleNetV2 streams: the DepGraph setting).
+- **scores** (:mod:`.importance`): one score per channel of each group; a group the criterion
+  cannot score (e.g. slimming on a group without a BN followed by an activation) is left whole.
+- **keep**: ``layerwise`` removes ``floor(ratio * size)`` channels of every scored group;
+  ``global`` ranks all channels of all scored groups together and removes the lowest
+  ``floor(ratio * N)`` (methods.md §2.1: ``mode=exact``; ``reference`` reproduces the reference
+  code's ``+1``); ``zeros`` removes exactly the channels scored 0 (a mask decided elsewhere).
+  Then the guards: a group keeps at least ``min_channels`` (an int, or a fraction of the group if
+  < 1) rounded up to a multiple of ``round_to`` (channels come back in order of score); channels
+  tied by a grouped convolution go together; and no conv, linear or BN is left without input or
+  output channels (the best-scored channel that reaches it comes back).
+- **removal** (:func:`remove_channels`): a new, physically smaller copy of the model. For every
+  module the positions removed by all groups are collected first and sliced in one pass with
+  Torch-Pruning's pruning functions (conv, depthwise conv, linear, BN, norms, PReLU, parameters).
+  Torch-Pruning's own ``Group.prune`` works one group at a time and re-derives its index maps in
+  between; slicing once from the dense model makes the result a pure function of (dense model,
+  keep masks), which :func:`rebuild` (resume) and portable checkpoints rely on.
 
-Keep masks are bool tensors (``True`` = kept) keyed by group name (the producer's module name).
+Keep masks are bool tensors (``True`` = kept) keyed by group name; ``info["keep"]`` stores the
+kept channel indices of every cut group so that the structure can be rebuilt exactly.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models.shufflenetv2 import InvertedResidual, ShuffleNetV2
 
 from prune_cli.engine.checkpoint import load_state_into
 from prune_cli.errors import ConfigError
-from prune_cli.pruning.threshold import keep_mask
+from prune_cli.pruning.groups import (
+    BN,
+    CONV,
+    DEPTHWISE,
+    LINEAR,
+    NORM,
+    PARAM,
+    PRELU,
+    ChannelGroup,
+    ChannelRemovalError,
+    Discovery,
+    Member,
+    check_grouping,
+    discover,
+)
+from prune_cli.pruning.threshold import THRESHOLD_MODES, keep_mask, n_to_remove
+
+log = logging.getLogger("prune_cli")
+
+#: How keep masks are chosen from scores (see the module docstring).
+CHANNEL_SCOPES = ("layerwise", "global", "zeros")
+
+Importance = Callable[[nn.Module, Sequence[ChannelGroup]], dict[str, torch.Tensor]]
 
 
-@dataclass(frozen=True)
-class ChannelGroup:
-    """One prunable channel group (module names as in ``model.named_modules()``).
+@dataclass
+class Pruned:
+    """What :func:`channel_prune` returns: the narrower model, the ``info`` describing the cut,
+    and the parameter masks given to it, sliced to the new shapes."""
 
-    ``name`` is the producer conv; ``leader`` the BN right after it (``None`` for a conv without
-    BN, which slimming cannot rank); ``bns`` every BN over the channels (leader first);
-    ``depthwise`` the depthwise convs over them; ``consumers`` the convs/linears reading them;
-    ``gates`` the squeeze-and-excitation expand convs whose outputs scale these channels (their
-    output channels are removed with the group, methods.md §3 MobileNetV3).
+    model: nn.Module
+    info: dict[str, Any]
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- the recipe
+def channel_prune(
+    model: nn.Module,
+    importance: Importance,
+    ratio: float,
+    *,
+    input_size: Sequence[int],
+    scope: str = "layerwise",
+    grouping: str = "coupled",
+    mode: str = "exact",
+    min_channels: float = 1,
+    round_to: int = 1,
+    masks: Mapping[str, torch.Tensor] | None = None,
+) -> Pruned:
+    """Prune ``model``'s channels: a new, narrower model and the ``info`` describing it.
+
+    ``importance(model, groups)`` scores the channels of the groups it can rank. ``masks``
+    (parameter name -> mask shaped like the parameter, e.g. DPF's) are sliced alongside the
+    parameters they belong to. ``info``:
+    ``importance`` (the criterion's name), ``scope``, ``groups`` (the grouping), ``mode``,
+    ``min_channels``, ``round_to``, ``channels_kept`` / ``channels_total`` (over the scored
+    groups), ``groups_ranked`` / ``groups_unranked``, ``discovery`` (groups found by coupling
+    kind, and those left whole with their reasons), ``channels`` (``{group: [kept, total]}``),
+    ``keep`` (kept indices of every cut group) and ``input_size`` — everything :func:`rebuild`
+    needs. Raises :class:`ChannelRemovalError` (one line) when no group can be pruned.
     """
-
-    name: str
-    size: int
-    leader: str | None
-    bns: tuple[str, ...]
-    depthwise: tuple[str, ...]
-    consumers: tuple[str, ...]
-    gates: tuple[str, ...] = ()
-
-
-class ChannelRemovalError(ConfigError):
-    """The model's structure cannot be traced for channel removal."""
-
-
-# ----------------------------------------------------------------------------- discovery
-def channel_groups(model: nn.Module, input_size: Sequence[int]) -> list[ChannelGroup]:
-    """The prunable channel groups of ``model`` (see the module docstring), in module order.
-
-    ``input_size`` is ``(C, H, W)`` of one input image; the model is traced on a zero batch in
-    eval mode (its mode is restored).
-    """
-    if isinstance(model, ShuffleNetV2):
-        return shufflenet_groups(model)
-    return _traced_groups(model, tuple(int(v) for v in input_size))
-
-
-def _traced_groups(model: nn.Module, input_size: tuple[int, ...]) -> list[ChannelGroup]:
-    import torch_pruning as tp
-    from torch_pruning import ops
-
-    names = {m: n for n, m in model.named_modules()}
-    device = next(iter(model.parameters())).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(
-                model, example_inputs=torch.zeros((1, *input_size), device=device), verbose=False
-            )
-    except Exception as exc:  # Torch-Pruning raises many types on untraceable models
-        raise ChannelRemovalError(
-            f"cannot trace {type(model).__name__} for channel removal "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-        ) from exc
-    finally:
-        model.train(was_training)
-
-    groups = []
-    for tp_group in graph.get_all_groups(root_module_types=(nn.Conv2d,)):
-        group = _translate(tp_group, graph, names, ops)
-        if group is not None:
-            groups.append(group)
-    order = {n: i for i, n in enumerate(names.values())}
-    return sorted(groups, key=lambda g: order[g.name])
-
-
-def _translate(tp_group, graph, names, ops) -> ChannelGroup | None:
-    """A Torch-Pruning group as a :class:`ChannelGroup`, or ``None`` if it is not a plain slice."""
-    producers: list[nn.Module] = []
-    bns: list[nn.Module] = []
-    depthwise: list[nn.Module] = []
-    consumers: list[nn.Module] = []
-    for dep, _ in tp_group:
-        module = dep.target.module
-        kind = dep.target.type
-        out = graph.is_out_channel_pruning_fn(dep.handler)
-        if kind == ops.OPTYPE.CONV:
-            if module.groups != 1:
-                return None  # grouped (not depthwise) conv: not a plain slice
-            (producers if out else consumers).append(module)
-        elif kind == ops.OPTYPE.DEPTHWISE_CONV:
-            depthwise.append(module)
-        elif kind == ops.OPTYPE.BN:
-            bns.append(module)
-        elif kind == ops.OPTYPE.LINEAR:
-            if out:
-                return None
-            consumers.append(module)
-        elif kind == ops.OPTYPE.ELEMENTWISE:
-            # A residual addition couples several producers; SE's multiplication and the
-            # activations are channel-wise and harmless.
-            if "Add" in type(module._grad_fn).__name__ or "Sub" in type(module._grad_fn).__name__:
-                return None
-        elif kind == ops.OPTYPE.RESHAPE:
-            continue  # flatten before a linear: checked below through in_features
-        else:
-            return None  # concat, split, slice, output, unwrapped parameters, ...
-    if not producers:
-        return None
-    # The producer is the conv followed by a BN; any other producer must be a BN-free SE gate
-    # (its output multiplies the channels), never a second BN-carrying branch.
-    after_bn = {}
-    for bn in bns:
-        inputs = graph.module2node[bn].inputs
-        if len(inputs) == 1 and inputs[0].module in producers:
-            after_bn[inputs[0].module] = bn
-    if len(producers) == 1:
-        producer = producers[0]
-    elif len(after_bn) == 1:
-        producer = next(iter(after_bn))
+    if scope not in CHANNEL_SCOPES:
+        raise ConfigError(f"unknown scope {scope!r}; choose one of: {', '.join(CHANNEL_SCOPES)}")
+    if mode not in THRESHOLD_MODES:
+        raise ConfigError(f"unknown mode {mode!r}; choose one of: {', '.join(THRESHOLD_MODES)}")
+    check_grouping(grouping)
+    found = discover(model, input_size, grouping)
+    scores = importance(model, found.groups)
+    if not scores:
+        raise ChannelRemovalError(_nothing_to_prune(model, found, importance))
+    by_name = {g.name: g for g in found.groups}
+    ranked = {name: by_name[name] for name in scores}
+    if scope == "zeros":
+        keep = {name: scores[name] > 0 for name in scores}
+        keep = {n: guard_keep(k, scores[n], ranked[n], 1, 1) for n, k in keep.items()}
     else:
-        return None
-    gates = [p for p in producers if p is not producer]
-    if any(p in after_bn for p in gates):
-        return None
-    leader = after_bn.get(producer)
-    size = producer.out_channels
-    if any(isinstance(c, nn.Linear) and c.in_features != size for c in consumers):
-        return None  # a flatten over a spatial map: channel i is not column i
-    if any(isinstance(c, nn.Conv2d) and c.in_channels != size for c in consumers):
-        return None
-    # Depthwise convs with a channel multiplier, or BNs of another width, are not a plain slice.
-    if any(not d.in_channels == d.out_channels == size for d in depthwise):
-        return None
-    if any(b.num_features != size for b in bns) or any(g.out_channels != size for g in gates):
-        return None
-    if any(m not in names for m in (*bns, *depthwise, *consumers, *producers)):
-        return None
-    ordered_bns = ([leader] if leader is not None else []) + [b for b in bns if b is not leader]
-    return ChannelGroup(
-        name=names[producer],
-        size=size,
-        leader=None if leader is None else names[leader],
-        bns=tuple(dict.fromkeys(names[b] for b in ordered_bns)),
-        depthwise=tuple(dict.fromkeys(names[d] for d in depthwise)),
-        consumers=tuple(dict.fromkeys(names[c] for c in consumers)),
-        gates=tuple(dict.fromkeys(names[g] for g in gates)),
-    )
+        select = global_keep if scope == "global" else layerwise_keep
+        keep = select(scores, ratio, mode, min_channels, round_to, groups=ranked)
+    keep = guard_members(found.groups, keep, scores)
+    new = remove_channels(model, found.groups, keep)
+    sliced = slice_masks(found.groups, keep, masks or {}, new)
+    cut = {n: k for n, k in keep.items() if not bool(k.all())}
+    info = {
+        "importance": getattr(importance, "name", type(importance).__name__),
+        "scope": scope,
+        "groups": grouping,
+        "mode": mode,
+        "min_channels": min_channels,
+        "round_to": round_to,
+        "channels_kept": int(sum(int(k.sum()) for k in keep.values())),
+        "channels_total": int(sum(k.numel() for k in keep.values())),
+        "groups_ranked": len(scores),
+        "groups_unranked": len(found.groups) - len(scores),
+        "discovery": found.summary(),
+        "channels": channel_report(found.groups, keep),
+        "keep": {n: torch.nonzero(k).reshape(-1).tolist() for n, k in cut.items()},
+        "input_size": [int(v) for v in input_size],
+    }
+    return Pruned(new, info, sliced)
 
 
-def shufflenet_groups(model: ShuffleNetV2) -> list[ChannelGroup]:
-    """Hand-written groups of torchvision's ShuffleNetV2 (Torch-Pruning cannot trace it).
-
-    - stem: ``conv1.0`` -> ``conv1.1`` -> (max-pool) -> the first block of ``stage2``, which reads
-      the stem in both branches (``branch1``: depthwise ``.0`` + BN ``.1``, then 1x1 ``.2``;
-      ``branch2``: 1x1 ``.0``);
-    - each block: ``branch2.0`` (1x1) -> BN ``.1`` -> depthwise ``.3`` -> BN ``.4`` -> 1x1 ``.5``;
-    - head: ``conv5.0`` -> BN ``conv5.1`` -> global mean -> ``fc``.
-
-    The block outputs go through channel split, concatenation and channel shuffle, which tie
-    every channel to a fixed position in the next block; they are not pruned.
-    """
-    groups = []
-    stage2 = model.stage2
-    first = stage2[0]
-    if not isinstance(first, InvertedResidual) or len(first.branch1) == 0:
-        raise ChannelRemovalError("unexpected ShuffleNetV2 layout: stage2 must start with stride 2")
-    groups.append(
-        ChannelGroup(
-            name="conv1.0",
-            size=model.conv1[0].out_channels,
-            leader="conv1.1",
-            bns=("conv1.1", "stage2.0.branch1.1"),
-            depthwise=("stage2.0.branch1.0",),
-            consumers=("stage2.0.branch1.2", "stage2.0.branch2.0"),
+def _nothing_to_prune(model: nn.Module, found: Discovery, importance: Importance) -> str:
+    name = type(model).__name__
+    what = getattr(importance, "name", type(importance).__name__)
+    if not found.groups:
+        reasons = "; ".join(f"{k}: {v}" for k, v in found.summary()["skipped_reasons"].items())
+        return (
+            f"{name} has no channel group that can be removed structurally"
+            + (f" ({reasons})" if reasons else "")
+            + "; use an unstructured method (method=magnitude)"
         )
+    needs = getattr(importance, "needs", "")
+    return f"{name}: none of its {len(found.groups)} channel groups can be ranked by {what}" + (
+        f" ({needs})" if needs else ""
     )
-    for stage in ("stage2", "stage3", "stage4"):
-        for i, block in enumerate(getattr(model, stage)):
-            prefix = f"{stage}.{i}.branch2"
-            groups.append(
-                ChannelGroup(
-                    name=f"{prefix}.0",
-                    size=block.branch2[0].out_channels,
-                    leader=f"{prefix}.1",
-                    bns=(f"{prefix}.1", f"{prefix}.4"),
-                    depthwise=(f"{prefix}.3",),
-                    consumers=(f"{prefix}.5",),
-                )
-            )
-    groups.append(
-        ChannelGroup(
-            name="conv5.0",
-            size=model.conv5[0].out_channels,
-            leader="conv5.1",
-            bns=("conv5.1",),
-            depthwise=(),
-            consumers=("fc",),
-        )
-    )
-    return groups
 
 
 # ----------------------------------------------------------------------------- keep masks
@@ -252,24 +177,46 @@ def rounded_keep(kept: int, size: int, round_to: int) -> int:
     return min(size, math.ceil(kept / round_to) * round_to)
 
 
+def _atoms(group: ChannelGroup | None, size: int) -> list[list[int]]:
+    return group.atoms() if group is not None else [[c] for c in range(size)]
+
+
+def _atom_scores(scores: torch.Tensor, atoms: list[list[int]]) -> torch.Tensor:
+    return torch.stack([scores[a].mean() for a in atoms]) if atoms else scores[:0]
+
+
+def _expand(atom_keep: torch.Tensor, atoms: list[list[int]], size: int) -> torch.Tensor:
+    keep = torch.ones(size, dtype=torch.bool)
+    for a, k in zip(atoms, atom_keep.tolist()):
+        if not k:
+            keep[a] = False
+    return keep
+
+
 def guard_keep(
-    keep: torch.Tensor, scores: torch.Tensor, min_channels: float = 1, round_to: int = 1
+    keep: torch.Tensor,
+    scores: torch.Tensor,
+    group: ChannelGroup | None = None,
+    min_channels: float = 1,
+    round_to: int = 1,
 ) -> torch.Tensor:
     """Apply the layer-collapse guard and rounding to one group's keep mask.
 
-    The kept count becomes ``max(kept, min_keep)`` rounded up to ``round_to``; channels are added
-    back in order of decreasing score (ties: the earlier channel first). Never removes channels.
+    The kept count becomes ``max(kept, min_keep)`` rounded up to ``round_to``; channels (or the
+    tied channels of ``group``) are added back in order of decreasing score (ties: the earlier
+    channel first). Never removes channels.
     """
     size = keep.numel()
     target = rounded_keep(max(int(keep.sum()), min_keep(size, min_channels)), size, round_to)
-    if target == int(keep.sum()):
+    if target <= int(keep.sum()):
         return keep
-    order = torch.sort(-scores.detach().float(), stable=True).indices
+    atoms = _atoms(group, size)
+    order = torch.sort(-_atom_scores(scores.detach().float().cpu(), atoms), stable=True).indices
     out = keep.clone()
     for idx in order.tolist():
         if int(out.sum()) >= target:
             break
-        out[idx] = True
+        out[atoms[idx]] = True
     return out
 
 
@@ -279,21 +226,62 @@ def global_keep(
     mode: str = "exact",
     min_channels: float = 1,
     round_to: int = 1,
+    groups: Mapping[str, ChannelGroup] | None = None,
 ) -> dict[str, torch.Tensor]:
     """One threshold over the scores of all groups together (methods.md §2.1, §3 step 2).
 
     The lowest ``ratio`` of all channels is removed (``exact``: ``floor(N*ratio)``; ``reference``:
-    the reference code's ``+1``), then :func:`guard_keep` runs per group.
+    the reference code's ``+1``); tied channels (``groups``) are ranked by their mean score and
+    removed together while the count allows. Then :func:`guard_keep` runs per group.
     """
     if not scores:
         return {}
-    flat = torch.cat([s.detach().reshape(-1).float().cpu() for s in scores.values()])
-    keep_flat = keep_mask(flat, ratio, mode)
-    out, offset = {}, 0
-    for name, s in scores.items():
-        keep = keep_flat[offset : offset + s.numel()]
-        out[name] = guard_keep(keep, s.detach().float().cpu(), min_channels, round_to)
-        offset += s.numel()
+    groups = groups or {}
+    flat_scores = {n: s.detach().reshape(-1).float().cpu() for n, s in scores.items()}
+    atoms = {n: _atoms(groups.get(n), s.numel()) for n, s in flat_scores.items()}
+    if all(len(a) == s.numel() for a, s in zip(atoms.values(), flat_scores.values())):
+        flat = torch.cat(list(flat_scores.values()))
+        keep_flat = keep_mask(flat, ratio, mode)
+        out, offset = {}, 0
+        for name, s in flat_scores.items():
+            out[name] = keep_flat[offset : offset + s.numel()]
+            offset += s.numel()
+    else:
+        out = _global_keep_atoms(flat_scores, atoms, ratio, mode)
+    return {
+        n: guard_keep(k, flat_scores[n], groups.get(n), min_channels, round_to)
+        for n, k in out.items()
+    }
+
+
+def _global_keep_atoms(
+    scores: Mapping[str, torch.Tensor],
+    atoms: Mapping[str, list[list[int]]],
+    ratio: float,
+    mode: str,
+) -> dict[str, torch.Tensor]:
+    """Global selection over units of several channels: lowest mean score first, while the
+    removed count stays within ``floor(N*ratio)`` (exact) or below the reference threshold."""
+    keep_mask(torch.zeros(1), ratio, mode)  # validates ratio and mode
+    units = [(n, a) for n in scores for a in atoms[n]]
+    unit_scores = torch.stack([scores[n][a].mean() for n, a in units])
+    total = sum(s.numel() for s in scores.values())
+    out = {n: torch.ones(s.numel(), dtype=torch.bool) for n, s in scores.items()}
+    if mode == "reference":
+        flat = torch.cat(list(scores.values()))
+        thre = flat.sort().values[int(total * ratio)]
+        for (n, a), s in zip(units, unit_scores.tolist()):
+            if s <= thre:
+                out[n][a] = False
+        return out
+    budget = n_to_remove(total, ratio)
+    for idx in torch.sort(unit_scores, stable=True).indices.tolist():
+        n, a = units[idx]
+        if len(a) <= budget:
+            out[n][a] = False
+            budget -= len(a)
+        if budget == 0:
+            break
     return out
 
 
@@ -303,17 +291,60 @@ def layerwise_keep(
     mode: str = "exact",
     min_channels: float = 1,
     round_to: int = 1,
+    groups: Mapping[str, ChannelGroup] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The lowest ``ratio`` of each group's channels removed, group by group, then the guard."""
-    return {
-        name: guard_keep(
-            keep_mask(s.detach().float().cpu(), ratio, mode),
-            s.detach().float().cpu(),
-            min_channels,
-            round_to,
-        )
-        for name, s in scores.items()
-    }
+    """The lowest ``ratio`` of each group's channels (or of its tied units) removed, group by
+    group, then the guard."""
+    groups = groups or {}
+    out = {}
+    for name, s in scores.items():
+        s = s.detach().reshape(-1).float().cpu()
+        atoms = _atoms(groups.get(name), s.numel())
+        if len(atoms) == s.numel():
+            keep = keep_mask(s, ratio, mode)
+        else:
+            keep = _expand(keep_mask(_atom_scores(s, atoms), ratio, mode), atoms, s.numel())
+        out[name] = guard_keep(keep, s, groups.get(name), min_channels, round_to)
+    return out
+
+
+def guard_members(
+    groups: Sequence[ChannelGroup],
+    keep: Mapping[str, torch.Tensor],
+    scores: Mapping[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """No conv, linear, depthwise conv or BN may lose all its channels: a member whose every
+    position is removed (possible when a group reaches a module only with some of its channels,
+    e.g. a ShuffleNetV2 unit's ``branch2`` input) gets back the best-scored channel reaching it."""
+    out = {n: k.clone() for n, k in keep.items()}
+    by_module: dict[tuple[str, str], list[tuple[ChannelGroup, Member]]] = {}
+    for g in groups:
+        for m in g.members:
+            by_module.setdefault((m.module, m.role), []).append((g, m))
+    for entries in by_module.values():
+        if entries[0][1].kind not in (CONV, LINEAR, DEPTHWISE, BN):
+            continue
+        best: tuple[float, ChannelGroup, int] | None = None
+        alive = False
+        for g, m in entries:
+            mask = out.get(g.name)
+            if mask is None:
+                alive = True
+                break
+            for c in set(m.channels):
+                if bool(mask[c]):
+                    alive = True
+                    break
+                score = float(scores[g.name][c]) if g.name in scores else 0.0
+                if best is None or score > best[0]:
+                    best = (score, g, c)
+            if alive:
+                break
+        if not alive and best is not None:
+            _, g, c = best
+            tie = next((list(t) for t in g.ties if c in t), [c])
+            out[g.name][tie] = True
+    return out
 
 
 # ----------------------------------------------------------------------------- removal
@@ -326,67 +357,182 @@ def remove_channels(
     whole. The original model is not modified. Raises ``ValueError`` for a mask that keeps no
     channel or does not fit its group.
     """
+    from prune_cli.pruning import shufflenet
+
+    masks = _checked(groups, keep)
+    new = copy.deepcopy(model)
+    modules = dict(new.named_modules())
+    for member, positions in removal_plan(groups, masks):
+        if len(positions) >= member.size:
+            raise ValueError(f"removal leaves {member.module} without {member.role}put channels")
+        _slice(new, modules, member, positions)
+    if shufflenet.is_restructured(list(groups), masks):
+        shufflenet.restructure(model, new, masks)
+    return new
+
+
+def _checked(
+    groups: Sequence[ChannelGroup], keep: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     by_name = {g.name: g for g in groups}
     unknown = set(keep) - set(by_name)
     if unknown:
         raise ValueError(f"keep masks for unknown channel groups: {sorted(unknown)[:3]}")
-    new = copy.deepcopy(model)
-    modules = dict(new.named_modules())
+    out = {}
     for name, mask in keep.items():
-        group = by_name[name]
         mask = mask.detach().to(torch.bool).cpu().reshape(-1)
-        if mask.numel() != group.size:
-            raise ValueError(f"keep mask of {name} has {mask.numel()} entries, not {group.size}")
+        if mask.numel() != by_name[name].size:
+            raise ValueError(
+                f"keep mask of {name} has {mask.numel()} entries, not {by_name[name].size}"
+            )
         if not bool(mask.any()):
             raise ValueError(f"keep mask of {name} keeps no channel")
+        out[name] = mask
+    return out
+
+
+def removal_plan(
+    groups: Sequence[ChannelGroup], keep: Mapping[str, torch.Tensor]
+) -> list[tuple[Member, list[int]]]:
+    """For every member losing channels: the member and all its positions removed by every
+    group (a consumer of a concatenation loses the positions of several groups at once)."""
+    by_name = {g.name: g for g in groups}
+    drops: dict[tuple[str, str], set[int]] = {}
+    members: dict[tuple[str, str], Member] = {}
+    for name, mask in keep.items():
         if bool(mask.all()):
             continue
-        idx = torch.nonzero(mask).reshape(-1)
-        _slice_out(modules[group.name], idx)
-        for gate in group.gates:
-            _slice_out(modules[gate], idx)
-        for bn in group.bns:
-            _slice_bn(modules[bn], idx)
-        for dw in group.depthwise:
-            _slice_depthwise(modules[dw], idx)
-        for consumer in group.consumers:
-            _slice_in(modules[consumer], idx)
-    return new
+        removed = set(torch.nonzero(~mask).reshape(-1).tolist())
+        for m in by_name[name].members:
+            positions = m.drop_positions(removed)
+            if positions:
+                drops.setdefault((m.module, m.role), set()).update(positions)
+                members[(m.module, m.role)] = m
+    return [(members[k], sorted(v)) for k, v in drops.items()]
 
 
-def _take(param: torch.Tensor | None, idx: torch.Tensor, dim: int) -> None:
-    """Replace ``param``'s data by its entries at ``idx`` along ``dim`` (keeping it a Parameter)."""
-    if param is None:
+def slice_masks(
+    groups: Sequence[ChannelGroup],
+    keep: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor],
+    pruned: nn.Module,
+) -> dict[str, torch.Tensor]:
+    """``masks`` (parameter name -> mask shaped like the dense parameter) cut like the
+    parameters by :func:`remove_channels`; every result has its pruned parameter's shape."""
+    out = {k: v for k, v in masks.items()}
+    for member, positions in removal_plan(groups, _checked(groups, keep)):
+        for pname in ("weight", "bias"):
+            key = f"{member.module}.{pname}"
+            if key not in out:
+                continue
+            mask = out[key]
+            dim = 0 if member.role == "out" or mask.dim() == 1 else 1
+            size = mask.shape[dim] if not (dim == 1 and member.groups > 1) else member.size
+            kept = [i for i in range(size) if i not in set(positions)]
+            if dim == 1 and member.groups > 1:  # grouped conv: the first group's local positions
+                kept = kept[: len(kept) // member.groups]
+            out[key] = mask.index_select(
+                dim, torch.tensor(kept, dtype=torch.long, device=mask.device)
+            )
+    params = dict(pruned.named_parameters())
+    for key, mask in out.items():
+        if key in params and params[key].shape != mask.shape:
+            raise ValueError(
+                f"mask of {key} is {tuple(mask.shape)}, its weight {tuple(params[key].shape)}"
+            )
+    return out
+
+
+def _slice(root: nn.Module, modules: dict[str, nn.Module], member: Member, idxs: list[int]) -> None:
+    """Remove positions ``idxs`` of one member with Torch-Pruning's pruning functions."""
+    import torch_pruning as tp
+
+    if member.kind == PARAM:
+        parent_name, _, attr = member.module.rpartition(".")
+        parent = root.get_submodule(parent_name) if parent_name else root
+        pruner = tp.pruner.function.ParameterPruner(pruning_dim=member.dim)
+        setattr(parent, attr, pruner.prune_out_channels(getattr(parent, attr), idxs))
         return
-    param.data = param.data.index_select(dim, idx.to(param.device)).contiguous()
-    if param.grad is not None:
-        param.grad = None
+    layer = modules[member.module]
+    out = member.role == "out"
+    if member.kind == CONV:
+        fn = tp.prune_conv_out_channels if out else tp.prune_conv_in_channels
+    elif member.kind == DEPTHWISE:
+        fn = tp.prune_depthwise_conv_out_channels
+    elif member.kind == LINEAR:
+        fn = tp.prune_linear_out_channels if out else tp.prune_linear_in_channels
+    elif member.kind == BN:
+        fn = tp.prune_batchnorm_out_channels
+    elif member.kind == PRELU:
+        fn = tp.prune_prelu_out_channels
+    elif member.kind == NORM:
+        fn = {
+            nn.GroupNorm: tp.prune_groupnorm_out_channels,
+        }.get(type(layer))
+        if fn is None:
+            fn = (
+                tp.prune_layernorm_out_channels
+                if isinstance(layer, nn.LayerNorm)
+                else tp.prune_instancenorm_out_channels
+            )
+    else:  # pragma: no cover - discovery only creates the kinds above
+        raise ValueError(f"cannot slice {member.kind} member {member.module}")
+    fn(layer, idxs)
+    if isinstance(layer, nn.Conv2d):
+        layer.weight.data = layer.weight.data.contiguous()
 
 
-def _slice_out(conv: nn.Module, idx: torch.Tensor) -> None:
-    _take(conv.weight, idx, 0)
-    _take(conv.bias, idx, 0)
-    conv.out_channels = len(idx)
+@torch.no_grad()
+def mask_channels(
+    model: nn.Module, groups: Sequence[ChannelGroup], keep: Mapping[str, torch.Tensor]
+) -> None:
+    """The masked-dense equivalent of :func:`remove_channels`, in place: the input columns of
+    every consumer (conv or linear) that reads a removed channel are set to 0.
+
+    Removed channels then have no influence on the output, so in eval mode this model computes
+    what the physically pruned one computes for every group that is ``exact`` (channel-wise
+    members only; a LayerNorm or GroupNorm over the channels changes when channels go).
+    """
+    modules = dict(model.named_modules())
+    by_name = {g.name: g for g in groups}
+    for name, mask in keep.items():
+        removed = set(torch.nonzero(~mask.to(torch.bool).cpu()).reshape(-1).tolist())
+        if not removed:
+            continue
+        for m in by_name[name].consumers:
+            _zero_inputs(modules[m.module], m.drop_positions(removed))
 
 
-def _slice_bn(bn: nn.Module, idx: torch.Tensor) -> None:
-    for tensor in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
-        _take(tensor, idx, 0)
-    bn.num_features = len(idx)
+def _zero_inputs(layer: nn.Module, positions: list[int]) -> None:
+    w = layer.weight
+    if isinstance(layer, nn.Conv2d) and layer.groups > 1:
+        per_group_in = layer.in_channels // layer.groups
+        per_group_out = layer.out_channels // layer.groups
+        for position in positions:
+            g, q = divmod(position, per_group_in)
+            w[g * per_group_out : (g + 1) * per_group_out, q] = 0
+    elif positions:
+        w[:, torch.tensor(positions, dtype=torch.long, device=w.device)] = 0
 
 
-def _slice_depthwise(conv: nn.Conv2d, idx: torch.Tensor) -> None:
-    _take(conv.weight, idx, 0)
-    _take(conv.bias, idx, 0)
-    conv.in_channels = conv.out_channels = conv.groups = len(idx)
-
-
-def _slice_in(layer: nn.Module, idx: torch.Tensor) -> None:
-    _take(layer.weight, idx, 1)
-    if isinstance(layer, nn.Linear):
-        layer.in_features = len(idx)
-    else:
-        layer.in_channels = len(idx)
+@torch.no_grad()
+def zero_pruned_bn(
+    model: nn.Module, groups: Sequence[ChannelGroup], keep: Mapping[str, torch.Tensor]
+) -> None:
+    """The mask implementation of slimming (methods.md §3 step 3): γ = β = 0 on the removed
+    channels of every BN of each group, in place. In eval mode this model computes the same
+    function as :func:`remove_channels`'s output when every removed channel then reaches its
+    consumers as exactly 0 (single groups whose BN follows the producer, activations with
+    f(0) = 0)."""
+    modules = dict(model.named_modules())
+    by_name = {g.name: g for g in groups}
+    for name, mask in keep.items():
+        removed = set(torch.nonzero(~mask.to(torch.bool).cpu()).reshape(-1).tolist())
+        for m in by_name[name].bns:
+            bn = modules[m.module]
+            for p in m.drop_positions(removed):
+                bn.weight[p] = 0.0
+                bn.bias[p] = 0.0
 
 
 # ----------------------------------------------------------------------------- reporting, rebuild
@@ -397,26 +543,33 @@ def channel_report(
     return {g.name: [int(keep[g.name].sum()) if g.name in keep else g.size, g.size] for g in groups}
 
 
-def rebuild(
-    model: nn.Module, channels: Mapping[str, Sequence[int]], input_size: Sequence[int]
-) -> nn.Module:
-    """The pruned structure described by ``channels`` (:func:`channel_report`), for resuming.
+def rebuild(model: nn.Module, info: Mapping[str, Any]) -> nn.Module:
+    """The pruned structure described by ``info`` (:func:`channel_prune`'s), for resuming and
+    reloading: the groups of the dense ``model`` are found again and cut at ``info["keep"]``.
 
-    Keeps the first ``kept`` channels of each group: only the shapes matter, the weights are
-    loaded from the checkpoint afterwards.
+    Older checkpoints without ``keep`` record only ``channels`` (``[kept, total]``): the first
+    ``kept`` channels of each group are kept (only the shapes matter; the weights are loaded
+    afterwards), which reproduces every structure they could describe.
     """
-    groups = channel_groups(model, input_size)
+    grouping = str(info.get("groups", "single"))
+    groups = discover(model, info["input_size"], grouping, verify=False).groups
     by_name = {g.name: g for g in groups}
-    keep = {}
-    for name, (kept, total) in channels.items():
+    keep: dict[str, torch.Tensor] = {}
+    explicit = info.get("keep") or {}
+    for name, (kept, total) in dict(info["channels"]).items():
         group = by_name.get(name)
         if group is None or group.size != int(total):
             raise ChannelRemovalError(
                 f"cannot rebuild the pruned model: channel group {name!r} ({total} channels) "
                 "is not in this model"
             )
+        if int(kept) == group.size:
+            continue
         mask = torch.zeros(group.size, dtype=torch.bool)
-        mask[: int(kept)] = True
+        if name in explicit:
+            mask[torch.tensor(explicit[name], dtype=torch.long)] = True
+        else:
+            mask[: int(kept)] = True
         keep[name] = mask
     return remove_channels(model, groups, keep)
 
@@ -429,25 +582,7 @@ def load_pruned(model: nn.Module, checkpoint: Mapping[str, Any], source: str) ->
     state dict is loaded into ``model`` itself.
     """
     info = dict(checkpoint.get("info", {}))
-    if "channels" in info:
-        model = rebuild(model, info["channels"], info["input_size"])
+    if info.get("channels"):
+        model = rebuild(model, info)
     load_state_into(model, dict(checkpoint), source)
     return model
-
-
-@torch.no_grad()
-def zero_pruned_bn(
-    model: nn.Module, groups: Sequence[ChannelGroup], keep: Mapping[str, torch.Tensor]
-) -> None:
-    """The mask implementation of slimming (methods.md §3 step 3): γ = β = 0 on the removed
-    channels of every BN of each group, in place. In eval mode this model computes the same
-    function as :func:`remove_channels`'s output when every removed channel then reaches its
-    consumers as exactly 0 (activations with f(0) = 0)."""
-    modules = dict(model.named_modules())
-    for group in groups:
-        if group.name not in keep:
-            continue
-        drop = ~keep[group.name].to(torch.bool).reshape(-1)
-        for bn in group.bns:
-            modules[bn].weight[drop.to(modules[bn].weight.device)] = 0.0
-            modules[bn].bias[drop.to(modules[bn].bias.device)] = 0.0

@@ -44,6 +44,22 @@ def masks_from_scores(
     return masks
 
 
+def magnitude_masks(
+    model: nn.Module,
+    ratio: float,
+    scope: str = "global",
+    mode: str = "exact",
+    include_linear: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Magnitude pruning (Han et al. 2015, methods.md §4 B1) applied to ``model`` in place:
+    the lowest-|w| ``ratio`` of the prunable weights (:func:`prunable_weights`) is zeroed, over
+    all of them (``global``) or per layer; returns the masks."""
+    weights = prunable_weights(model, include_linear)
+    masks = masks_from_scores({n: w.detach().abs() for n, w in weights.items()}, ratio, scope, mode)
+    apply_masks(model, masks)
+    return masks
+
+
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     """Zero the masked-out entries of each named parameter in place."""

@@ -1,11 +1,19 @@
-"""Training-time penalties of ``method=dynamic_filter`` (``method.reg``), methods.md §7.5.
+"""Training-time regularisers: network slimming's L1 on BN γ (methods.md §3) and the penalties
+of ``method=dynamic_filter`` (``method.reg``, methods.md §7.5).
+
+**BN L1** (:func:`bn_l1_subgradient`): after ``backward()`` and before the optimiser step, every
+``BatchNorm2d`` γ gets ``γ.grad += λ·sign(γ)``, the sub-gradient of ``λ·Σ|γ|`` (β is not
+penalised). :func:`default_bn_l1_lambda` is the reference README's λ by family: 1e-4 for plain
+CNNs, 1e-5 for residual networks (VGG vs ResNet-164 / DenseNet-40).
+
+**Decorrelation penalties** (dynamic_filter):
 
 Every penalty is a pure function of tensors (``*_penalty`` / ``*_term``) with a model-level sum
 over the weights it applies to. The training loss is ``CE + odecay * reg(model)`` (the name
 ``odecay`` comes from the SRIP code the repository copied).
 
 The model-level functions read the *trainable dense* weights: a weight re-parameterised as
-``weight_orig`` (parameter) + ``weight_mask`` (buffer) by :mod:`prune_cli.methods.dynamic_filter`
+``weight_orig`` (parameter) + ``weight_mask`` (buffer) by :mod:`prune_cli.pruning.reparam`
 contributes ``weight_orig``, so the penalty acts on what SGD updates. Masks are buffers, never
 parameters, and are excluded, except by :func:`cov_faithful`, which includes them because the
 repository's masks were ``nn.Parameter``s.
@@ -31,7 +39,90 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prune_cli.engine.hooks import TrainHooks
+from prune_cli.errors import ConfigError
+
 REGULARIZERS = ("none", "cov_faithful", "cov", "decorr_zhu", "ortho")
+
+#: Slimming's λ by model family (methods.md §3): plain CNNs and residual networks.
+LAMBDA_PLAIN = 1e-4
+LAMBDA_RESIDUAL = 1e-5
+
+
+# ----------------------------------------------------------------------------- BN L1 (slimming)
+def default_bn_l1_lambda(model: nn.Module) -> float:
+    """λ by model family: 1e-4 for plain CNNs (no residual connections), 1e-5 for the rest."""
+    from prune_cli.models.traits import is_plain
+
+    return LAMBDA_PLAIN if is_plain(model) else LAMBDA_RESIDUAL
+
+
+def bn_gammas(model: nn.Module) -> list[nn.Parameter]:
+    """The γ of every ``BatchNorm2d`` with an affine weight, module order."""
+    return [
+        m.weight for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.weight is not None
+    ]
+
+
+@torch.no_grad()
+def bn_l1_subgradient(gammas: list[nn.Parameter], lam: float) -> None:
+    """``γ.grad += λ·sign(γ)`` for every γ in ``gammas`` (a missing gradient counts as 0)."""
+    if lam == 0:
+        return
+    for gamma in gammas:
+        if gamma.grad is None:
+            gamma.grad = torch.zeros_like(gamma)
+        gamma.grad.add_(torch.sign(gamma), alpha=lam)
+
+
+class BNSparsity(TrainHooks):
+    """Sparsity training of network slimming: the BN L1 sub-gradient after every backward.
+
+    ``l1_lambda``: a number >= 0, or ``"auto"``/``None`` for :func:`default_bn_l1_lambda`
+    (resolved by :meth:`prepare`); ``bn_init``: a value every γ is set to before training, or
+    ``None`` to keep the model's init. Bad values raise a one-line ConfigError naming
+    ``method.<key>``.
+    """
+
+    def __init__(self, l1_lambda: Any = "auto", bn_init: Any = None) -> None:
+        self.auto = l1_lambda is None or str(l1_lambda) == "auto"
+        self.l1_lambda = None if self.auto else _number("l1_lambda", l1_lambda)
+        if self.l1_lambda is not None and self.l1_lambda < 0:
+            raise ConfigError(f"method.l1_lambda {self.l1_lambda} is out of range; valid: >= 0")
+        self.bn_init = None if bn_init is None else _number("bn_init", bn_init)
+        self._gammas: tuple[int, list[nn.Parameter]] | None = None
+
+    def prepare(self, model: nn.Module) -> None:
+        """Resolve ``auto`` from the model family; apply ``bn_init`` if set."""
+        if self.auto:
+            self.l1_lambda = default_bn_l1_lambda(model)
+        if self.bn_init is not None:
+            with torch.no_grad():
+                for gamma in bn_gammas(model):
+                    gamma.fill_(self.bn_init)
+        self._gammas = None
+
+    @property
+    def lam(self) -> float:
+        if self.l1_lambda is None:
+            raise RuntimeError("l1_lambda is 'auto': call prepare(model) first")
+        return self.l1_lambda
+
+    def signature(self) -> dict[str, Any]:
+        """What sparsity training changes about training (for the trained-model cache key)."""
+        return {"bn_l1_lambda": self.lam, "bn_init": self.bn_init}
+
+    def after_backward(self, model: nn.Module) -> None:
+        if self._gammas is None or self._gammas[0] != id(model):
+            self._gammas = (id(model), bn_gammas(model))
+        bn_l1_subgradient(self._gammas[1], self.lam)
+
+
+def _number(key: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"method.{key} {value!r} is not a number") from None
 
 
 def _weights(model: nn.Module, min_dim: int = 2, exact_dim: int | None = None) -> Iterator:

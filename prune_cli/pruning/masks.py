@@ -14,6 +14,7 @@ from torch import nn
 from prune_cli.engine.hooks import TrainHooks
 from prune_cli.errors import ConfigError
 from prune_cli.metrics.counting import prunable_layers
+from prune_cli.pruning.importance import weight_scores
 from prune_cli.pruning.threshold import keep_mask
 
 SCOPES = ("global", "layerwise")
@@ -55,7 +56,7 @@ def magnitude_masks(
     the lowest-|w| ``ratio`` of the prunable weights (:func:`prunable_weights`) is zeroed, over
     all of them (``global``) or per layer; returns the masks."""
     weights = prunable_weights(model, include_linear)
-    masks = masks_from_scores({n: w.detach().abs() for n, w in weights.items()}, ratio, scope, mode)
+    masks = masks_from_scores({n: weight_scores(w) for n, w in weights.items()}, ratio, scope, mode)
     apply_masks(model, masks)
     return masks
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from prune_cli.methods.base import Method, PruneContext, PruneResult
+from prune_cli.methods.base import Method, MethodOptions, PruneContext, PruneResult
 from prune_cli.methods.registry import METHODS
+from prune_cli.options import Bool, OneOf
 from prune_cli.pruning import THRESHOLD_MODES, apply_masks, masks_from_scores, prunable_weights
 from prune_cli.pruning.masks import SCOPES
 
@@ -20,10 +21,18 @@ from prune_cli.pruning.masks import SCOPES
 class MagnitudePruning(Method):
     name = "magnitude"
 
+    class Options(MethodOptions):
+        """``configs/method/magnitude.yaml``."""
+
+        scope: OneOf(*SCOPES) = "global"
+        include_linear: Bool = False
+        mode: OneOf(*THRESHOLD_MODES) = "exact"
+
+    opts: Options
+
     def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
-        scope = self.option("scope", SCOPES, "global")
-        mode = self.option("mode", THRESHOLD_MODES, "exact")
-        weights = prunable_weights(model, bool(self.cfg.get("include_linear", False)))
+        scope, mode = self.opts.scope, self.opts.mode
+        weights = prunable_weights(model, self.opts.include_linear)
         scores = {name: w.detach().abs() for name, w in weights.items()}
         masks = masks_from_scores(scores, self.ratio, scope, mode)
         apply_masks(model, masks)

@@ -82,14 +82,18 @@ def _no_bool(kind: str) -> Any:
     return BeforeValidator(check)
 
 
+def _num(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 def _range_text(ge: float | None, gt: float | None, le: float | None, lt: float | None) -> str:
-    low = f">= {ge:g}" if ge is not None else f"> {gt:g}" if gt is not None else ""
-    high = f"<= {le:g}" if le is not None else f"< {lt:g}" if lt is not None else ""
+    low = f">= {_num(ge)}" if ge is not None else f"> {_num(gt)}" if gt is not None else ""
+    high = f"<= {_num(le)}" if le is not None else f"< {_num(lt)}" if lt is not None else ""
     if low and high:
         left = "[" if ge is not None else "("
         right = "]" if le is not None else ")"
         lo, hi = (ge if ge is not None else gt), (le if le is not None else lt)
-        return f"in {left}{lo:g}, {hi:g}{right}"
+        return f"in {left}{_num(lo)}, {_num(hi)}{right}"  # type: ignore[arg-type]
     return low or high
 
 

@@ -228,7 +228,7 @@ ValSize = Annotated[
 ]
 #: ``dataset.mean``/``std``: one number for every channel, or one per channel.
 Stats = Annotated[Any, PlainValidator(_stats), Valid("a number or a list of numbers")]
-Seed = Int(ge=0, lt=2**63)
+Seed = Int(ge=0, lt=2**63, valid="an integer >= 0 (below 2**63)")
 
 
 class DatasetOptions(Options):

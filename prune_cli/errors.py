@@ -79,14 +79,19 @@ def one_line(exc: BaseException) -> str:
 
 #: What to lower when memory runs out, by the pipeline stage that was running.
 _MEMORY_HINTS = {
-    "setup": "use a smaller model or dataset.image_size",
+    "setup": "use a smaller model, dataset.image_size or dataset (train_size, test_size)",
     "train": "lower train.batch_size (or train.eval_batch_size)",
     "prune": "lower finetune.batch_size or the method's batch sizes",
     "finetune": "lower finetune.batch_size (or finetune.eval_batch_size)",
     "evaluate": "lower train.eval_batch_size or metrics.latency.batch_sizes",
 }
 _DEFAULT_MEMORY_HINT = "lower train.batch_size / finetune.batch_size or the eval batch sizes"
-_CPU_OOM = ("can't allocate memory", "not enough memory", "DefaultCPUAllocator")
+_CPU_OOM = (
+    "can't allocate memory",
+    "not enough memory",
+    "DefaultCPUAllocator",
+    "size calculation overflowed",  # a tensor too large to even count its bytes
+)
 
 
 def _is_out_of_memory(exc: BaseException) -> str | None:
@@ -113,7 +118,7 @@ def explain(exc: BaseException, stage: str | None = None) -> UserError | None:
     memory = _is_out_of_memory(exc)
     if memory:
         hint = _MEMORY_HINTS.get(stage or "", _DEFAULT_MEMORY_HINT)
-        size = re.search(r"[Tt]ried to allocate ([\d.]+ ?[KMGT]i?B)", str(exc))
+        size = re.search(r"[Tt]ried to allocate ([\d.]+ ?(?:[KMGT]i?B|bytes))", str(exc))
         detail = f" (tried to allocate {size.group(1)})" if size else ""
         device = "CUDA" if memory == "GPU" and "CUDA" in str(exc) else memory
         return ResourceError(f"{device} out of memory{where}{detail}; {hint}")

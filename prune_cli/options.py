@@ -72,6 +72,10 @@ class Valid:
         return f"Valid({self.text!r})"
 
 
+#: Integers must fit in 64 bits: PyTorch and NumPy take nothing larger.
+INT_LIMIT = 2**63
+
+
 def _no_bool(kind: str) -> Any:
     def check(value: Any) -> Any:
         # ``true`` is not 1 here: a boolean typed into a number is a mistake, not a value.
@@ -80,6 +84,12 @@ def _no_bool(kind: str) -> Any:
         return value
 
     return BeforeValidator(check)
+
+
+def _fits_int64(value: int) -> int:
+    if abs(value) >= INT_LIMIT:
+        raise ValueError("is too large")
+    return value
 
 
 def _num(value: float) -> str:
@@ -111,7 +121,11 @@ def Int(
     text = valid or f"an integer {rng}".strip()
     plural = valid or f"integers {rng}".strip()
     return Annotated[
-        int, _no_bool("an integer"), Field(ge=ge, gt=gt, le=le, lt=lt), Valid(text, plural)
+        int,
+        _no_bool("an integer"),
+        AfterValidator(_fits_int64),
+        Field(ge=ge, gt=gt, le=le, lt=lt),
+        Valid(text, plural),
     ]
 
 

@@ -211,7 +211,10 @@ class Pipeline:
             **model_kwargs,
         )
         method_cfg = _plain(cfg.method)
-        self.method = build_method(method_cfg, check_ratio(method_cfg.get("ratio", self.ratio)))
+        own_ratio = method_cfg.get("ratio")  # null or absent: the run's ratio
+        self.method = build_method(
+            method_cfg, check_ratio(self.ratio if own_ratio is None else own_ratio)
+        )
         self.method.seed = self.seed
         self.model = self.method.prepare(model).to(self.device)
         self.metrics["device"] = str(self.device)

@@ -560,7 +560,7 @@ def test_shapes_image_size_resizes_by_area_average() -> None:
     assert torch.equal(small.splits["train"].images, expected)
     assert torch.equal(small.splits["train"].labels, a.splits["train"].labels)
     assert shapes_bundle(image_size=48).splits["test"].images.shape == (20, 3, 48, 48)
-    with pytest.raises(ConfigError, match=r"dataset.image_size 4 is out of range; valid: an integer >= 8"):
+    with pytest.raises(ConfigError, match=r"dataset.image_size 4 is out of range; valid: .* >= 8"):
         shapes_bundle(image_size=4)
 
 

@@ -94,6 +94,10 @@ _CPU_OOM = (
 )
 
 
+#: A path that cannot be used as asked: a file where a directory should be, and the like.
+_PATH_ERRNOS = (errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP)
+
+
 def _is_out_of_memory(exc: BaseException) -> str | None:
     """``"GPU"``/``"CPU"`` when ``exc`` reports exhausted memory, else None."""
     if isinstance(exc, MemoryError):
@@ -133,6 +137,11 @@ def explain(exc: BaseException, stage: str | None = None) -> UserError | None:
         return AccessError(
             f"no permission{where} to use{path} ({exc.strerror}); choose a writable directory "
             "(hydra.run.dir=..., hydra.sweep.dir=..., cache.dir=...) or fix its permissions"
+        )
+    if isinstance(exc, OSError) and exc.errno in _PATH_ERRNOS and exc.filename:
+        return AccessError(
+            f"cannot use {exc.filename}{where} ({exc.strerror}); choose another path "
+            "(hydra.run.dir=..., hydra.sweep.dir=..., cache.dir=...)"
         )
     if isinstance(exc, RuntimeError) and str(exc).startswith("Error(s) in loading state_dict"):
         return CheckpointError(

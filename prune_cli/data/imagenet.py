@@ -125,10 +125,9 @@ def build_imagenet(cfg: Mapping[str, Any]) -> DatasetBundle:
             f"imagenet: missing {', '.join(missing)} in {root} (expected train/<wnid>/*.JPEG "
             f"and val/<wnid>/*.JPEG; get them from {SOURCE}{note})"
         )
+    # Checked by ImagenetOptions (build_dataset): resize >= image_size >= 1.
     image_size = cfg_int(cfg, "image_size", 224, minimum=1)
     resize = cfg_int(cfg, "resize", 256, minimum=1)
-    if resize < image_size:
-        raise ConfigError(f"dataset.resize={resize} must be >= dataset.image_size={image_size}")
     train, val = _folder(root / "train"), _folder(root / "val")
     if val.classes != train.classes:
         only_train = sorted(set(train.classes) - set(val.classes))

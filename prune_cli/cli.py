@@ -3,26 +3,46 @@
 Thin by design: it finds the config tree, checks the group names a user typed (so that a typo
 gives one line naming the valid choices rather than Hydra's multi-line report), expands
 ``resume=RUN_DIR``, and hands each composed config to :class:`prune_cli.pipeline.Pipeline`.
+
+No traceback reaches the terminal. Every failure is one line on stderr
+(``prune-run: error: ...``) and a non-zero exit:
+
+- expected failures (a bad config value or key, unreadable data, a bad checkpoint, a NaN loss,
+  out of memory, disk full, no permission: :mod:`prune_cli.errors`) exit with status 2;
+- anything else is a bug in prune-cli: exit status 1, and the line says where the traceback is.
+
+The full traceback of a failed run is kept in its log file (``<run dir>/prune-run.log``), and
+its ``metrics.json`` says ``status: failed`` with the message. A failure before any run
+directory exists (Hydra cannot compose the config) needs no traceback; an unexpected one is
+written to a file in the temporary directory, named on stderr. ``HYDRA_FULL_ERROR=1`` shows
+Hydra's own tracebacks for composition errors, as usual.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from prune_cli.errors import UserError, unknown_choice
+from prune_cli.errors import UserError, explain, one_line, unknown_choice
 
 log = logging.getLogger("prune_cli")
 
 #: Config groups whose names users type; checked before Hydra composes anything.
 CHECKED_GROUPS = ("model", "dataset", "method", "train", "finetune", "experiment")
 EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+EXIT_INTERRUPTED = 130
 
 
 def find_config_dir() -> Path:
@@ -36,7 +56,8 @@ def find_config_dir() -> Path:
 
 
 CONFIG_DIR = find_config_dir()
-_failures: list[str] = []
+#: ``(message, exit status)`` of every job of this process that failed.
+_failures: list[tuple[str, int]] = []
 
 
 def group_choices(group: str) -> list[str]:
@@ -79,6 +100,51 @@ def expand_resume(args: list[str]) -> list[str]:
     return out
 
 
+def traceback_to_log(exc: BaseException, run_dir: Path) -> Path | None:
+    """Write ``exc``'s full traceback to the run's log file only (not to the terminal) and
+    return that file; the log handlers are Hydra's (``hydra/job_logging``)."""
+    from prune_cli import distributed
+
+    if not distributed.is_main():
+        return None
+    record = logging.LogRecord(
+        log.name, logging.ERROR, __file__, 0, "full traceback of the failure above:", None,
+        (type(exc), exc, exc.__traceback__),
+    )  # fmt: skip
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    for handler in files:
+        handler.handle(record)
+    if files:
+        return Path(files[0].baseFilename)
+    path = run_dir / "prune-run.log"  # logging turned off (hydra/job_logging=none): write it
+    try:
+        with path.open("a") as f:
+            f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    except OSError:
+        return None
+    return path
+
+
+def report_failure(exc: Exception, run_dir: Path) -> tuple[str, int]:
+    """One line for a failed job (logged, and printed on stderr) and its exit status; the
+    traceback goes to the run's log file."""
+    failure = explain(exc)
+    if failure is not None:
+        message, status = one_line(failure), EXIT_USER_ERROR
+        log.error("%s", message)
+        traceback_to_log(exc, run_dir)
+    else:
+        log.error("internal error: %s: %s", type(exc).__name__, one_line(exc))
+        where = traceback_to_log(exc, run_dir)
+        kept = f"full traceback in {where}" if where else "no log file to keep the traceback"
+        message = (
+            f"internal error (a bug in prune-cli): {type(exc).__name__}: {one_line(exc)}; {kept}"
+        )
+        status = EXIT_INTERNAL_ERROR
+    print(f"prune-run: error: {message}", file=sys.stderr)
+    return message, status
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def _task(cfg: DictConfig) -> float | None:
     from prune_cli.pipeline import Pipeline
@@ -86,17 +152,70 @@ def _task(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         metrics = Pipeline(cfg, run_dir).run()
-    except UserError as exc:
-        # One line, no traceback; the run directory keeps metrics.json with the failure, and
-        # in a sweep the other jobs go on.
-        message = str(exc).strip().splitlines()[0]
-        log.error("%s", message)
-        print(f"prune-run: error: {message}", file=sys.stderr)
-        _failures.append(message)
+    except Exception as exc:
+        # One line, no traceback; the run directory keeps metrics.json with the failure and
+        # the log the traceback, and in a sweep the other jobs go on.
+        _failures.append(report_failure(exc, run_dir))
         return None
     final = metrics.get("final", {})
     log.info("run finished: %s (metrics.json)", run_dir)
     return final.get("top1")
+
+
+def composition_error(exc: BaseException) -> str | None:
+    """Hydra's report of a config it cannot compose, as one line (None if ``exc`` is not one).
+
+    An unknown key (``train.foo=1`` without ``+``) names the valid keys of its group.
+    """
+    cause = exc.__cause__
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        key = str(cause.full_key)
+        parent = getattr(cause, "parent_node", None)
+        if parent is not None and "not in struct" in str(cause):
+            group, _, _ = key.rpartition(".")
+            valid = sorted(k for k in parent if k != "hydra")
+            extra = f" (a new model option: +{key}=...)" if group == "model" else ""
+            where = f"of {group}" if group else "of the config"
+            return f"unknown key {key}; valid keys {where}: {', '.join(valid)}{extra}"
+        return f"{key}: {one_line(cause)}"
+    if isinstance(exc, OverrideParseException):
+        return f"cannot parse override {exc.override!r}: {one_line(exc)} (see {_GRAMMAR})"
+    if isinstance(exc, MissingConfigException):
+        first = one_line(exc)
+        options = getattr(exc, "options", None)
+        return f"{first}; choose one of: {', '.join(options)}" if options else first
+    if isinstance(exc, (hydra.errors.HydraException, OmegaConfBaseException)):
+        return " ".join(str(exc).split())
+    return None
+
+
+_GRAMMAR = "https://hydra.cc/docs/1.2/advanced/override_grammar/basic"
+
+
+def _keep_traceback(exc: BaseException) -> Path | None:
+    """An unexpected error outside any run: its traceback in a file of the temp directory."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(tempfile.gettempdir()) / f"prune-run-{stamp}-{os.getpid()}.traceback.txt"
+    try:
+        path.write_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    except OSError:
+        return None
+    return path
+
+
+def _outside_run(exc: Exception) -> tuple[str, int]:
+    """One line and exit status for a failure before or around the jobs (composition,
+    creating the run directory, the sweep launcher)."""
+    composed = composition_error(exc)
+    if composed is not None:
+        return composed, EXIT_USER_ERROR
+    failure = explain(exc)
+    if failure is not None:
+        return one_line(failure), EXIT_USER_ERROR
+    where = _keep_traceback(exc)
+    kept = f"full traceback in {where}" if where else "the traceback could not be written"
+    message = f"internal error (a bug in prune-cli): {type(exc).__name__}: {one_line(exc)}; {kept}"
+    return message, EXIT_INTERNAL_ERROR
 
 
 def main() -> None:
@@ -115,9 +234,24 @@ def main() -> None:
         print(f"prune-run: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     sys.argv = [sys.argv[0], *args]
+    developer = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    # Hydra then re-raises instead of printing its own multi-line report, and we print one line.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _task()
+    except KeyboardInterrupt:
+        print("prune-run: interrupted (metrics.json says so; resume=RUN_DIR continues the run)",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:
+        if developer:
+            raise
+        message, status = _outside_run(exc)
+        print(f"prune-run: error: {message}", file=sys.stderr)
+        sys.exit(status)
     finally:
+        if not developer:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
         if torchrun:
             distributed.shutdown()
     from prune_cli.callbacks import SWEEP_FAILURES
@@ -125,7 +259,8 @@ def main() -> None:
     if _failures or SWEEP_FAILURES:
         if SWEEP_FAILURES and not _failures:  # jobs that failed in launcher worker processes
             print(f"prune-run: error: {SWEEP_FAILURES[0]}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        # A bug (status 1) outranks the user errors (status 2) of other jobs.
+        sys.exit(min((status for _, status in _failures), default=EXIT_USER_ERROR))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,12 @@ Run directory layout::
     history.csv        one row per epoch of every training stage
     checkpoints/       trained.pt, pruned.pt, final.pt, and per-epoch *_last.pt for resuming
     metrics.json       written after every stage (status: running -> completed | failed)
+
+The first stage, ``validate``, checks the whole config against its schema
+(:mod:`prune_cli.schema`) before any data is read or model built. A failure in any stage is
+recorded in ``metrics.json`` (``status: failed``, ``error: "<Kind>: <one line>"``,
+``failed_stage``); expected failures of the machine (out of memory, disk full, permissions)
+are re-raised as the one-line :class:`~prune_cli.errors.UserError` that :func:`explain` gives.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from prune_cli.engine import (
 )
 from prune_cli.engine.checkpoint import state_dict_of
 from prune_cli.engine.loop import FitResult, evaluate, write_history
-from prune_cli.errors import ConfigError
+from prune_cli.errors import ConfigError, explain, one_line
 from prune_cli.export import FORMATS, export_model
 from prune_cli.io import atomic_write_text
 from prune_cli.methods import PruneContext, build_method
@@ -50,12 +56,22 @@ from prune_cli.metrics.latency import compare_latency
 from prune_cli.metrics.report import netscore_units, stage_metrics, write_metrics_json
 from prune_cli.models import build_model
 from prune_cli.pruning import MaskHold
+from prune_cli.schema import validate_config
 
 log = logging.getLogger("prune_cli")
 
 
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def _peek(cfg: DictConfig, key: str) -> Any:
+    """``cfg``'s value at ``key`` before validation: None if it is missing or cannot be
+    resolved (validate() then reports it, recorded in metrics.json)."""
+    try:
+        return OmegaConf.select(cfg, key)
+    except Exception:  # any OmegaConf error: the check comes in validate()
+        return None
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -82,26 +98,30 @@ def check_ratio(ratio: Any) -> float:
 class Pipeline:
     """One run. ``run()`` executes the stages and returns the ``metrics.json`` content."""
 
+    #: The stages ``run()`` calls, in order.
+    STAGES = ("validate", "setup", "train", "prune", "finetune", "evaluate")
+
     def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.history_csv = self.run_dir / "history.csv"
         self.metrics_path = self.run_dir / "metrics.json"
-        self.resume = bool(cfg.get("resume", False))
-        self.ratio = cfg.ratio  # validated in setup(), so that a bad value is recorded too
-        self.seed = int(cfg.seed)
-        self.units = _plain(cfg.metrics.netscore)
+        self.stage: str | None = None
+        # Taken as typed only in validate(), so that a bad value is recorded in metrics.json too.
+        self.resume = False
+        self.ratio = _peek(cfg, "ratio")
+        self.seed = _peek(cfg, "seed")
         self.metrics: dict[str, Any] = {
             "status": "running",
             "error": None,
-            "model": str(cfg.model.name),
-            "dataset": str(cfg.dataset.name),
-            "method": str(cfg.method.name),
+            "model": str(_peek(cfg, "model.name")),
+            "dataset": str(_peek(cfg, "dataset.name")),
+            "method": str(_peek(cfg, "method.name")),
             "ratio": self.ratio,
             "seed": self.seed,
             "run_dir": str(self.run_dir),
-            "netscore_units": netscore_units(self.units),
+            "netscore_units": None,
             "stages": [],
             "timings": {},
         }
@@ -109,6 +129,8 @@ class Pipeline:
 
     # ------------------------------------------------------------------ helpers
     def _save_metrics(self) -> None:
+        if getattr(self, "data", None) is not None:  # unreadable files skipped so far
+            self.metrics["data"] = self.data.bad_files.summary()
         write_metrics_json(self.metrics_path, self.metrics)
 
     def _timed(self, stage: str, seconds: float) -> None:
@@ -161,6 +183,15 @@ class Pipeline:
         return summary
 
     # ------------------------------------------------------------------ stages
+    def validate(self) -> None:
+        """Check the whole config (:mod:`prune_cli.schema`) and go on with its typed values."""
+        self.cfg = cfg = validate_config(self.cfg)
+        self.resume = bool(cfg.resume)
+        self.ratio = self.metrics["ratio"] = cfg.ratio
+        self.seed = self.metrics["seed"] = int(cfg.seed)
+        self.units = _plain(cfg.metrics.netscore)
+        self.metrics["netscore_units"] = netscore_units(self.units)
+
     def setup(self) -> None:
         cfg = self.cfg
         self.ratio = self.metrics["ratio"] = check_ratio(self.ratio)
@@ -180,7 +211,10 @@ class Pipeline:
             **model_kwargs,
         )
         method_cfg = _plain(cfg.method)
-        self.method = build_method(method_cfg, check_ratio(method_cfg.get("ratio", self.ratio)))
+        own_ratio = method_cfg.get("ratio")  # null or absent: the run's ratio
+        self.method = build_method(
+            method_cfg, check_ratio(self.ratio if own_ratio is None else own_ratio)
+        )
         self.method.seed = self.seed
         self.model = self.method.prepare(model).to(self.device)
         self.metrics["device"] = str(self.device)
@@ -398,27 +432,38 @@ class Pipeline:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._save_metrics()
-            self.setup()
-            self.train()
-            self.prune()
-            self.finetune()
-            self.evaluate()
+            for stage in self.STAGES:
+                self.stage = stage
+                getattr(self, stage)()
             self.metrics["status"] = "completed"
         except BaseException as exc:
+            failure = explain(exc, self.stage) if isinstance(exc, Exception) else None
+            shown = failure or exc
             self.metrics["status"] = (
                 "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             )
-            self.metrics["error"] = f"{type(exc).__name__}: {first_line(exc)}"
+            self.metrics["error"] = f"{type(shown).__name__}: {one_line(shown)}"
+            self.metrics["failed_stage"] = self.stage
+            if failure is not None and failure is not exc:
+                raise failure from exc
             raise
         finally:
             self._timed("total", time.perf_counter() - total)
-            self._save_metrics()
+            self._save_final_metrics()
+        skipped = self.metrics.get("data", {}).get("skipped_files", 0)
+        if skipped:
+            log.warning("%d unreadable file(s) skipped (metrics.json: data)", skipped)
         return self.metrics
 
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    def _save_final_metrics(self) -> None:
+        """Write ``metrics.json`` at the end; when the run already failed (a full disk, say),
+        a failing write is logged rather than hiding the first error."""
+        try:
+            self._save_metrics()
+        except OSError as exc:
+            if self.metrics["status"] == "completed":
+                raise
+            log.error("could not record the failure in %s: %s", self.metrics_path, exc)
 
 
 def write_json_once(path: Path, payload: Mapping[str, Any]) -> None:

@@ -121,3 +121,29 @@ def write_imagenet(
             for i in range(n):
                 img = np.full((side, side + 4, 3), (40 * c, 100, 10 * i), dtype=np.uint8)
                 write_image(root / split / wnid / f"{wnid}_{i}.JPEG", img)
+
+
+# ----------------------------------------------------------------------------- bad files
+def write_not_an_image(path: Path, text: str = "this is not an image\n") -> None:
+    """A text file with an image suffix (e.g. a stray note saved as ``.JPEG``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def write_truncated_image(path: Path, side: int = 24, keep: float = 0.5, seed: int = 0) -> None:
+    """A real JPEG/PNG (format from the suffix) cut to ``keep`` of its bytes, as a copy
+    interrupted mid-way leaves it."""
+    rng = np.random.default_rng(seed)
+    write_image(path, rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8))
+    data = path.read_bytes()
+    path.write_bytes(data[: max(1, int(len(data) * keep))])
+
+
+def write_image_in_mode(path: Path, mode: str, side: int = 24) -> None:
+    """An image stored in PIL ``mode`` (``L``, ``CMYK``, ``RGBA``, ``P``...): a format that
+    holds that mode is chosen from the suffix (JPEG for CMYK, PNG otherwise)."""
+    rng = np.random.default_rng(1)
+    rgb = Image.fromarray(rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = rgb.convert(mode)
+    image.save(path, format="JPEG" if mode == "CMYK" else "PNG")

@@ -31,7 +31,7 @@ from prune_cli.data.base import holdout_count, stratified_holdout
 from prune_cli.data.fer import ferplus_labels
 from prune_cli.data.loaders import TensorLoader, crop_and_flip
 from prune_cli.data.shapes import generate_shapes
-from prune_cli.errors import ConfigError, DataNotFoundError, UserError
+from prune_cli.errors import BadFileError, ConfigError, DataNotFoundError, UserError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "dataset"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -113,7 +113,7 @@ def test_cifar_corrupt_pickle_names_the_file(tmp_path: Path) -> None:
     write_cifar10(tmp_path, per_batch=1)
     bad = tmp_path / "cifar-10-batches-py" / "data_batch_2"
     bad.write_bytes(b"not a pickle at all")
-    with pytest.raises(DataNotFoundError) as err:
+    with pytest.raises(BadFileError) as err:
         build_dataset({"name": "cifar10", "root": str(tmp_path)})
     assert str(bad) in one_line(err)
 
@@ -123,7 +123,7 @@ def test_cifar_pickle_with_foreign_objects_is_refused(tmp_path: Path) -> None:
     bad = tmp_path / "cifar-10-batches-py" / "test_batch"
     # A pickle that would call os.system when loaded with plain pickle.load.
     bad.write_bytes(b"cos\nsystem\n(S'echo hacked'\ntR.")
-    with pytest.raises(DataNotFoundError, match=r"refusing to load os\.system"):
+    with pytest.raises(BadFileError, match=r"refusing to load os\.system"):
         build_dataset({"name": "cifar10", "root": str(tmp_path)})
 
 
@@ -181,7 +181,7 @@ def test_fer2013_csv_bad_row_names_file_and_line(tmp_path: Path) -> None:
     lines = path.read_text().splitlines()
     lines[3] = "2,1 2 3,Training"  # too few pixels on line 4
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataNotFoundError) as err:
+    with pytest.raises(BadFileError) as err:
         build_dataset({"name": "fer2013", "root": str(tmp_path)})
     msg = one_line(err)
     assert str(path) in msg and "line 4" in msg
@@ -311,7 +311,7 @@ def test_ferplus_bad_vote_row_and_missing_column(tmp_path: Path) -> None:
     lines = labels.read_text().splitlines()
     lines[2] = "Training,fer1.png,4,0,4,0,0,x,0,0,2,0"  # line 3: a non-integer vote
     labels.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataNotFoundError) as err:
+    with pytest.raises(BadFileError) as err:
         build_dataset({"name": "ferplus", "root": str(tmp_path)})
     assert str(labels) in one_line(err) and "line 3" in str(err.value)
     labels.write_text("Usage,Image name,neutral\nTraining,fer0.png,1\n")
@@ -560,7 +560,7 @@ def test_shapes_image_size_resizes_by_area_average() -> None:
     assert torch.equal(small.splits["train"].images, expected)
     assert torch.equal(small.splits["train"].labels, a.splits["train"].labels)
     assert shapes_bundle(image_size=48).splits["test"].images.shape == (20, 3, 48, 48)
-    with pytest.raises(ConfigError, match="image_size must be >= 8"):
+    with pytest.raises(ConfigError, match=r"dataset.image_size 4 is out of range; valid: .* >= 8"):
         shapes_bundle(image_size=4)
 
 

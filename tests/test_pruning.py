@@ -115,6 +115,8 @@ def test_mask_hold_keeps_zeros_through_sgd_with_momentum_and_decay(tiny_net) -> 
 def test_unknown_method_and_option_are_one_line_errors() -> None:
     with pytest.raises(ConfigError, match=r"unknown method 'magnitud'; choose one of: .*magnitude"):
         build_method({"name": "magnitud"}, 0.5)
-    method = build_method({"name": "magnitude", "scope": "everywhere"}, 0.5)
+    # Options are checked when the method is built, before any model exists.
     with pytest.raises(ConfigError, match=r"method.scope 'everywhere'.*global, layerwise"):
-        method.prune(torch.nn.Conv2d(1, 1, 1), _ctx())
+        build_method({"name": "magnitude", "scope": "everywhere"}, 0.5)
+    with pytest.raises(ConfigError, match=r"unknown key method.scop for method 'magnitude'"):
+        build_method({"name": "magnitude", "scop": "global"}, 0.5)

@@ -12,11 +12,18 @@
 - ``mean``/``std``: optional per-channel normalization override (a number or a list).
 - ``crop_padding``/``hflip``: training augmentation of in-memory datasets (random crop from
   the zero-padded image, horizontal flip); defaults 4 and true.
+- ``on_bad_file`` (datasets read from files): ``error`` (default) stops at the first corrupt,
+  truncated or unreadable file or CSV row, naming it; ``skip`` leaves such files out, logs each
+  and counts them (``DatasetBundle.bad_files``, ``metrics.json`` ``data``).
+
+Each family declares its keys as a typed options class (``DATASET_OPTIONS``); ``build_dataset``
+checks the config against it first, so a bad value is one line before any file is read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,23 +31,29 @@ from omegaconf import DictConfig, OmegaConf
 
 from prune_cli.data import cifar, fer, imagenet, shapes  # noqa: F401  (registers the builders)
 from prune_cli.data.base import (
+    DATASET_OPTIONS,
     DATASETS,
     BatchLoader,
     DatasetBundle,
+    DatasetOptions,
     Split,
-    cfg_int,
     cfg_stats,
+    dataset_options,
     resolve_path,
     with_val_split,
 )
-from prune_cli.errors import ConfigError
+
+log = logging.getLogger("prune_cli")
 
 __all__ = [
     "DATASETS",
+    "DATASET_OPTIONS",
     "BatchLoader",
     "DatasetBundle",
+    "DatasetOptions",
     "Split",
     "build_dataset",
+    "dataset_options",
     "resolve_path",
     "with_val_split",
 ]
@@ -50,22 +63,24 @@ def build_dataset(cfg: Mapping[str, Any]) -> DatasetBundle:
     """Build the dataset named ``cfg['name']`` and apply the shared options (see module doc)."""
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    if not isinstance(cfg, Mapping) or not cfg.get("name"):
-        raise ConfigError(f"dataset.name is required; choose one of: {', '.join(DATASETS)}")
-    bundle = DATASETS.get(str(cfg["name"]))(cfg)
-    bundle = _apply_overrides(bundle, cfg)
-    return with_val_split(bundle, cfg.get("val_size") or 0, cfg_int(cfg, "split_seed", 0))
+    options = dataset_options(cfg)  # type: ignore[arg-type]
+    typed = options.model_dump()
+    bundle = _apply_overrides(DATASETS.get(options.name)(typed), options)
+    if bundle.bad_files.skipped:
+        log.warning(
+            "%s: %d bad file(s) or row(s) skipped (dataset.on_bad_file=skip)",
+            bundle.name,
+            len(bundle.bad_files.skipped),
+        )
+    return with_val_split(bundle, options.val_size, options.split_seed)
 
 
-def _apply_overrides(bundle: DatasetBundle, cfg: Mapping[str, Any]) -> DatasetBundle:
-    hflip = cfg.get("hflip")
-    hflip = bundle.hflip if hflip is None else hflip
-    if not isinstance(hflip, bool):
-        raise ConfigError(f"dataset.hflip must be true or false, got {hflip!r}")
+def _apply_overrides(bundle: DatasetBundle, options: DatasetOptions) -> DatasetBundle:
+    values = options.model_dump()
     return dataclasses.replace(
         bundle,
-        mean=cfg_stats(cfg, "mean", bundle.mean),
-        std=cfg_stats(cfg, "std", bundle.std),
-        crop_padding=cfg_int(cfg, "crop_padding", bundle.crop_padding, minimum=0),
-        hflip=hflip,
+        mean=cfg_stats(values, "mean", bundle.mean),
+        std=cfg_stats(values, "std", bundle.std),
+        crop_padding=values.get("crop_padding", bundle.crop_padding),
+        hflip=options.hflip,
     )

@@ -19,13 +19,15 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Annotated, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
+from pydantic import PlainValidator, model_validator
 
 from prune_cli import distributed
-from prune_cli.data.loaders import FileLoader, TensorLoader
+from prune_cli.data.loaders import BadFiles, FileLoader, TensorLoader
 from prune_cli.errors import ConfigError, unknown_choice
+from prune_cli.options import Bool, Int, OneOf, Options, Text, Valid, is_number, parse
 from prune_cli.registry import Registry
 
 
@@ -124,6 +126,8 @@ class DatasetBundle:
     train_transform: Callable[[Any], torch.Tensor] | None = None
     eval_transform: Callable[[Any], torch.Tensor] | None = None
     num_workers: int = 0
+    #: Unreadable files met so far and the ``dataset.on_bad_file`` policy (shared by copies).
+    bad_files: BadFiles = field(default_factory=lambda: BadFiles("dataset"))
 
     def has_split(self, name: str) -> bool:
         return name in self.splits
@@ -180,6 +184,7 @@ class DatasetBundle:
             int(batch_size),
             transform=transform,
             num_workers=self.num_workers,
+            bad_files=self.bad_files,
             **common,
         )
 
@@ -187,6 +192,133 @@ class DatasetBundle:
 log = logging.getLogger(__name__)
 
 DATASETS: Registry[Callable[[Mapping[str, Any]], DatasetBundle]] = Registry("dataset")
+
+
+# ---------------------------------------------------------------------------- typed options
+def _val_size(value: Any) -> int | float:
+    if isinstance(value, str):  # a quoted command-line value
+        for kind in (int, float):
+            try:
+                value = kind(value)
+                break
+            except ValueError:
+                continue
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("is out of range")
+        return value
+    if is_number(value):
+        if not 0.0 <= float(value) < 1.0:
+            raise ValueError("is out of range")
+        return float(value)
+    raise ValueError("is not a count or a fraction")
+
+
+def _stats(value: Any) -> float | list[float]:
+    if is_number(value):
+        return float(value)
+    if isinstance(value, (list, tuple)) and value and all(is_number(v) for v in value):
+        return [float(v) for v in value]
+    raise ValueError("is not a number or a list of numbers")
+
+
+#: ``dataset.val_size``: an int count, a float fraction in [0, 1), or 0 for none.
+ValSize = Annotated[
+    Any, PlainValidator(_val_size), Valid("an integer count >= 0 or a fraction in [0, 1)")
+]
+#: ``dataset.mean``/``std``: one number for every channel, or one per channel.
+Stats = Annotated[Any, PlainValidator(_stats), Valid("a number or a list of numbers")]
+Seed = Int(ge=0, lt=2**63, valid="an integer >= 0 (below 2**63)")
+
+
+class DatasetOptions(Options):
+    """Keys every dataset config has (see :mod:`prune_cli.data`). Each family adds its own
+    and registers its class with :func:`register_dataset`."""
+
+    channels: ClassVar[int] = 3
+
+    name: Text("a dataset name")
+    root: Text("a directory path") | None = None
+    download: Bool = False
+    val_size: ValSize = 0
+    split_seed: Seed = 0
+    mean: Stats | None = None
+    std: Stats | None = None
+    hflip: Bool = True
+
+    @model_validator(mode="after")
+    def _per_channel(self) -> DatasetOptions:
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if isinstance(value, list) and len(value) != self.channels:
+                raise ConfigError(
+                    f"dataset.{key} {value} has {len(value)} values; valid: a number or a list "
+                    f"of {self.channels} numbers ({self.name} has {self.channels} channel(s))"
+                )
+        std = self.std if isinstance(self.std, list) else [self.std]
+        if self.std is not None and any(v <= 0 for v in std):
+            raise ConfigError(f"dataset.std {self.std} is out of range; valid: numbers > 0")
+        return self
+
+
+class InMemoryOptions(DatasetOptions):
+    """In-memory datasets: training batches are cropped from the zero-padded image."""
+
+    #: Side of the stored images (the crop padding may not exceed it).
+    side: ClassVar[int] = 32
+
+    crop_padding: Int(ge=0) = 4
+
+    def image_side(self) -> int:
+        return self.side
+
+    @model_validator(mode="after")
+    def _padding_fits(self) -> InMemoryOptions:
+        side = self.image_side()
+        if self.crop_padding > side:
+            raise ConfigError(
+                f"dataset.crop_padding {self.crop_padding} is out of range; valid: an integer "
+                f"in [0, {side}] (at most the image side, {side} px)"
+            )
+        return self
+
+
+class FileOptions(Options):
+    """Datasets read from files: what to do with a file (or CSV row) that cannot be read."""
+
+    on_bad_file: OneOf("error", "skip") = "error"
+
+
+#: Options class of each registered dataset name.
+DATASET_OPTIONS: dict[str, type[DatasetOptions]] = {}
+
+
+def register_dataset(
+    name: str, options: type[DatasetOptions]
+) -> Callable[[Callable[[Mapping[str, Any]], DatasetBundle]], Any]:
+    """Register a builder under ``name`` with the options class its config is checked against."""
+
+    def deco(builder: Callable[[Mapping[str, Any]], DatasetBundle]) -> Any:
+        DATASETS.register(name)(builder)
+        DATASET_OPTIONS[name] = options
+        return builder
+
+    return deco
+
+
+def dataset_options(cfg: Mapping[str, Any]) -> DatasetOptions:
+    """``cfg`` (the ``dataset`` group) checked against its family's options: one-line
+    :class:`ConfigError` for an unknown name, an unknown key or a bad value."""
+    name = cfg.get("name") if isinstance(cfg, Mapping) else None
+    if not name:
+        raise ConfigError(f"dataset.name is required; choose one of: {', '.join(DATASETS)}")
+    DATASETS.get(str(name))  # unknown name: one line with the choices
+    return parse(DATASET_OPTIONS[str(name)], cfg, "dataset.", group=f"dataset {name}")
+
+
+def bad_files_for(name: str, cfg: Mapping[str, Any]) -> BadFiles:
+    """The recorder of unreadable files for dataset ``name`` under ``cfg['on_bad_file']``."""
+    return BadFiles(name, str(cfg.get("on_bad_file") or "error"))
 
 
 def resolve_path(p: str | Path) -> Path:

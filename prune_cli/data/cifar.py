@@ -11,6 +11,10 @@ Layouts (Krizhevsky 2009, https://www.cs.toronto.edu/~kriz/cifar.html):
 The batches are read directly (not with ``torchvision.datasets.CIFAR10``, whose md5 check
 rejects subsets). ``root`` may be the parent folder or the batch folder itself.
 ``download: true`` calls torchvision's downloader only when files are missing.
+
+A corrupt or truncated batch file is an error naming it; with ``dataset.on_bad_file=skip`` a
+bad train batch is left out (logged and counted in ``metrics.json``), while a bad test batch
+stays an error (there is no test split without it). A bad meta file only loses the class names.
 """
 
 from __future__ import annotations
@@ -25,8 +29,17 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from prune_cli.data.base import DATASETS, DatasetBundle, Split, resolve_path
-from prune_cli.errors import DataNotFoundError
+from prune_cli.data.base import (
+    DatasetBundle,
+    FileOptions,
+    InMemoryOptions,
+    Split,
+    bad_files_for,
+    register_dataset,
+    resolve_path,
+)
+from prune_cli.data.loaders import BadFiles
+from prune_cli.errors import BadFileError, DataNotFoundError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
@@ -103,46 +116,86 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _load_pickle(path: Path, dataset: str) -> dict[str, Any]:
+class _Unreadable(Exception):
+    """Why a CIFAR file cannot be used (reported through :class:`BadFiles`)."""
+
+
+# Everything a truncated, corrupt or foreign pickle makes the unpickler raise.
+_PICKLE_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    OverflowError,
+    MemoryError,
+)
+
+
+def _load_pickle(path: Path) -> dict[str, Any]:
     """A CIFAR pickle as a dict with ``str`` keys (the files may hold bytes or str keys)."""
     try:
-        raw = _NumpyOnlyUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-        raise DataNotFoundError(f"{dataset}: cannot read {path}: not a CIFAR pickle ({e})") from e
+        data = path.read_bytes()
+    except OSError as e:
+        raise _Unreadable(f"{type(e).__name__}: {e.strerror}") from e
+    try:
+        raw = _NumpyOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except _PICKLE_ERRORS as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise _Unreadable(f"not a CIFAR pickle ({reason})") from e
     if not isinstance(raw, dict):
-        raise DataNotFoundError(f"{dataset}: cannot read {path}: not a CIFAR pickle (no dict)")
+        raise _Unreadable("not a CIFAR pickle (no dict)")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
 
 
 def _read_batch(path: Path, fmt: CifarFormat) -> tuple[torch.Tensor, torch.Tensor]:
     """Images uint8 ``(N, 3, 32, 32)`` and labels int64 ``(N,)`` of one batch file."""
-    batch = _load_pickle(path, fmt.name)
+    batch = _load_pickle(path)
     try:
         data = np.asarray(batch["data"], dtype=np.uint8)
         labels = np.asarray(batch[fmt.label_key], dtype=np.int64)
         images = data.reshape(-1, 3, 32, 32)
-    except (KeyError, ValueError) as e:
-        raise DataNotFoundError(
-            f"{fmt.name}: cannot read {path}: expected 'data' (N x 3072 uint8) and "
-            f"'{fmt.label_key}' ({type(e).__name__}: {e})"
+    except (KeyError, ValueError, TypeError) as e:
+        raise _Unreadable(
+            f"expected 'data' (N x 3072 uint8) and '{fmt.label_key}' ({type(e).__name__}: {e})"
         ) from e
     if len(images) != len(labels) or (
         labels.size and not 0 <= labels.min() <= labels.max() < fmt.num_classes
     ):
-        raise DataNotFoundError(
-            f"{fmt.name}: cannot read {path}: {len(images)} images, {len(labels)} labels, "
-            f"labels must be in 0..{fmt.num_classes - 1}"
+        raise _Unreadable(
+            f"{len(images)} images, {len(labels)} labels, labels must be in "
+            f"0..{fmt.num_classes - 1}"
         )
     return torch.from_numpy(images.copy()), torch.from_numpy(labels)
 
 
-def _class_names(folder: Path, fmt: CifarFormat) -> list[str]:
+def _read_batches(
+    folder: Path, names: tuple[str, ...], fmt: CifarFormat, bad: BadFiles
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The readable batches among ``names``; each bad one goes to ``bad`` (error or skip)."""
+    out = []
+    for name in names:
+        try:
+            out.append(_read_batch(folder / name, fmt))
+        except _Unreadable as e:
+            bad.found(str(folder / name), str(e))
+    return out
+
+
+def _class_names(folder: Path, fmt: CifarFormat, bad: BadFiles) -> list[str]:
+    numbers = [str(i) for i in range(fmt.num_classes)]
     meta_path = folder / fmt.meta_file
     if not meta_path.is_file():  # the names are cosmetic: fall back to numbers
-        return [str(i) for i in range(fmt.num_classes)]
-    names = _load_pickle(meta_path, fmt.name).get(fmt.names_key, [])
+        return numbers
+    try:
+        names = _load_pickle(meta_path).get(fmt.names_key, [])
+    except _Unreadable as e:
+        bad.found(str(meta_path), str(e))
+        return numbers
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-    return names if len(names) == fmt.num_classes else [str(i) for i in range(fmt.num_classes)]
+    return names if len(names) == fmt.num_classes else numbers
 
 
 def _batch_folder(root: Path, fmt: CifarFormat) -> Path:
@@ -193,8 +246,15 @@ def load_cifar(cfg: Mapping[str, Any], fmt: CifarFormat) -> DatasetBundle:
             f"{fmt.name}: {what} {fmt.title} batches in {folder}{detail} (expected "
             f"{_expected(fmt)}; get them from {URL} or set dataset.download=true)"
         )
-    train = [_read_batch(folder / f, fmt) for f in fmt.train_files]
-    test_x, test_y = _read_batch(folder / fmt.test_file, fmt)
+    bad = bad_files_for(fmt.name, cfg)
+    train = _read_batches(folder, fmt.train_files, fmt, bad)
+    test = _read_batches(folder, (fmt.test_file,), fmt, bad)
+    if not train or not test:
+        which = "train batch" if not train else "test batch"
+        raise BadFileError(
+            f"{fmt.name}: no readable {which} in {folder} (skipped: {'; '.join(bad.skipped)})"
+        )
+    (test_x, test_y), class_names = test[0], _class_names(folder, fmt, bad)
     return DatasetBundle(
         name=fmt.name,
         num_classes=fmt.num_classes,
@@ -208,17 +268,23 @@ def load_cifar(cfg: Mapping[str, Any], fmt: CifarFormat) -> DatasetBundle:
             ),
             "test": Split(labels=test_y, images=test_x),
         },
-        class_names=_class_names(folder, fmt),
+        class_names=class_names,
+        bad_files=bad,
     )
 
 
-@DATASETS.register("cifar10")
+class CifarOptions(FileOptions, InMemoryOptions):
+    """``dataset=cifar10`` / ``cifar100`` keys: the shared ones plus ``crop_padding`` and
+    ``on_bad_file``."""
+
+
+@register_dataset("cifar10", CifarOptions)
 def build_cifar10(cfg: Mapping[str, Any]) -> DatasetBundle:
     """CIFAR-10: 10 classes, 3x32x32, 50,000 train / 10,000 test images."""
     return load_cifar(cfg, CIFAR10)
 
 
-@DATASETS.register("cifar100")
+@register_dataset("cifar100", CifarOptions)
 def build_cifar100(cfg: Mapping[str, Any]) -> DatasetBundle:
     """CIFAR-100 (fine labels): 100 classes, 3x32x32, 50,000 train / 10,000 test images."""
     return load_cifar(cfg, CIFAR100)

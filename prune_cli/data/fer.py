@@ -25,6 +25,12 @@ unknown, NF``. Label rules (``dataset.label_rule``):
   votes; other rows, and rows whose top is ``unknown``/``NF``, are dropped.
 
 The split comes from the FER+ file's ``Usage`` column (PublicTest is ``val``).
+
+Bad input is named: a CSV row with the wrong number of pixels or a bad label (file and line),
+an image file that cannot be decoded (file). With ``dataset.on_bad_file=skip`` such rows and
+files are left out, logged and counted in ``metrics.json`` (a skipped ``fer2013.csv`` row drops
+its FER+ row too, keeping the 1:1 alignment). Images in another mode (RGB, RGBA, CMYK, palette)
+are converted to grayscale.
 """
 
 from __future__ import annotations
@@ -33,14 +39,24 @@ import csv
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
 
-from prune_cli.data.base import DATASETS, DatasetBundle, Split, resolve_path
-from prune_cli.errors import DataNotFoundError, unknown_choice
+from prune_cli.data.base import (
+    DatasetBundle,
+    FileOptions,
+    InMemoryOptions,
+    Split,
+    bad_files_for,
+    register_dataset,
+    resolve_path,
+)
+from prune_cli.data.loaders import DECODE_ERRORS, BadFiles, decode_reason
+from prune_cli.errors import BadFileError, DataNotFoundError, unknown_choice
+from prune_cli.options import OneOf, Text
 
 SIDE = 48
 FER_CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
@@ -68,40 +84,58 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 LABEL_RULES = ("argmax", "majority")
 
 
-def read_fer_csv(path: Path, dataset: str = "fer2013") -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``fer2013.csv`` -> images uint8 ``(N, 1, 48, 48)``, emotions int64 ``(N,)``, Usage strings.
+def _row_problem(row: dict[str, str]) -> tuple[np.ndarray | None, str]:
+    """The pixels of a ``fer2013.csv`` row, or None and what is wrong with it."""
+    with warnings.catch_warnings():  # a short row warns; the length check reports it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pixels = np.fromstring(row.get("pixels") or "", dtype=np.int32, sep=" ")
+    if pixels.size != SIDE * SIDE or pixels.min() < 0 or pixels.max() > 255:
+        return None, (
+            f"'pixels' must hold {SIDE * SIDE} space-separated values 0..255 "
+            f"(found {pixels.size} values)"
+        )
+    if row.get("emotion") not in {str(i) for i in range(len(FER_CLASSES))}:
+        return None, f"emotion {row.get('emotion')!r} is not 0..6"
+    return pixels.astype(np.uint8), ""
 
-    Every row is checked: a bad pixel string or emotion is an error naming the file and line.
+
+def read_fer_csv(
+    path: Path, dataset: str = "fer2013", bad: BadFiles | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """``fer2013.csv`` -> images uint8 ``(N, 1, 48, 48)``, emotions int64 ``(N,)``, Usage
+    strings and ``ok`` bool ``(N,)``.
+
+    Every row is checked: a bad pixel string or emotion goes to ``bad`` naming the file and
+    line (an error, unless ``on_bad_file=skip``: then the row stays as a zero image with
+    ``ok`` False, so that row positions still align with ``fer2013new.csv``).
     """
-    images, emotions, usages = [], [], []
+    bad = bad or BadFiles(dataset)
+    images, emotions, usages, ok = [], [], [], []
     for line, row in _csv_rows(path, ("emotion", "pixels", "Usage"), dataset):
-        with warnings.catch_warnings():  # a short row warns; the length check reports it
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pixels = np.fromstring(row["pixels"], dtype=np.int32, sep=" ")
-        if pixels.size != SIDE * SIDE or pixels.min() < 0 or pixels.max() > 255:
-            raise DataNotFoundError(
-                f"{dataset}: bad row in {path} line {line}: 'pixels' must hold "
-                f"{SIDE * SIDE} space-separated values 0..255"
-            )
-        if row["emotion"] not in {str(i) for i in range(len(FER_CLASSES))}:
-            raise DataNotFoundError(
-                f"{dataset}: bad row in {path} line {line}: emotion {row['emotion']!r} is not 0..6"
-            )
-        images.append(pixels.astype(np.uint8))
-        emotions.append(int(row["emotion"]))
+        pixels, problem = _row_problem(row)
+        if pixels is None:
+            bad.found(f"{path} line {line}", problem)
+            pixels = np.zeros(SIDE * SIDE, dtype=np.uint8)
+        images.append(pixels)
+        emotions.append(int(row["emotion"]) if not problem else 0)
         usages.append(row["Usage"])
-    if not images:
-        raise DataNotFoundError(f"{dataset}: {path} has no data rows")
+        ok.append(not problem)
+    if not any(ok):
+        raise DataNotFoundError(f"{dataset}: {path} has no usable data rows")
     stacked = np.stack(images).reshape(-1, 1, SIDE, SIDE)
-    return stacked, np.asarray(emotions, dtype=np.int64), usages
+    return stacked, np.asarray(emotions, dtype=np.int64), usages, np.asarray(ok, dtype=bool)
 
 
-def read_ferplus_votes(path: Path) -> tuple[np.ndarray, list[str], np.ndarray]:
+def read_ferplus_votes(
+    path: Path, bad: BadFiles | None = None
+) -> tuple[np.ndarray, list[str], np.ndarray]:
     """``fer2013new.csv`` -> votes int64 ``(N, 10)``, Usage strings, ``usable`` bool ``(N,)``.
 
     A row is not usable when its image name is empty or its vote cells are empty; such rows
-    get zero votes.
+    get zero votes. A row with malformed votes goes to ``bad`` (an error naming the file and
+    line, or a skipped, unusable row).
     """
+    bad = bad or BadFiles("ferplus")
     votes, usages, usable = [], [], []
     needed = ("Usage", "Image name", *FERPLUS_VOTE_COLUMNS)
     for line, row in _csv_rows(path, needed, "ferplus"):
@@ -112,10 +146,8 @@ def read_ferplus_votes(path: Path) -> tuple[np.ndarray, list[str], np.ndarray]:
         except ValueError:
             counts = [-1]
         if min(counts) < 0:
-            raise DataNotFoundError(
-                f"ferplus: bad row in {path} line {line}: vote counts must be integers >= 0, "
-                f"got {cells}"
-            )
+            bad.found(f"{path} line {line}", f"vote counts must be integers >= 0, got {cells}")
+            counts, has_votes = [0] * len(cells), False
         votes.append(counts)
         usages.append(row["Usage"])
         usable.append(has_votes and bool(row["Image name"]))
@@ -148,6 +180,7 @@ def _csv_rows(
 
     Unreadable files, bad encodings and malformed CSV become one-line errors naming the file.
     """
+    reader = None
     try:
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -155,7 +188,11 @@ def _csv_rows(
             for row in reader:
                 yield reader.line_num, {k: (v or "").strip() for k, v in row.items() if k}
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataNotFoundError(f"{dataset}: cannot read {path} ({type(e).__name__}: {e})") from e
+        line = f" line {reader.line_num}" if reader is not None and reader.line_num else ""
+        reason = " ".join(str(getattr(e, "strerror", None) or e).split())
+        raise BadFileError(
+            f"{dataset}: cannot read {path}{line} ({type(e).__name__}: {reason})"
+        ) from e
 
 
 def _require_columns(found: Any, needed: tuple[str, ...], path: Path, dataset: str) -> None:
@@ -190,8 +227,10 @@ def _splits_by_usage(
     return splits
 
 
-def _read_image_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """``folder/<emotion>/*`` -> uint8 ``(N, 1, 48, 48)`` and labels, in label then name order."""
+def _read_image_folder(folder: Path, bad: BadFiles) -> tuple[torch.Tensor, torch.Tensor]:
+    """``folder/<emotion>/*`` -> uint8 ``(N, 1, 48, 48)`` and labels, in label then name order.
+
+    An image that cannot be decoded goes to ``bad`` (an error naming it, or skipped)."""
     known = {name: i for i, name in enumerate(FER_CLASSES)}
     images, labels = [], []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
@@ -201,7 +240,11 @@ def _read_image_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
                 f"fer2013: unknown emotion folder {sub}; expected folders {', '.join(FER_CLASSES)}"
             )
         for file in sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            images.append(_decode_gray(file))
+            try:
+                images.append(_decode_gray(file))
+            except DECODE_ERRORS as e:
+                bad.found(str(file), decode_reason(e, str(file)))
+                continue
             labels.append(label)
     if not images:
         raise DataNotFoundError(f"fer2013: no images in {folder}/<emotion>/ (expected *.jpg)")
@@ -210,18 +253,18 @@ def _read_image_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _decode_gray(file: Path) -> torch.Tensor:
-    """One image as uint8 ``(1, 48, 48)`` grayscale (other sizes are resized, bilinear)."""
-    try:
-        with Image.open(file) as im:
-            gray = im.convert("L")
-    except (OSError, SyntaxError) as e:  # PIL reports truncated/corrupt files with these
-        raise DataNotFoundError(f"fer2013: cannot decode image {file} ({e})") from e
+    """One image as uint8 ``(1, 48, 48)`` grayscale (other sizes are resized, bilinear; other
+    modes converted). PIL's errors (:data:`DECODE_ERRORS`) pass through to the caller."""
+    with Image.open(file) as im:
+        gray = im.convert("L")
     if gray.size != (SIDE, SIDE):
         gray = gray.resize((SIDE, SIDE), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.array(gray, dtype=np.uint8))[None]
 
 
-def _fer_bundle(name: str, splits: dict[str, Split], classes: list[str]) -> DatasetBundle:
+def _fer_bundle(
+    name: str, splits: dict[str, Split], classes: list[str], bad: BadFiles
+) -> DatasetBundle:
     return DatasetBundle(
         name=name,
         num_classes=len(classes),
@@ -231,6 +274,7 @@ def _fer_bundle(name: str, splits: dict[str, Split], classes: list[str]) -> Data
         std=FER_STD,
         splits=splits,
         class_names=list(classes),
+        bad_files=bad,
     )
 
 
@@ -238,16 +282,36 @@ def _no_download_note(cfg: Mapping[str, Any]) -> str:
     return "; there is no downloader: Kaggle needs a login" if cfg.get("download") else ""
 
 
-@DATASETS.register("fer2013")
+class FerOptions(FileOptions, InMemoryOptions):
+    """``dataset=fer2013`` keys: the shared ones plus ``fer2013_csv``, ``crop_padding`` and
+    ``on_bad_file``."""
+
+    channels: ClassVar[int] = 1
+    side: ClassVar[int] = SIDE
+
+    fer2013_csv: Text("a path to fer2013.csv") | None = None
+
+
+class FerPlusOptions(FerOptions):
+    """``dataset=ferplus`` keys: FER2013's plus ``ferplus_csv`` and ``label_rule``."""
+
+    ferplus_csv: Text("a path to fer2013new.csv") | None = None
+    label_rule: OneOf(*LABEL_RULES) = "argmax"
+
+
+@register_dataset("fer2013", FerOptions)
 def build_fer2013(cfg: Mapping[str, Any]) -> DatasetBundle:
     """FER2013: 7 classes, 1x48x48; from ``fer2013.csv`` (preferred) or the image folders."""
     root = resolve_path(cfg.get("root") or "data/fer2013")
     csv_path = resolve_path(cfg["fer2013_csv"]) if cfg.get("fer2013_csv") else root / "fer2013.csv"
+    bad = bad_files_for("fer2013", cfg)
     if csv_path.is_file():
-        images, labels, usages = read_fer_csv(csv_path)
-        return _fer_bundle(
-            "fer2013", _splits_by_usage(images, labels, usages, csv_path, "fer2013"), FER_CLASSES
+        images, labels, usages, ok = read_fer_csv(csv_path, "fer2013", bad)
+        rows = np.flatnonzero(ok)
+        splits = _splits_by_usage(
+            images[rows], labels[rows], [usages[i] for i in rows], csv_path, "fer2013"
         )
+        return _fer_bundle("fer2013", splits, FER_CLASSES, bad)
     train_dir, test_dir = root / "train", root / "test"
     if train_dir.is_dir() or test_dir.is_dir():
         missing = [f"{d.name}/" for d in (train_dir, test_dir) if not d.is_dir()]
@@ -259,9 +323,9 @@ def build_fer2013(cfg: Mapping[str, Any]) -> DatasetBundle:
             )
         splits = {}
         for split, folder in (("train", train_dir), ("test", test_dir)):
-            x, y = _read_image_folder(folder)
+            x, y = _read_image_folder(folder, bad)
             splits[split] = Split(labels=y, images=x)
-        return _fer_bundle("fer2013", splits, FER_CLASSES)
+        return _fer_bundle("fer2013", splits, FER_CLASSES, bad)
     raise DataNotFoundError(
         f"fer2013: no FER2013 data in {root} (expected {csv_path.name} with columns "
         f"emotion,pixels,Usage, or train/<emotion>/*.jpg and test/<emotion>/*.jpg; get them "
@@ -269,7 +333,7 @@ def build_fer2013(cfg: Mapping[str, Any]) -> DatasetBundle:
     )
 
 
-@DATASETS.register("ferplus")
+@register_dataset("ferplus", FerPlusOptions)
 def build_ferplus(cfg: Mapping[str, Any]) -> DatasetBundle:
     """FER+: 8 classes, 1x48x48; FER2013 images relabelled by ``fer2013new.csv`` votes."""
     root = resolve_path(cfg.get("root") or "data/ferplus")
@@ -294,16 +358,17 @@ def build_ferplus(cfg: Mapping[str, Any]) -> DatasetBundle:
             f"ferplus: no FER2013 images {images_path} (expected fer2013.csv with columns "
             f"emotion,pixels,Usage; get it from {FER_SOURCE} or set dataset.fer2013_csv{note})"
         )
-    images, _, _ = read_fer_csv(images_path, "ferplus")
-    votes, usages, usable = read_ferplus_votes(labels_path)
+    bad = bad_files_for("ferplus", cfg)
+    images, _, _, ok = read_fer_csv(images_path, "ferplus", bad)
+    votes, usages, usable = read_ferplus_votes(labels_path, bad)
     if len(votes) != len(images):
         raise DataNotFoundError(
             f"ferplus: {labels_path} has {len(votes)} rows but {images_path} has {len(images)}; "
             f"the FER+ rows must align 1:1 with fer2013.csv"
         )
     labels = ferplus_labels(votes, rule)
-    keep = np.flatnonzero(usable & (labels >= 0))
+    keep = np.flatnonzero(usable & ok & (labels >= 0))
     splits = _splits_by_usage(
         images[keep], labels[keep], [usages[i] for i in keep], labels_path, "ferplus"
     )
-    return _fer_bundle("ferplus", splits, FERPLUS_CLASSES)
+    return _fer_bundle("ferplus", splits, FERPLUS_CLASSES, bad)

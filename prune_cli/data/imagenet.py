@@ -10,20 +10,42 @@ Pipeline (the standard one): train = RandomResizedCrop(``image_size``) + horizon
 eval = Resize(``resize``) + CenterCrop(``image_size``); ``image_size`` 224 and ``resize`` 256
 unless the config overrides them. Images are decoded in DataLoader workers
 (``dataset.num_workers``) to uint8 and normalized on the device.
+
+Bad files are found at first read: a file with an image extension that PIL cannot decode (not
+an image, truncated, unreadable) is an error naming it, or with ``dataset.on_bad_file=skip`` is
+left out of its batch, logged and counted in ``metrics.json``. Images in another mode
+(grayscale, CMYK, RGBA, palette, 16-bit) are converted to RGB, as torchvision's ImageFolder
+does (RGBA loses its alpha channel). Files without an image extension are not samples (as in
+ImageFolder); their count is logged.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import model_validator
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from prune_cli.data.base import DATASETS, DatasetBundle, Split, cfg_int, resolve_path
-from prune_cli.errors import ConfigError, DataNotFoundError
+from prune_cli.data.base import (
+    DatasetBundle,
+    DatasetOptions,
+    FileOptions,
+    Split,
+    bad_files_for,
+    cfg_int,
+    register_dataset,
+    resolve_path,
+)
+from prune_cli.errors import BadFileError, ConfigError, DataNotFoundError
+from prune_cli.options import Int
+
+log = logging.getLogger("prune_cli")
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -31,12 +53,32 @@ SOURCE = "https://image-net.org/download (ILSVRC-2012)"
 
 
 def _folder(path: Path) -> ImageFolder:
+    ignored: list[str] = []
+
+    def is_image(name: str) -> bool:
+        if has_file_allowed_extension(name, IMG_EXTENSIONS):
+            return True
+        ignored.append(name)
+        return False
+
     try:
-        return ImageFolder(str(path))
+        folder = ImageFolder(str(path), is_valid_file=is_image)
     except FileNotFoundError as e:  # no class folders, or a class folder without images
         raise DataNotFoundError(
             f"imagenet: no images in {path} (expected {path.name}/<wnid>/*.JPEG: {e})"
         ) from e
+    except OSError as e:  # a folder that cannot be listed
+        where = e.filename or path
+        reason = f"{type(e).__name__}: {e.strerror}"
+        raise BadFileError(f"imagenet: cannot read {where} ({reason})") from e
+    if ignored:
+        log.warning(
+            "imagenet: %d file(s) in %s without an image extension are not samples (first: %s)",
+            len(ignored),
+            path,
+            ignored[0],
+        )
+    return folder
 
 
 def _split(folder: ImageFolder) -> Split:
@@ -54,7 +96,25 @@ def imagenet_transforms(image_size: int, resize: int, hflip: bool = True) -> tup
     return T.Compose([*train, T.PILToTensor()]), T.Compose([*evaluation, T.PILToTensor()])
 
 
-@DATASETS.register("imagenet")
+class ImagenetOptions(FileOptions, DatasetOptions):
+    """``dataset=imagenet`` keys: the shared ones plus the crop sizes, the DataLoader workers
+    and ``on_bad_file``."""
+
+    image_size: Int(ge=1) = 224
+    resize: Int(ge=1) = 256
+    num_workers: Int(ge=0) = 4
+
+    @model_validator(mode="after")
+    def _resize_covers_crop(self) -> ImagenetOptions:
+        if self.resize < self.image_size:
+            raise ConfigError(
+                f"dataset.resize {self.resize} is out of range; valid: an integer >= "
+                f"dataset.image_size ({self.image_size})"
+            )
+        return self
+
+
+@register_dataset("imagenet", ImagenetOptions)
 def build_imagenet(cfg: Mapping[str, Any]) -> DatasetBundle:
     """ImageNet: classes = train wnid folders (1000 for ILSVRC-2012), 3x224x224 by default."""
     root = resolve_path(cfg.get("root") or "data/imagenet")
@@ -65,10 +125,9 @@ def build_imagenet(cfg: Mapping[str, Any]) -> DatasetBundle:
             f"imagenet: missing {', '.join(missing)} in {root} (expected train/<wnid>/*.JPEG "
             f"and val/<wnid>/*.JPEG; get them from {SOURCE}{note})"
         )
+    # Checked by ImagenetOptions (build_dataset): resize >= image_size >= 1.
     image_size = cfg_int(cfg, "image_size", 224, minimum=1)
     resize = cfg_int(cfg, "resize", 256, minimum=1)
-    if resize < image_size:
-        raise ConfigError(f"dataset.resize={resize} must be >= dataset.image_size={image_size}")
     train, val = _folder(root / "train"), _folder(root / "val")
     if val.classes != train.classes:
         only_train = sorted(set(train.classes) - set(val.classes))
@@ -92,4 +151,5 @@ def build_imagenet(cfg: Mapping[str, Any]) -> DatasetBundle:
         train_transform=train_tf,
         eval_transform=eval_tf,
         num_workers=cfg_int(cfg, "num_workers", 4, minimum=0),
+        bad_files=bad_files_for("imagenet", cfg),
     )

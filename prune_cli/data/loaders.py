@@ -8,15 +8,22 @@ depend on the device, on the global RNG, or on how many epochs ran before in thi
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.datasets.folder import default_loader
+
+from prune_cli.errors import BadFileError, DataLoaderWorkerError
+
+log = logging.getLogger("prune_cli")
 
 # Independent random streams derived from one (seed, epoch) pair.
 _ORDER_STREAM = 0
@@ -208,8 +215,113 @@ class TensorLoader(_EpochCounter):
         return crop_and_flip(x, offsets.to(x.device), flips.to(x.device), p)
 
 
+# ---------------------------------------------------------------------------- unreadable files
+#: What PIL raises for a file it cannot decode: not an image (UnidentifiedImageError, an
+#: OSError), truncated or corrupt data (OSError, SyntaxError, ValueError), a file that cannot be
+#: opened (OSError), a decompression bomb.
+DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    Image.DecompressionBombError,
+)
+
+
+def decode_reason(exc: BaseException, path: str = "") -> str:
+    """Why a file could not be decoded, in a few words on one line (without the path)."""
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not an image (PIL cannot identify it)"
+    text = str(getattr(exc, "strerror", None) or exc) or type(exc).__name__
+    if path:
+        text = text.replace(repr(path), "").replace(path, "")
+    return " ".join(f"{type(exc).__name__}: {text}".split()).rstrip(": ")
+
+
+@dataclass(eq=False)
+class BadFiles:
+    """Unreadable files (and CSV rows) met while loading a dataset, and what to do about them.
+
+    ``policy`` is ``dataset.on_bad_file``: ``error`` raises :class:`BadFileError` naming the
+    first one; ``skip`` leaves each out, logs a warning, and counts it once (a file met again in
+    a later epoch is not counted again). :meth:`summary` goes into ``metrics.json`` (``data``).
+    """
+
+    dataset: str
+    policy: str = "error"
+    skipped: list[str] = field(default_factory=list)
+
+    def found(self, where: str, reason: str) -> None:
+        """Report the unreadable ``where`` (a path, or "path line N") and ``reason``."""
+        if self.policy != "skip":
+            raise BadFileError(
+                f"{self.dataset}: cannot read {where}: {reason}; fix or remove it, or set "
+                "dataset.on_bad_file=skip"
+            )
+        entry = f"{where} ({reason})"
+        if entry in self.skipped:
+            return
+        self.skipped.append(entry)
+        log.warning(
+            "%s: skipped %s (dataset.on_bad_file=skip; %d skipped so far)",
+            self.dataset,
+            entry,
+            len(self.skipped),
+        )
+
+    def summary(self, first: int = 5) -> dict[str, Any]:
+        """``{"on_bad_file", "skipped_files", "first_skipped"}`` for ``metrics.json``."""
+        return {
+            "on_bad_file": self.policy,
+            "skipped_files": len(self.skipped),
+            "first_skipped": self.skipped[:first],
+        }
+
+
+@dataclass(frozen=True)
+class BadSample:
+    """Returned by :class:`ImageFiles` in place of a sample whose file cannot be decoded; the
+    main process then applies the ``on_bad_file`` policy (a worker process cannot)."""
+
+    path: str
+    reason: str
+
+
+def collate_good(batch: list[Any]) -> tuple[Any, Any, list[BadSample]]:
+    """``default_collate`` of the decodable samples, plus the :class:`BadSample` markers."""
+    bad = [s for s in batch if isinstance(s, BadSample)]
+    good = [s for s in batch if not isinstance(s, BadSample)]
+    if not good:
+        return None, None, bad
+    x, y = default_collate(good)
+    return x, y, bad
+
+
+def worker_failure(exc: BaseException) -> DataLoaderWorkerError | None:
+    """A DataLoader worker's failure as one line, or None if ``exc`` did not come from one.
+
+    PyTorch re-raises a worker's exception in the main process with the worker's traceback in
+    the message ("Caught X in DataLoader worker process N. Original Traceback ..."), and a worker
+    that died (killed for memory, say) as a RuntimeError; the traceback text stays in the log.
+    """
+    text = str(exc)
+    if "DataLoader worker" not in text:
+        return None
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    first, last = lines[0], lines[-1]
+    detail = first if len(lines) == 1 else f"{first} {last}"
+    return DataLoaderWorkerError(
+        f"a DataLoader worker failed: {detail} (if it ran out of memory, lower "
+        "dataset.num_workers or the batch size; the full traceback is in the log)"
+    )
+
+
 class ImageFiles(Dataset):
-    """Image files + int labels; ``transform`` maps a PIL RGB image to a uint8 CHW tensor."""
+    """Image files + int labels; ``transform`` maps a PIL RGB image to a uint8 CHW tensor.
+
+    Files in another mode (grayscale, CMYK, RGBA with its alpha dropped, palette, 16-bit) are
+    converted to RGB, as torchvision's ``ImageFolder`` does. A file that cannot be decoded gives
+    a :class:`BadSample` instead of raising inside a worker process.
+    """
 
     def __init__(
         self,
@@ -222,8 +334,13 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(default_loader(self.files[i])), self.labels[i]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | BadSample:
+        path = self.files[i]
+        try:
+            image = default_loader(path)  # PIL: open, decode, convert to RGB
+        except DECODE_ERRORS as exc:
+            return BadSample(path, decode_reason(exc, path))
+        return self.transform(image), self.labels[i]
 
 
 class FileLoader(_EpochCounter):
@@ -234,6 +351,10 @@ class FileLoader(_EpochCounter):
     ``(seed, epoch)``; worker RNG seeds derive from the same pair, so with ``num_workers > 0``
     the random crops are reproducible too. With ``num_workers == 0`` the transforms draw from
     the global torch RNG (seeded by the run).
+
+    Files that cannot be decoded are reported to ``bad_files`` on first read (an error naming
+    the file, or skipped and counted: ``dataset.on_bad_file``); a batch then holds the others.
+    A failing worker process becomes one :class:`DataLoaderWorkerError` line.
     """
 
     def __init__(
@@ -252,9 +373,11 @@ class FileLoader(_EpochCounter):
         num_workers: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        bad_files: BadFiles | None = None,
     ) -> None:
         super().__init__()
         self.dataset = ImageFiles(files, labels, transform)
+        self.bad_files = bad_files or BadFiles("dataset")
         self.batch_size, self.train, self.device = batch_size, train, device
         self.seed, self.drop_last, self.num_workers = seed, drop_last, num_workers
         self.num_samples = len(files)
@@ -297,9 +420,25 @@ class FileLoader(_EpochCounter):
             **batching,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
+            collate_fn=collate_good,
             # Each rank's workers draw their own augmentations; one process keeps its seeds.
             generator=generator_for(self.seed, epoch, _WORKER_STREAM, *self._rank_part()),
         )
-        for x, y in loader:
+        batches = iter(loader)
+        while True:
+            # Only the loader's own failures are translated, never those of the consumer.
+            try:
+                x, y, bad = next(batches)
+            except StopIteration:
+                return
+            except Exception as exc:
+                failure = worker_failure(exc)
+                if failure is None:
+                    raise
+                raise failure from exc
+            for sample in bad:
+                self.bad_files.found(sample.path, sample.reason)
+            if x is None:  # every file of the batch was skipped
+                continue
             x = x.to(self.device, non_blocking=True)
             yield normalize(x, self._mean, self._std), y.to(self.device, non_blocking=True)

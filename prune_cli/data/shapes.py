@@ -42,8 +42,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from prune_cli.data.base import DATASETS, DatasetBundle, Split, cfg_int
+from prune_cli.data.base import (
+    DatasetBundle,
+    InMemoryOptions,
+    Seed,
+    Split,
+    cfg_int,
+    register_dataset,
+)
 from prune_cli.data.loaders import generator_for
+from prune_cli.options import Int
 
 SIDE = 32
 CLASSES = [
@@ -195,7 +203,20 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     return out
 
 
-@DATASETS.register("shapes")
+class ShapesOptions(InMemoryOptions):
+    """``dataset=shapes`` keys: the shared ones plus the set sizes, the image side and the
+    data's own seed (nothing is read from disk, so there is no ``on_bad_file``)."""
+
+    train_size: Int(ge=1) = 5000
+    test_size: Int(ge=1) = 1000
+    image_size: Int(ge=8) = SIDE
+    seed: Seed = 0
+
+    def image_side(self) -> int:
+        return self.image_size
+
+
+@register_dataset("shapes", ShapesOptions)
 def build_shapes(cfg: Mapping[str, Any]) -> DatasetBundle:
     """The procedural ``shapes`` dataset (see the module docstring).
 

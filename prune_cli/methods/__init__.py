@@ -18,7 +18,7 @@ from prune_cli.methods import (  # noqa: F401
     soft_sharing,
     template_reuse,
 )
-from prune_cli.methods.base import Method, PruneContext, PruneResult
+from prune_cli.methods.base import Method, MethodOptions, PruneContext, PruneResult
 from prune_cli.methods.registry import METHODS
 
 
@@ -28,4 +28,4 @@ def build_method(cfg: Mapping[str, Any], ratio: float, seed: int = 0) -> Method:
     return cls(cfg, ratio, seed)
 
 
-__all__ = ["METHODS", "Method", "PruneContext", "PruneResult", "build_method"]
+__all__ = ["METHODS", "Method", "MethodOptions", "PruneContext", "PruneResult", "build_method"]

@@ -10,6 +10,28 @@ The pipeline calls, in order::
 A method is one module under ``prune_cli/methods`` registered under its config name with
 ``@METHODS.register("name")``. It never calls the pipeline; when it needs more than one
 prune/fine-tune round it uses the callbacks of :class:`PruneContext`.
+
+Options: a method declares the keys of its config (``configs/method/<name>.yaml``) as a nested
+``Options`` class (a :class:`MethodOptions`, see :mod:`prune_cli.options`) with their types,
+defaults, ranges and choices; ``__init__`` validates the config into ``self.opts`` (one-line
+``ConfigError`` naming ``method.<key>``, the value and what is valid). The same check runs
+before any work when a run starts (``prune_cli.schema``)::
+
+    @METHODS.register("magnitude")
+    class MagnitudePruning(Method):
+        name = "magnitude"
+
+        class Options(MethodOptions):
+            scope: OneOf("global", "layerwise") = "global"
+            include_linear: Bool = False
+
+        opts: Options
+
+        def prune(self, model, ctx):
+            ... self.opts.scope ...
+
+A method without an ``Options`` class keeps its raw config in ``self.cfg`` (``self.opts`` is
+None) and checks it itself, e.g. with :meth:`Method.option`.
 """
 
 from __future__ import annotations
@@ -24,8 +46,20 @@ from torch import nn
 from prune_cli.engine.checkpoint import load_state_into
 from prune_cli.engine.hooks import TrainHooks
 from prune_cli.errors import ConfigError
+from prune_cli.options import Float, Options, Text, parse
 from prune_cli.pruning.groups import GROUPINGS
 from prune_cli.pruning.threshold import THRESHOLD_MODES
+
+#: The run's ratio as a method option: 0 <= ratio < 1.
+Ratio = Float(ge=0, lt=1, valid="0 <= ratio < 1")
+
+
+class MethodOptions(Options):
+    """Keys every method config may have: its ``name`` and its own ``ratio`` (the fraction
+    its main rate prunes; default: the run's ``ratio``). Subclasses add the method's keys."""
+
+    name: Text("a method name") | None = None
+    ratio: Ratio | None = None
 
 
 @dataclass
@@ -62,13 +96,27 @@ class Method(TrainHooks):
     name: ClassVar[str] = "base"
     #: False for methods that do not prune (the baseline): the pipeline then skips fine-tuning.
     prunes: ClassVar[bool] = True
+    #: The method's options (a :class:`MethodOptions` subclass), or None if not declared yet.
+    Options: ClassVar[type[MethodOptions] | None] = None
 
     def __init__(self, cfg: Mapping[str, Any], ratio: float, seed: int = 0) -> None:
         if not 0.0 <= float(ratio) < 1.0:
             raise ConfigError(f"ratio {ratio} is out of range; valid: 0 <= ratio < 1")
         self.cfg = dict(cfg)
+        #: The validated options (``self.Options``), or None for a method that declares none.
+        self.opts: Any = self.parse_options(self.cfg)
         self.ratio = float(ratio)
         self.seed = int(seed)
+
+    @classmethod
+    def parse_options(cls, cfg: Mapping[str, Any]) -> MethodOptions | None:
+        """``cfg`` validated against :attr:`Options` (one-line :class:`ConfigError`), or None
+        when the method declares no options (its config is then taken as it is)."""
+        if cls.Options is None:
+            return None
+        return parse(
+            cls.Options, cfg, "method.", context=f" for method {cls.name!r}", group="method"
+        )
 
     def option(self, key: str, choices: tuple[str, ...], default: str) -> str:
         """A string option of this method, validated against ``choices`` with a one-line error."""

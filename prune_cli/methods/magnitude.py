@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from prune_cli.methods.base import Method, PruneContext, PruneResult
+from prune_cli.methods.base import Method, MethodOptions, PruneContext, PruneResult
 from prune_cli.methods.registry import METHODS
+from prune_cli.options import Bool, OneOf
 from prune_cli.pruning import THRESHOLD_MODES, magnitude_masks
 from prune_cli.pruning.masks import SCOPES
 
@@ -20,9 +21,16 @@ from prune_cli.pruning.masks import SCOPES
 class MagnitudePruning(Method):
     name = "magnitude"
 
+    class Options(MethodOptions):
+        """``configs/method/magnitude.yaml``."""
+
+        scope: OneOf(*SCOPES) = "global"
+        include_linear: Bool = False
+        mode: OneOf(*THRESHOLD_MODES) = "exact"
+
+    opts: Options
+
     def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
-        scope = self.option("scope", SCOPES, "global")
-        mode = self.option("mode", THRESHOLD_MODES, "exact")
-        include_linear = bool(self.cfg.get("include_linear", False))
-        masks = magnitude_masks(model, self.ratio, scope, mode, include_linear)
+        scope, mode = self.opts.scope, self.opts.mode
+        masks = magnitude_masks(model, self.ratio, scope, mode, self.opts.include_linear)
         return PruneResult(model=model, masks=masks, info={"scope": scope, "mode": mode})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from prune_cli.methods.base import Method, PruneContext, PruneResult
+from prune_cli.methods.base import Method, MethodOptions, PruneContext, PruneResult
 from prune_cli.methods.registry import METHODS
 
 
@@ -12,6 +12,9 @@ from prune_cli.methods.registry import METHODS
 class NoPruning(Method):
     name = "none"
     prunes = False
+
+    class Options(MethodOptions):
+        """No options beyond ``name`` (and ``ratio``, which it ignores)."""
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
         return PruneResult(model=model)

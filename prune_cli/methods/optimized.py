@@ -51,12 +51,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import model_validator
 from torch import nn
 
 from prune_cli.engine.loop import evaluate
 from prune_cli.errors import ConfigError
-from prune_cli.methods.base import Method, PruneContext, PruneResult
+from prune_cli.methods.base import Method, MethodOptions, PruneContext, PruneResult
 from prune_cli.methods.registry import METHODS
+from prune_cli.options import Bool, Float, Int, OneOf, Options, Text
 from prune_cli.pruning import prunable_weights
 from prune_cli.pruning.masks import SCOPES
 from prune_cli.pruning.search import (
@@ -488,109 +490,111 @@ def _apply_dense_masked(
 
 
 # ---------------------------------------------------------------------------- the method
+class GAOptions(Options):
+    """``method.ga``: the genetic algorithm's operators (:class:`GAConfig`)."""
+
+    elitism: Int(ge=1) = 2
+    tournament: Int(ge=1) = 3
+    crossover_prob: Float(ge=0, le=1) = 0.9
+    mutation_prob: Float(ge=0, le=1) = 0.2
+    mutation_rate: Float(ge=0, le=1) = 0.01
+
+
+class PSOOptions(Options):
+    """``method.pso``: binary PSO's coefficients (:class:`PSOConfig`)."""
+
+    inertia: Float(ge=0) = 0.7
+    c1: Float(ge=0) = 1.5
+    c2: Float(ge=0) = 1.5
+    vmax: Float(gt=0) = 4.0
+
+
+class SAOptions(Options):
+    """``method.sa``: simulated annealing's schedule (:class:`SAConfig`)."""
+
+    t0: Float(gt=0) = 1.0
+    alpha: Float(gt=0, le=1) = 0.95
+    moves: Int(ge=1) = 20
+    swaps: Int(ge=1) = 1
+
+
 @METHODS.register("optimized")
 class OptimizedRetention(Method):
     """Keep the large weights plus the small weights a GA / PSO / SA finds useful (§8.2)."""
 
     name = "optimized"
 
-    def _float(
-        self, key: str, default: float, lo: float, hi: float, closed_hi: bool = True
-    ) -> float:
-        value = self.cfg.get(key, default)
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            v = float("nan")
-        ok = lo <= v <= hi if closed_hi else lo <= v < hi
-        if not ok:
-            bracket = "]" if closed_hi else ")"
-            raise ConfigError(
-                f"method.{key} {value!r} is out of range; valid: [{lo}, {hi}{bracket}"
-            )
-        return v
+    class Options(MethodOptions):
+        """``configs/method/optimized.yaml`` (methods.md §8.2)."""
 
-    def _int(
-        self, key: str, default: int, lo: int, section: Mapping[str, Any] | None = None
-    ) -> int:
-        src = self.cfg if section is None else section
-        value = src.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            where = f"method.{key}" if section is None else f"method.<search>.{key}"
-            raise ConfigError(f"{where} {value!r} is invalid; valid: an integer >= {lo}")
-        return int(value)
+        small_ratio: Float(ge=0, le=1) = 0.1
+        pool: OneOf(*POOLS) = "next"
+        pool_factor: Float(ge=1) = 4.0
+        scope: OneOf(*SCOPES) = "global"
+        include_linear: Bool = True
+        layers: list[Text("a parameter-name prefix")] | None = None
+        gene: OneOf(*GENES) = "weight"
+        search: OneOf(*SEARCHES) = "ga"
+        population: Int(ge=1) = 20
+        generations: Int(ge=0) = 30
+        iterations: Int(ge=0) = 30
+        patience: Int(ge=1) = 10
+        ga: GAOptions = GAOptions()
+        pso: PSOOptions = PSOOptions()
+        sa: SAOptions = SAOptions()
+        fitness_size: Int(ge=1) = 2048
+        fitness_batch_size: Int(ge=1) = 512
+        reuse_prefix: Bool = True
+        prefix_limit_mb: Float(ge=0) = 2048.0
+        finetune_baseline: Bool = False
+        progress: Bool = True
 
-    def _section(self, key: str) -> dict[str, Any]:
-        value = self.cfg.get(key) or {}
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"method.{key} must be a mapping, got {value!r}")
-        return dict(value)
-
-    def search_config(self, search: str) -> GAConfig | PSOConfig | SAConfig:
-        """The dataclass of the chosen search, from ``population``/``generations``/
-        ``iterations``/``patience`` and the ``ga``/``pso``/``sa`` sections of the config."""
-        patience = self._int("patience", 10, 1)
-        if search == "ga":
-            sec = self._section("ga")
-            cfg = GAConfig(
-                population=self._int("population", 20, 2),
-                generations=self._int("generations", 30, 0),
-                patience=patience,
-                elitism=self._int("elitism", 2, 1, sec),
-                tournament=self._int("tournament", 3, 1, sec),
-                crossover_prob=float(sec.get("crossover_prob", 0.9)),
-                mutation_prob=float(sec.get("mutation_prob", 0.2)),
-                mutation_rate=float(sec.get("mutation_rate", 0.01)),
-            )
-            if cfg.elitism >= cfg.population:
+        @model_validator(mode="after")
+        def _population_fits_the_search(self) -> OptimizedRetention.Options:
+            if self.search == "ga" and self.population < 2:
                 raise ConfigError(
-                    f"method.ga.elitism {cfg.elitism} must be below method.population "
-                    f"{cfg.population}"
+                    f"method.population {self.population} is out of range for search 'ga'; "
+                    "valid: an integer >= 2"
                 )
-            return cfg
-        if search == "pso":
-            sec = self._section("pso")
+            if self.search == "ga" and self.ga.elitism >= self.population:
+                raise ConfigError(
+                    f"method.ga.elitism {self.ga.elitism} must be below method.population "
+                    f"{self.population}"
+                )
+            return self
+
+    opts: Options
+
+    def search_config(self) -> GAConfig | PSOConfig | SAConfig:
+        """The dataclass of the chosen search, from ``population``/``generations``/
+        ``iterations``/``patience`` and the ``ga``/``pso``/``sa`` sections of the options."""
+        o = self.opts
+        if o.search == "ga":
+            return GAConfig(
+                population=o.population,
+                generations=o.generations,
+                patience=o.patience,
+                **o.ga.model_dump(),
+            )
+        if o.search == "pso":
             return PSOConfig(
-                particles=self._int("population", 20, 1),
-                iterations=self._int("iterations", 30, 0),
-                patience=patience,
-                inertia=float(sec.get("inertia", 0.7)),
-                c1=float(sec.get("c1", 1.5)),
-                c2=float(sec.get("c2", 1.5)),
-                vmax=float(sec.get("vmax", 4.0)),
+                particles=o.population,
+                iterations=o.iterations,
+                patience=o.patience,
+                **o.pso.model_dump(),
             )
-        sec = self._section("sa")
-        cfg = SAConfig(
-            iterations=self._int("iterations", 30, 0),
-            patience=patience,
-            moves=self._int("moves", 20, 1, sec),
-            swaps=self._int("swaps", 1, 1, sec),
-            t0=float(sec.get("t0", 1.0)),
-            alpha=float(sec.get("alpha", 0.95)),
-        )
-        if cfg.t0 <= 0 or not 0 < cfg.alpha <= 1:
-            raise ConfigError(
-                f"method.sa.t0 {cfg.t0} / method.sa.alpha {cfg.alpha} invalid; "
-                "valid: t0 > 0, 0 < alpha <= 1"
-            )
-        return cfg
+        return SAConfig(iterations=o.iterations, patience=o.patience, **o.sa.model_dump())
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
-        scope = self.option("scope", SCOPES, "global")
-        pool = self.option("pool", POOLS, "next")
-        gene = self.option("gene", GENES, "weight")
-        search = self.option("search", SEARCHES, "ga")
-        small_ratio = self._float("small_ratio", 0.1, 0.0, 1.0)
-        pool_factor = self._float("pool_factor", 4.0, 1.0, float("inf"))
-        fitness_size = self._int("fitness_size", 2048, 1)
-        fitness_bs = self._int("fitness_batch_size", 512, 1)
-        layers = self.cfg.get("layers") or None
-        if layers is not None and (isinstance(layers, str) or not isinstance(layers, Sequence)):
-            raise ConfigError(f"method.layers must be a list of name prefixes, got {layers!r}")
-        search_cfg = self.search_config(search)
+        o = self.opts
+        scope, pool, gene, search = o.scope, o.pool, o.gene, o.search
+        small_ratio, pool_factor = o.small_ratio, o.pool_factor
+        fitness_size, fitness_bs = o.fitness_size, o.fitness_batch_size
+        layers = o.layers or None
+        search_cfg = self.search_config()
         tic = time.perf_counter()
 
-        weights = prunable_weights(model, bool(self.cfg.get("include_linear", True)))
+        weights = prunable_weights(model, o.include_linear)
         layout = build_layout(
             weights,
             self.ratio,
@@ -614,14 +618,13 @@ class OptimizedRetention(Method):
             weights,
             layout,
             batches,
-            reuse_prefix=bool(self.cfg.get("reuse_prefix", True)),
-            prefix_limit_mb=float(self.cfg.get("prefix_limit_mb", 2048)),
+            reuse_prefix=o.reuse_prefix,
+            prefix_limit_mb=o.prefix_limit_mb,
         )
         problem = Problem(layout.gene_segment, layout.seed, fitness)
         rng = np.random.default_rng(self.seed)
-        progress = bool(self.cfg.get("progress", True))
         try:
-            result = run_search(search, problem, search_cfg, rng, progress)
+            result = run_search(search, problem, search_cfg, rng, o.progress)
         finally:
             replay_reason = fitness.replay.reason if fitness.replay is not None else "off"
             fitness.close()
@@ -649,9 +652,7 @@ class OptimizedRetention(Method):
             "fitness_top1": result.seed_fitness[1],
             **test_eval(),
         }
-        magnitude_model = (
-            copy.deepcopy(model) if bool(self.cfg.get("finetune_baseline", False)) else None
-        )
+        magnitude_model = copy.deepcopy(model) if o.finetune_baseline else None
         _apply_dense_masked(weights, dense, masks)
         found = {
             "fitness_loss": -result.best_fitness[0],

@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prune_cli.methods.base import Method, PruneContext, PruneResult
+from prune_cli.methods.base import Method, MethodOptions, PruneContext, PruneResult
 from prune_cli.methods.registry import METHODS
+from prune_cli.options import Bool, OneOf
 from prune_cli.pruning import apply_masks, masks_from_scores, prunable_weights
 from prune_cli.pruning.masks import SCOPES
 
@@ -19,9 +20,17 @@ from prune_cli.pruning.masks import SCOPES
 class RandomPruning(Method):
     name = "random"
 
+    class Options(MethodOptions):
+        """``configs/method/random.yaml``: the pool and scope of ``magnitude``."""
+
+        scope: OneOf(*SCOPES) = "global"
+        include_linear: Bool = False
+
+    opts: Options
+
     def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
-        scope = self.option("scope", SCOPES, "global")
-        weights = prunable_weights(model, bool(self.cfg.get("include_linear", False)))
+        scope = self.opts.scope
+        weights = prunable_weights(model, self.opts.include_linear)
         gen = torch.Generator().manual_seed(self.seed)
         # Random scores with the exact threshold: the same count as magnitude's exact mode.
         scores = {name: torch.rand(w.shape, generator=gen) for name, w in weights.items()}

@@ -1,0 +1,164 @@
+"""The typed schema of a whole ``prune-run`` config, checked before any work starts.
+
+:func:`validate_config` checks every key a user types, with the mechanism of
+:mod:`prune_cli.options` (one line naming the key, the value and what is valid):
+
+- top level: ``ratio``, ``seed``, ``device``, ``deterministic``, ``pretrained``, ``resume``
+  (:class:`RunOptions`);
+- ``train.*`` and ``finetune.*`` (:class:`TrainOptions`, :class:`FinetuneOptions`),
+  ``metrics.*``, ``cache.*``, ``export.*``;
+- ``dataset.*`` per dataset family (the options class each one registers in
+  :mod:`prune_cli.data`);
+- ``method.*`` per method (the method's ``Options``; a method that declares none is taken as
+  it is and checks its config itself);
+- ``model.*``: ``name`` here; every other key is the model's own option, checked by the model
+  factory.
+
+It runs at the start of every job (:meth:`prune_cli.pipeline.Pipeline.run`), before the
+dataset is read or the model built, so a bad job of a sweep fails alone, with ``metrics.json``
+status ``failed`` and the message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import ConfigDict, Field
+
+from prune_cli.data import dataset_options
+from prune_cli.errors import ConfigError, one_line
+from prune_cli.methods import METHODS
+from prune_cli.methods.base import Ratio
+from prune_cli.options import Bool, Float, Int, OneOf, Options, Text, is_number, parse
+
+DEVICES = ("auto", "cpu", "cuda")
+SCHEDULES = ("constant", "multistep", "cosine")
+
+
+class TrainOptions(Options):
+    """One training stage (``train.*``; ``engine.loop.fit`` reads these keys)."""
+
+    epochs: Int(ge=1) = 4
+    batch_size: Int(ge=1) = 128
+    lr: Float(gt=0) = 0.1
+    momentum: Float(ge=0, lt=1) = 0.9
+    nesterov: Bool = False
+    weight_decay: Float(ge=0) = 5.0e-4
+    schedule: OneOf(*SCHEDULES) = "cosine"
+    milestones: list[Float(ge=0)] = Field(default_factory=lambda: [0.5, 0.75])
+    gamma: Float(gt=0) = 0.1
+    warmup_epochs: Int(ge=0) = 0
+    label_smoothing: Float(ge=0, lt=1) = 0.0
+    amp: Bool = True
+    channels_last: Bool = True
+    eval_batch_size: Int(ge=1) = 256
+    select_best: Bool = True
+
+
+class FinetuneOptions(TrainOptions):
+    """Fine-tuning after pruning (``finetune.*``): as ``train``, and 0 epochs skips it."""
+
+    epochs: Int(ge=0) = 2
+    lr: Float(gt=0) = 0.01
+
+
+class ModelOptions(Options):
+    """``model.*``: the name; the other keys are the model's options (checked by its factory)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: Text("a model name")
+
+
+class NetScoreOptions(Options):
+    p_unit: Float(gt=0) = 1.0e6
+    m_unit: Float(gt=0) = 1.0e9
+    count: OneOf("nonzero", "dense") = "nonzero"
+
+
+class LatencyOptions(Options):
+    enabled: Bool = True
+    batch_sizes: list[Int(ge=1)] = Field(default_factory=lambda: [1, 64], min_length=1)
+    warmup: Int(ge=0) = 3
+    repeats: Int(ge=1) = 10
+
+
+class MetricsOptions(Options):
+    netscore: NetScoreOptions = NetScoreOptions()
+    latency: LatencyOptions = LatencyOptions()
+
+
+class CacheOptions(Options):
+    enabled: Bool = True
+    dir: Text("a directory path") = "outputs/cache"
+
+
+class ExportOptions(Options):
+    torchscript: Bool = True
+    onnx: Bool = False
+
+
+class RunOptions(Options):
+    """The top level of ``configs/config.yaml``. ``dataset`` and ``method`` are checked per
+    family / per method by :func:`validate_config`."""
+
+    model: ModelOptions
+    dataset: dict[str, Any]
+    method: dict[str, Any]
+    train: TrainOptions = TrainOptions()
+    finetune: FinetuneOptions = FinetuneOptions()
+    ratio: Ratio = 0.5
+    seed: Int(ge=0, lt=2**63, valid="an integer >= 0 (below 2**63)") = 0
+    device: OneOf(*DEVICES) = "auto"
+    deterministic: Bool = False
+    pretrained: Text("a checkpoint path") | None = None
+    resume: Bool = False
+    cache: CacheOptions = CacheOptions()
+    metrics: MetricsOptions = MetricsOptions()
+    export: ExportOptions = ExportOptions()
+    #: The arm of an experiment (configs/experiment/*_arm/*.yaml): a label for the report.
+    experiment_arm: Text() | None = None
+
+
+def _resolved(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(cfg, DictConfig):
+        return dict(cfg)
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        where = f" {key}" if key else ""
+        raise ConfigError(f"cannot resolve{where}: {one_line(exc)}") from None
+
+
+def _keep_spelling(original: Any, typed: Any) -> Any:
+    """``typed`` (validated), but with the original value wherever it means the same number.
+
+    ``3`` stays ``3`` where a float is expected (not ``3.0``), so that the config, and the
+    trained-model cache key computed from it, do not change for values that were already
+    right; values that needed converting (``"3"`` -> ``3``) take the typed form.
+    """
+    if isinstance(original, Mapping) and isinstance(typed, Mapping):
+        return {k: _keep_spelling(original.get(k), v) for k, v in typed.items()}
+    if isinstance(original, list) and isinstance(typed, list) and len(original) == len(typed):
+        return [_keep_spelling(o, t) for o, t in zip(original, typed)]
+    if is_number(original) and is_number(typed) and original == typed:
+        return original
+    return typed
+
+
+def validate_config(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
+    """The run config checked against the schema and returned typed (values converted where
+    needed, e.g. ``train.epochs="3"`` -> 3). The first problem is a one-line ConfigError."""
+    raw = _resolved(cfg)
+    run = parse(RunOptions, raw, group="the config")
+    dataset = dataset_options(raw["dataset"])
+    method_cls = METHODS.get(str(raw["method"].get("name")))
+    method = method_cls.parse_options(raw["method"])
+    typed = run.model_dump(exclude_unset=True)
+    typed["dataset"] = dataset.model_dump(exclude_unset=True)
+    typed["method"] = raw["method"] if method is None else method.model_dump(exclude_unset=True)
+    return OmegaConf.create(_keep_spelling(raw, typed))

@@ -1,0 +1,328 @@
+"""The typed config schema (prune_cli.schema, prune_cli.options): every shipped config is
+valid, bad values are one line naming the key, method options go through the same mechanism,
+and a seeded fuzz test over the schema's keys."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Iterator
+from typing import Any, get_origin
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+
+from prune_cli.cli import CONFIG_DIR, group_choices
+from prune_cli.data import DATASET_OPTIONS
+from prune_cli.engine.optim import build_optimizer, build_scheduler
+from prune_cli.errors import ConfigError
+from prune_cli.methods import METHODS, Method, MethodOptions, build_method
+from prune_cli.metrics.report import netscore_units
+from prune_cli.options import Bool, Float, Int, OneOf, Options, describe, parse
+from prune_cli.schema import RunOptions, validate_config
+
+#: Methods whose options are declared (the others keep their own checks for now).
+TYPED_METHODS = sorted(n for n in METHODS.names() if METHODS.get(n).Options is not None)
+
+
+def composed(*overrides: str) -> dict[str, Any]:
+    """The job config ``prune-run`` would see for ``overrides`` (``hydra`` node removed)."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # for ${hydra:runtime.cwd}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def base() -> dict[str, Any]:
+    return composed()
+
+
+def one_line_error(cfg: Any) -> str:
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    message = str(err.value)
+    assert "\n" not in message and message.strip() == message
+    return message
+
+
+# ----------------------------------------------------------------------------- config files
+def test_converted_methods_are_the_brief() -> None:
+    assert {"none", "magnitude", "random", "optimized"} <= set(TYPED_METHODS)
+
+
+@pytest.mark.parametrize("method", group_choices("method"))
+def test_every_method_config_validates(method: str) -> None:
+    cfg = validate_config(composed(f"method={method}"))
+    if method in TYPED_METHODS:  # its options were checked and typed
+        opts = METHODS.get(str(cfg.method.name)).parse_options(cfg.method)
+        assert isinstance(opts, MethodOptions)
+
+
+def _experiments() -> list[str]:
+    root = CONFIG_DIR / "experiment"
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", _experiments())
+def test_every_experiment_config_validates(experiment: str) -> None:
+    if "/" in experiment:  # an arm of an experiment: selected inside its group
+        group, arm = experiment.rsplit("/", 1)
+        overrides = [f"+experiment/{group}={arm}"]
+    else:
+        overrides = [f"+experiment={experiment}"]
+    cfg = validate_config(composed(*overrides))
+    assert cfg.train.epochs >= 1
+
+
+@pytest.mark.parametrize(
+    "group", ["dataset", "model", "train", "finetune"], ids=lambda g: f"every-{g}"
+)
+def test_every_group_config_validates(group: str) -> None:
+    for name in group_choices(group):
+        validate_config(composed(f"{group}={name}"))
+
+
+def test_every_dataset_family_declares_its_keys() -> None:
+    for name in group_choices("dataset"):
+        keys = set(OmegaConf.load(CONFIG_DIR / "dataset" / f"{name}.yaml"))
+        assert keys <= set(DATASET_OPTIONS[name].model_fields), name
+    assert "on_bad_file" in DATASET_OPTIONS["imagenet"].model_fields
+    assert "on_bad_file" not in DATASET_OPTIONS["shapes"].model_fields  # nothing read
+
+
+def test_config_keys_are_all_in_the_schema(base: dict[str, Any]) -> None:
+    top = set(base) - {"model", "dataset", "method"}
+    assert top <= set(RunOptions.model_fields)
+
+
+# ----------------------------------------------------------------------------- messages
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (("train", "epochs", -3), "train.epochs -3 is out of range; valid: an integer >= 1"),
+        (("train", "epochs", 2.5), "train.epochs 2.5 is not an integer; valid: an integer >= 1"),
+        (("train", "lr", "fast"), "train.lr 'fast' is not a number; valid: a number > 0"),
+        (("train", "amp", "yes"), "train.amp 'yes' is not true or false; valid: true, false"),
+        (("finetune", "epochs", -1), "finetune.epochs -1 is out of range; valid: an integer >= 0"),
+        (("train", "momentum", 1.0), "train.momentum 1.0 is out of range; valid: a number in [0, 1)"),  # noqa: E501
+        (("train", "schedule", "step"), "unknown train.schedule 'step'; choose one of: constant, multistep, cosine"),  # noqa: E501
+        (("train", "milestones", [0.5, -1]), "train.milestones[1] -1 is out of range; valid: a number >= 0"),  # noqa: E501
+        ((None, "ratio", 1.5), "ratio 1.5 is out of range; valid: 0 <= ratio < 1"),
+        ((None, "seed", "x"), "seed 'x' is not an integer"),
+        ((None, "device", "tpu"), "unknown device 'tpu'; choose one of: auto, cpu, cuda"),
+        ((None, "pretrained", ""), "pretrained '' is empty; valid: a checkpoint path, or null"),
+        (("metrics", "latency", {"batch_sizes": [0]}), "metrics.latency.batch_sizes[0] 0 is out of range"),  # noqa: E501
+        (("dataset", "val_size", 1.5), "dataset.val_size 1.5 is out of range; valid: an integer count >= 0 or a fraction in [0, 1)"),  # noqa: E501
+        (("dataset", "crop_padding", 33), "dataset.crop_padding 33 is out of range"),
+        (("dataset", "std", [1, 0, 1]), "dataset.std [1.0, 0.0, 1.0] is out of range"),
+        (("dataset", "mean", [0.5, 0.5]), "dataset.mean [0.5, 0.5] has 2 values; valid: a number or a list of 3 numbers"),  # noqa: E501
+        (("method", "scope", "all"), "unknown method.scope 'all' for method 'magnitude'; choose one of: global, layerwise"),  # noqa: E501
+        (("cache", "enabled", 1), "cache.enabled 1 is not true or false"),
+    ],
+)  # fmt: skip
+def test_bad_values_are_one_line_naming_key_value_and_valid(
+    base: dict[str, Any], override: tuple[str | None, str, Any], message: str
+) -> None:
+    cfg = copy.deepcopy(base)
+    group, key, value = override
+    (cfg if group is None else cfg[group])[key] = value
+    assert message in one_line_error(cfg)
+
+
+def test_unknown_keys_name_the_valid_keys(base: dict[str, Any]) -> None:
+    cfg = copy.deepcopy(base)
+    cfg["train"]["epoch"] = 3
+    msg = one_line_error(cfg)
+    assert msg.startswith("unknown key train.epoch; valid keys of train: amp, batch_size")
+    cfg = copy.deepcopy(base)
+    cfg["dataset"]["on_bad_file"] = "skip"  # shapes reads no file
+    assert "unknown key dataset.on_bad_file; valid keys of dataset shapes:" in one_line_error(cfg)
+    cfg = copy.deepcopy(base)
+    cfg["tags"] = ["a"]
+    assert "unknown key tags; valid keys of the config: cache, dataset" in one_line_error(cfg)
+    cfg = copy.deepcopy(base)
+    cfg["model"]["depth_multiplier"] = 2  # model options are free-form: the factory checks
+    validate_config(cfg)
+
+
+def test_typed_values_are_converted_and_spelling_kept(base: dict[str, Any]) -> None:
+    cfg = copy.deepcopy(base)
+    cfg["train"]["epochs"] = "3"  # a quoted command-line value
+    cfg["train"]["weight_decay"] = 0  # an int where a float is meant stays 0 (cache key)
+    cfg["train"]["lr"] = 1
+    cfg["dataset"]["val_size"] = "100"
+    typed = validate_config(cfg)
+    assert typed.train.epochs == 3 and isinstance(typed.train.epochs, int)
+    assert typed.train.weight_decay == 0 and isinstance(typed.train.weight_decay, int)
+    assert typed.dataset.val_size == 100
+    # a valid config comes back as it was
+    assert OmegaConf.to_container(validate_config(base)) == base
+
+
+def test_interpolation_errors_are_one_line(base: dict[str, Any]) -> None:
+    cfg = OmegaConf.create({**base, "ratio": "${nope}"})
+    assert one_line_error(cfg).startswith("cannot resolve ratio: Interpolation key 'nope'")
+
+
+# ----------------------------------------------------------------------------- methods
+def test_method_options_are_typed_and_checked() -> None:
+    m = build_method({"name": "optimized", "population": "8", "ga": {"elitism": 1}}, 0.5)
+    assert m.opts.population == 8 and m.opts.ga.elitism == 1 and m.opts.sa.t0 == 1.0
+    bad = [
+        ({"ga": {"crossover_prob": 1.5}}, "method.ga.crossover_prob 1.5 is out of range for "
+         "method 'optimized'; valid: a number in [0, 1]"),
+        ({"ga": {"elitsm": 1}}, "unknown key method.ga.elitsm for method 'optimized'; valid "
+         "keys: crossover_prob, elitism"),
+        ({"search": "pso", "population": 0}, "method.population 0 is out of range"),
+        ({"population": 1}, "method.population 1 is out of range for search 'ga'"),
+        ({"layers": "conv1"}, "method.layers 'conv1' is not a list"),
+        ({"ratio": 1.0}, "method.ratio 1.0 is out of range for method 'optimized'; valid: 0 <= "
+         "ratio < 1"),
+    ]  # fmt: skip
+    for options, message in bad:
+        with pytest.raises(ConfigError) as err:
+            build_method({"name": "optimized", **options}, 0.5)
+        assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_method_without_declared_options_keeps_its_config() -> None:
+    class Legacy(Method):
+        name = "legacy"
+
+    m = Legacy({"name": "legacy", "anything": [1, 2]}, 0.5)
+    assert m.opts is None and m.cfg["anything"] == [1, 2]
+    assert Legacy.parse_options({"whatever": 1}) is None
+
+
+def test_declaring_options_in_a_method() -> None:
+    class Demo(Method):
+        name = "demo"
+
+        class Options(MethodOptions):
+            rate: Float(ge=0, lt=1) = 0.5
+            steps: Int(ge=1) = 3
+            norm: OneOf("l1", "l2") = "l1"
+            signed: Bool = False
+
+    m = Demo({"name": "demo", "steps": 5}, 0.5)
+    assert (m.opts.rate, m.opts.steps, m.opts.norm, m.opts.signed) == (0.5, 5, "l1", False)
+    with pytest.raises(ConfigError, match=r"^unknown method.norm 'l3' for method 'demo'; "):
+        Demo({"norm": "l3"}, 0.5)
+
+
+def test_describe_reads_like_the_valid_part() -> None:
+    assert describe(Int(ge=1)) == "an integer >= 1"
+    assert describe(Float(gt=0, le=1)) == "a number in (0, 1]"
+    assert describe(list[Int(ge=0)]) == "a list of integers >= 0"
+    assert describe(OneOf("a", "b") | None) == "one of: a, b, or null"
+
+    class Group(Options):
+        x: Int() = 1
+
+    with pytest.raises(ConfigError, match=r"^group 5 is not a group of keys; valid keys: x$"):
+        parse(Group, 5, "group.")
+
+
+# ----------------------------------------------------------------------------- fuzz
+def _leaves(model: type[Options], prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple, Any]]:
+    """``(path, annotation)`` of every key of ``model``, nested groups included."""
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, Options):
+            yield from _leaves(ann, (*prefix, name))
+        else:
+            yield (*prefix, name), ann
+
+
+def schema_keys(cfg: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Every key the fuzz may set: the run's own, its dataset family's, its method's."""
+    keys = [p for p, _ in _leaves(RunOptions) if p[0] not in ("model", "dataset", "method")]
+    keys += [("dataset", *p) for p, _ in _leaves(DATASET_OPTIONS[cfg["dataset"]["name"]])]
+    method = METHODS.get(cfg["method"]["name"]).Options
+    if method is not None:
+        keys += [("method", *p) for p, _ in _leaves(method)]
+    keys += [("model", "name")]
+    return [k for k in keys if k[-1] != "name" or k[0] == "model"]
+
+
+BAD_VALUES: list[Any] = [
+    "", " ", "fast", "3", "2.5", "true", "null", "-1", True, False, None, 0, 1, -1, -3, 2.5,
+    -0.5, 0.5, 1.0, 1e-12, 10**30, -(10**30), 1e308, -1e308, math.inf, -math.inf, math.nan,
+    [], [1, 2], [0.5, -1], ["a"], [[1]], {"a": 1}, {}, "global", "cosine", "skip", "nonzero",
+]  # fmt: skip
+
+
+def _set(cfg: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = cfg
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            return
+    node[path[-1]] = value
+
+
+def _would_run(cfg: Any) -> None:
+    """The parts of a run that take these values without data: optimizer, LR schedule,
+    NetScore units, the method."""
+    model = torch.nn.Linear(2, 2)
+    for stage in ("train", "finetune"):
+        settings = OmegaConf.to_container(cfg[stage])
+        optimizer = build_optimizer(model, settings)
+        sched = build_scheduler(optimizer, settings, settings["epochs"])
+        for _ in range(min(settings["epochs"], 3)):
+            optimizer.step()
+            sched.step()
+    netscore_units(OmegaConf.to_container(cfg.metrics.netscore))
+    own_ratio = cfg.method.get("ratio")
+    build_method(OmegaConf.to_container(cfg.method), cfg.ratio if own_ratio is None else own_ratio)
+
+
+@pytest.mark.parametrize(
+    "overrides", [(), ("dataset=imagenet",), ("dataset=ferplus", "method=optimized")]
+)
+def test_fuzz_overrides_validate_or_fail_in_one_line_naming_the_key(overrides: tuple) -> None:
+    rng = random.Random(16)
+    start = composed(*overrides)
+    keys = schema_keys(start)
+    accepted = rejected = 0
+    for _ in range(500):
+        cfg = copy.deepcopy(start)
+        path = rng.choice(keys)
+        value = rng.choice(BAD_VALUES)
+        if rng.random() < 0.2 and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # as quoted on the command line
+        _set(cfg, path, copy.deepcopy(value))
+        key = ".".join(path)
+        try:
+            typed = validate_config(cfg)
+        except ConfigError as err:
+            message = str(err)
+            assert "\n" not in message and len(message) < 600, message
+            # the key it names: the one set, or (a cross-key rule) a key of the same group
+            assert key in message or ".".join(path[:-1]) in message, (key, value, message)
+            rejected += 1
+            continue
+        accepted += 1
+        # Typed values are stable and usable.
+        assert validate_config(typed) == typed, (key, value)
+        _would_run(typed)
+    assert accepted > 50 and rejected > 200, (accepted, rejected)
+
+
+def test_fuzz_lists_where_scalars_are_expected_and_back(base: dict[str, Any]) -> None:
+    rng = random.Random(0)
+    for path in schema_keys(base):
+        ann = dict(_leaves(RunOptions)).get(path)
+        is_list = ann is not None and get_origin(ann) is list
+        cfg = copy.deepcopy(base)
+        _set(cfg, path, 7 if is_list else [rng.random()])
+        with pytest.raises(ConfigError) as err:
+            validate_config(cfg)
+        assert ".".join(path) in str(err.value)

@@ -233,8 +233,8 @@ def test_lambda_by_family_and_training_signature() -> None:
     [
         ({"mode": "approx"}, "unknown method.mode 'approx'"),
         ({"l1_lambda": "big"}, "method.l1_lambda 'big'"),
-        ({"min_channels": 0}, "min_channels 0.0 is out of range"),
-        ({"round_to": 0}, "round_to 0 is out of range"),
+        ({"min_channels": 0}, r"method\.min_channels 0 is out of range"),
+        ({"round_to": 0}, r"method\.round_to 0 is out of range"),
     ],
 )
 def test_bad_options_are_one_line_config_errors(override: dict, match: str) -> None:

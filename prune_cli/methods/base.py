@@ -38,20 +38,41 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
+from pydantic import BeforeValidator
 from torch import nn
 
 from prune_cli.engine.checkpoint import load_state_into
 from prune_cli.engine.hooks import TrainHooks
 from prune_cli.errors import ConfigError
-from prune_cli.options import Float, Options, Text, parse
+from prune_cli.options import Float, Int, OneOf, Options, Text, Valid, parse
 from prune_cli.pruning.groups import GROUPINGS
 from prune_cli.pruning.threshold import THRESHOLD_MODES
 
 #: The run's ratio as a method option: 0 <= ratio < 1.
 Ratio = Float(ge=0, lt=1, valid="0 <= ratio < 1")
+
+
+def _auto_or_nonnegative(value: Any) -> Any:
+    if value is None or value == "auto":
+        return "auto"
+    if isinstance(value, bool):
+        raise ValueError("is not auto or a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("is not auto or a number") from None
+    if not number >= 0 or number == float("inf"):
+        raise ValueError("is out of range")
+    return number
+
+
+#: ``auto`` (the method decides) or a number >= 0 (slimming's ``l1_lambda``).
+AutoOrNonNegative = Annotated[
+    Any, BeforeValidator(_auto_or_nonnegative), Valid("auto, or a number >= 0")
+]
 
 
 class MethodOptions(Options):
@@ -60,6 +81,27 @@ class MethodOptions(Options):
 
     name: Text("a method name") | None = None
     ratio: Ratio | None = None
+
+
+class ChannelOptions(MethodOptions):
+    """Keys of the channel-removal methods (:func:`~prune_cli.pruning.channels.channel_prune`):
+    ``groups`` (``coupled``: residual streams, concatenations, ShuffleNetV2 streams too;
+    ``single``: one-producer groups only), the threshold ``mode``, ``min_channels`` (an int, or
+    a fraction of the group if < 1) and ``round_to``."""
+
+    groups: OneOf(*GROUPINGS) = "coupled"
+    mode: OneOf(*THRESHOLD_MODES) = "exact"
+    min_channels: Float(gt=0) = 1
+    round_to: Int(ge=1) = 1
+
+    def channel_settings(self) -> dict[str, Any]:
+        """These options as :func:`channel_prune` keywords."""
+        return {
+            "grouping": self.groups,
+            "mode": self.mode,
+            "min_channels": self.min_channels,
+            "round_to": self.round_to,
+        }
 
 
 @dataclass

@@ -29,9 +29,16 @@ from typing import Any
 
 from torch import nn
 
-from prune_cli.errors import ConfigError
-from prune_cli.methods.base import Method, PruneContext, PruneResult
+from prune_cli.methods.base import (
+    AutoOrNonNegative,
+    ChannelOptions,
+    Method,
+    PruneContext,
+    PruneResult,
+    Ratio,
+)
 from prune_cli.methods.registry import METHODS
+from prune_cli.options import Bool, Float, Int, OneOf
 from prune_cli.pruning import count_pruned, magnitude_masks
 from prune_cli.pruning.channels import channel_prune, load_pruned
 from prune_cli.pruning.groups import ChannelRemovalError
@@ -46,18 +53,25 @@ log = logging.getLogger("prune_cli")
 class DoublePruning(Method):
     name = "double_pruning"
 
+    class Options(ChannelOptions):
+        """``configs/method/double_pruning.yaml``; ``mode`` applies to both stages."""
+
+        channel_ratio: Ratio | None = None
+        weight_ratio: Ratio | None = None
+        slim_finetune_epochs: Int(ge=0) | None = 1
+        l1_lambda: AutoOrNonNegative = "auto"
+        bn_init: Float() | None = None
+        weight_scope: OneOf(*SCOPES) = "global"
+        include_linear: Bool = False
+
+    opts: Options
+
     def __init__(self, cfg: Mapping[str, Any], ratio: float, seed: int = 0) -> None:
         super().__init__(cfg, ratio, seed)
-        self.sparsity = BNSparsity(self.cfg.get("l1_lambda", "auto"), self.cfg.get("bn_init"))
-        self.settings = self.channel_settings()
-        self.channel_ratio = self.fraction("channel_ratio", self.ratio)
-        self.weight_ratio = self.fraction("weight_ratio", self.ratio)
-        self.weight_scope = self.option("weight_scope", SCOPES, "global")
-        self.include_linear = bool(self.cfg.get("include_linear", False))
-        epochs = self.cfg.get("slim_finetune_epochs")
-        self.slim_epochs = None if epochs is None else int(self.number("slim_finetune_epochs", 0))
-        if self.slim_epochs is not None and self.slim_epochs < 0:
-            raise ConfigError(f"method.slim_finetune_epochs {self.slim_epochs} must be >= 0")
+        opts = self.opts
+        self.sparsity = BNSparsity(opts.l1_lambda, opts.bn_init)
+        self.channel_ratio = self.ratio if opts.channel_ratio is None else opts.channel_ratio
+        self.weight_ratio = self.ratio if opts.weight_ratio is None else opts.weight_ratio
 
     # ------------------------------------------------------------------ training
     def prepare(self, model: nn.Module) -> nn.Module:
@@ -79,7 +93,7 @@ class DoublePruning(Method):
                 self.channel_ratio,
                 input_size=ctx.input_size,
                 scope="global",
-                **self.settings,
+                **self.opts.channel_settings(),
             )
         except ChannelRemovalError as exc:
             log.warning("%s: slimming skipped, magnitude pruning only", exc)
@@ -90,19 +104,21 @@ class DoublePruning(Method):
             info["l1_lambda"] = self.sparsity.lam
             if ctx.record is not None:
                 ctx.record("slimmed", model)
-            if ctx.finetune is not None and self.slim_epochs != 0:
-                model = ctx.finetune(model, {}, "finetune_slim", self.slim_epochs)
+            epochs = self.opts.slim_finetune_epochs
+            if ctx.finetune is not None and epochs != 0:
+                model = ctx.finetune(model, {}, "finetune_slim", epochs)
                 if ctx.record is not None:
                     ctx.record("slimmed_finetuned", model)
+        opts = self.opts
         masks = magnitude_masks(
-            model, self.weight_ratio, self.weight_scope, self.settings["mode"], self.include_linear
+            model, self.weight_ratio, opts.weight_scope, opts.mode, opts.include_linear
         )
         zeros, total = count_pruned(masks)
         info.update(
             {
                 "channel_ratio": self.channel_ratio,
                 "weight_ratio": self.weight_ratio,
-                "weight_scope": self.weight_scope,
+                "weight_scope": opts.weight_scope,
                 "weights_pruned": zeros,
                 "weights_total": total,
             }

@@ -57,10 +57,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from prune_cli.errors import ConfigError
-from prune_cli.methods.base import Method, PruneContext, PruneResult
+from prune_cli.methods.base import Method, MethodOptions, PruneContext, PruneResult, Ratio
 from prune_cli.methods.registry import METHODS
+from prune_cli.options import Bool, Float, Int, OneOf, Options
 from prune_cli.pruning.channels import channel_prune, load_pruned
+from prune_cli.pruning.groups import GROUPINGS
 from prune_cli.pruning.importance import (
     FILTER_IMPORTANCES,
     MaskedFilters,
@@ -99,57 +100,60 @@ def repo_sparsity(model: nn.Module) -> tuple[int, int, float]:
 
 
 # ----------------------------------------------------------------------------- the method
+class ZhuOptions(Options):
+    """``method.zhu``: the weights of Zhu et al.'s penalty (Decorr_Reg defaults)."""
+
+    lam: Float() = 5e-4
+    eta: Float() = 1e-3
+    gamma: Float() = 5.0
+    tau: Float(ge=0) = 1e-4
+
+
 @METHODS.register("dynamic_filter")
 class DynamicFilter(Method):
     """Dynamic filter (or weight) pruning with feedback during training; see the module doc."""
 
     name = "dynamic_filter"
 
+    class Options(MethodOptions):
+        """``configs/method/dynamic_filter.yaml`` (methods.md §7)."""
+
+        rate: Ratio | None = None
+        type: OneOf(*PRUNE_TYPES) = "structured"
+        importance: OneOf(*FILTER_IMPORTANCES) = "l1_mean"
+        scope: OneOf(*SCOPES) = "global"
+        threshold_mode: OneOf(*THRESHOLD_MODES) = "exact"
+        freq: Int(ge=1) = 4
+        stop_epoch: Int(ge=0) = 225
+        schedule: OneOf(*SCHEDULES) = "constant"
+        feedback: Bool = True
+        mask_bn: Bool = False
+        remove_filters: Bool = True
+        groups: OneOf(*GROUPINGS) = "coupled"
+        reg: OneOf(*REGULARIZERS) = "none"
+        odecay: Float() = 1.0
+        cov_include_diag: Bool = True
+        zhu: ZhuOptions = ZhuOptions()
+
+    opts: Options
+
     def __init__(self, cfg: Mapping[str, Any], ratio: float, seed: int = 0) -> None:
         super().__init__(cfg, ratio, seed)
-        rate = float(self.cfg.get("rate", ratio))
-        if not 0.0 <= rate < 1.0:
-            raise ConfigError(f"method.rate {rate} is out of range; valid: 0 <= rate < 1")
-        self.ratio = self.rate = rate
-        self.type = self.option("type", PRUNE_TYPES, "structured")
-        self.importance = self.option("importance", FILTER_IMPORTANCES, "l1_mean")
-        self.scope = self.option("scope", SCOPES, "global")
-        self.schedule = self.option("schedule", SCHEDULES, "constant")
-        self.threshold_mode = self.option("threshold_mode", THRESHOLD_MODES, "exact")
-        self.reg = self.option("reg", REGULARIZERS, "none")
-        self.freq = self._int("freq", 4, 1)
-        self.stop_epoch = self._int("stop_epoch", 225, 0)
-        self.odecay = float(self.cfg.get("odecay", 1.0))
-        self.feedback = bool(self.cfg.get("feedback", True))
-        self.mask_bn = bool(self.cfg.get("mask_bn", False))
-        self.remove_filters = bool(self.cfg.get("remove_filters", True))
-        self.grouping = self.channel_settings()["grouping"]
-        self.reg_options = {
-            "include_diag": bool(self.cfg.get("cov_include_diag", True)),
-            **{k: float(v) for k, v in dict(self.cfg.get("zhu") or {}).items()},
-        }
-        unknown = set(dict(self.cfg.get("zhu") or {})) - {"lam", "eta", "gamma", "tau"}
-        if unknown:
-            raise ConfigError(
-                f"unknown method.zhu key {sorted(unknown)[0]!r}; "
-                "choose one of: eta, gamma, lam, tau"
-            )
+        opts = self.opts
+        self.ratio = self.rate = self.ratio if opts.rate is None else opts.rate
+        self.type, self.importance, self.scope = opts.type, opts.importance, opts.scope
+        self.schedule, self.threshold_mode = opts.schedule, opts.threshold_mode
+        self.freq, self.stop_epoch = opts.freq, opts.stop_epoch
+        self.reg, self.odecay = opts.reg, opts.odecay
+        self.feedback, self.mask_bn = opts.feedback, opts.mask_bn
+        self.remove_filters = opts.remove_filters
+        self.reg_options = {"include_diag": opts.cov_include_diag, **opts.zhu.model_dump()}
         self.steps_per_epoch: int | None = None
         self.updates = 0  # mask recomputations so far (this process)
         self._epoch: int | None = None
         self._i = -1
         self._bn: dict[str, str] = {}
         self._generator = torch.Generator().manual_seed(self.seed)
-
-    def _int(self, key: str, default: int, low: int) -> int:
-        value = self.cfg.get(key, default)
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            number = low - 1
-        if number < low or str(number) != str(value).strip():
-            raise ConfigError(f"method.{key} {value!r} is out of range; valid: integer >= {low}")
-        return number
 
     # ------------------------------------------------------------------ training
     def training_signature(self) -> dict[str, Any]:
@@ -321,12 +325,12 @@ class DynamicFilter(Method):
             0.0,
             input_size=ctx.input_size,
             scope="zeros",
-            grouping=self.grouping,
+            grouping=self.opts.groups,
             masks=masks,
         )
         info = pruned.info
         removal = {
-            "groups": self.grouping,
+            "groups": self.opts.groups,
             "channels": info["channels"],
             "keep": info["keep"],
             "input_size": info["input_size"],

@@ -23,28 +23,35 @@ from typing import Any
 
 from torch import nn
 
-from prune_cli.methods.base import Method, PruneContext, PruneResult
+from prune_cli.methods.base import ChannelOptions, Method, PruneContext, PruneResult
 from prune_cli.methods.registry import METHODS
+from prune_cli.options import OneOf
 from prune_cli.pruning.channels import channel_prune, load_pruned
 from prune_cli.pruning.importance import CRITERIA, FilterNorm
-from prune_cli.pruning.masks import SCOPES
 
 
 @METHODS.register("l1_filter")
 class L1FilterPruning(Method):
     name = "l1_filter"
 
+    class Options(ChannelOptions):
+        """``configs/method/l1_filter.yaml``."""
+
+        scope: OneOf("layerwise", "global") = "layerwise"
+        norm: OneOf(*CRITERIA) = "l1"
+
+    opts: Options
+
     def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
-        scope = self.option("scope", SCOPES, "layerwise")
-        norm = self.option("norm", CRITERIA, "l1")
-        importance = FilterNorm(p=1 if norm == "l1" else 2, mean=scope == "global")
+        scope = self.opts.scope
+        importance = FilterNorm(p=1 if self.opts.norm == "l1" else 2, mean=scope == "global")
         pruned = channel_prune(
             model,
             importance,
             self.ratio,
             input_size=ctx.input_size,
             scope=scope,
-            **self.channel_settings(),
+            **self.opts.channel_settings(),
         )
         return PruneResult(model=pruned.model.to(ctx.device), masks={}, info=pruned.info)
 

@@ -31,8 +31,15 @@ from typing import Any
 
 from torch import nn
 
-from prune_cli.methods.base import Method, PruneContext, PruneResult
+from prune_cli.methods.base import (
+    AutoOrNonNegative,
+    ChannelOptions,
+    Method,
+    PruneContext,
+    PruneResult,
+)
 from prune_cli.methods.registry import METHODS
+from prune_cli.options import Float
 from prune_cli.pruning.channels import channel_prune, load_pruned
 from prune_cli.pruning.importance import BNScale
 from prune_cli.pruning.regularizers import BNSparsity
@@ -42,10 +49,17 @@ from prune_cli.pruning.regularizers import BNSparsity
 class NetworkSlimming(Method):
     name = "network_slimming"
 
+    class Options(ChannelOptions):
+        """``configs/method/network_slimming.yaml``."""
+
+        l1_lambda: AutoOrNonNegative = "auto"
+        bn_init: Float() | None = None
+
+    opts: Options
+
     def __init__(self, cfg: Mapping[str, Any], ratio: float, seed: int = 0) -> None:
         super().__init__(cfg, ratio, seed)
-        self.sparsity = BNSparsity(self.cfg.get("l1_lambda", "auto"), self.cfg.get("bn_init"))
-        self.settings = self.channel_settings()
+        self.sparsity = BNSparsity(self.opts.l1_lambda, self.opts.bn_init)
 
     # ------------------------------------------------------------------ training
     def prepare(self, model: nn.Module) -> nn.Module:
@@ -69,7 +83,7 @@ class NetworkSlimming(Method):
             self.ratio,
             input_size=ctx.input_size,
             scope="global",
-            **self.settings,
+            **self.opts.channel_settings(),
         )
         pruned.info["l1_lambda"] = self.sparsity.lam
         return PruneResult(model=pruned.model.to(ctx.device), masks={}, info=pruned.info)

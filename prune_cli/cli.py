@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from prune_cli.errors import UserError, unknown_choice
+from prune_cli.errors import ConfigError, UserError, unknown_choice
 
 log = logging.getLogger("prune_cli")
 
@@ -57,6 +58,36 @@ def check_overrides(args: list[str]) -> None:
         for name in value.split(","):
             if name.strip() not in choices:
                 raise unknown_choice(key, name.strip(), choices)
+
+
+def mandatory_keys(group: str, choice: str) -> dict[str, str]:
+    """``{key: comment}`` for the keys of ``configs/<group>/<choice>.yaml`` that are ``???``
+    (no default), with the comment on their line as the hint."""
+    path = CONFIG_DIR / group / f"{choice}.yaml"
+    if not path.is_file():
+        return {}
+    keys: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"^([A-Za-z_][\w]*):\s*\?\?\?\s*(?:#\s*(.*))?$", line)
+        if match:
+            keys[match.group(1)] = (match.group(2) or "").strip()
+    return keys
+
+
+def check_mandatory(args: list[str]) -> None:
+    """``model=torchvision`` without ``model.arch=...``: one line naming the key, rather than
+    Hydra's MissingMandatoryValue traceback (it resolves ``hydra.run.dir`` from it first)."""
+    given = {arg.split("=", 1)[0].lstrip("+~") for arg in args if "=" in arg}
+    for arg in args:
+        key, _, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if key not in CHECKED_GROUPS or "(" in value or not value:
+            continue
+        for choice in value.split(","):
+            for field, hint in mandatory_keys(key, choice.strip()).items():
+                if f"{key}.{field}" not in given:
+                    detail = f" ({hint})" if hint else ""
+                    raise ConfigError(f"{key}={choice.strip()} needs {key}.{field}=...{detail}")
 
 
 def expand_resume(args: list[str]) -> list[str]:
@@ -106,6 +137,7 @@ def main() -> None:
     torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     try:
         check_overrides(args)
+        check_mandatory(args)
         args = expand_resume(args)
         if torchrun:
             from prune_cli import distributed

@@ -90,6 +90,32 @@ def check_mandatory(args: list[str]) -> None:
                     raise ConfigError(f"{key}={choice.strip()} needs {key}.{field}=...{detail}")
 
 
+#: Model configs whose options are constructor arguments they do not list (new keys to Hydra).
+OPEN_MODEL_CONFIGS = ("torchvision", "timm", "custom")
+
+
+def check_model_options(args: list[str]) -> None:
+    """``model=torchvision model.drop_rate=0.2``: Hydra wants ``+model.drop_rate=0.2`` for a key
+    the config file lacks; say so in one line rather than with Hydra's multi-line report."""
+    chosen = [
+        name.strip()
+        for arg in args
+        if arg.partition("=")[0].lstrip("+~") == "model"
+        for name in arg.partition("=")[2].split(",")
+    ]
+    if not chosen or any(name not in OPEN_MODEL_CONFIGS for name in chosen):
+        return
+    known = {
+        key for name in chosen for key in OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml")
+    }
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key.startswith("model.") and key.split(".")[1] not in known:
+            raise ConfigError(
+                f"{arg}: an option model={chosen[0]} does not list; pass it as +{key}={value}"
+            )
+
+
 def expand_resume(args: list[str]) -> list[str]:
     """``resume=RUN_DIR``: re-run that run's own overrides in its directory with resume=true."""
     out: list[str] = []
@@ -138,6 +164,7 @@ def main() -> None:
     try:
         check_overrides(args)
         check_mandatory(args)
+        check_model_options(args)
         args = expand_resume(args)
         if torchrun:
             from prune_cli import distributed

@@ -210,10 +210,15 @@ def test_custom_model_name_everywhere(tmp_path: Path) -> None:
     assert "pass model=custom model._target_=tinynets.small_cnn" in line
 
 
-def test_missing_arch_is_one_line(tmp_path: Path) -> None:
+def test_missing_arch_and_unlisted_options_are_one_line(tmp_path: Path) -> None:
     proc = prune_run("model=torchvision", cwd=tmp_path)
     assert proc.returncode == 2
     assert "model=torchvision needs model.arch=..." in _error_line(proc)
     assert "Traceback" not in proc.stderr and not (tmp_path / "outputs").exists()
     proc = prune_run("model=custom", "model.arch=x", cwd=tmp_path)
     assert "model=custom needs model._target_=..." in _error_line(proc)
+    proc = prune_run(
+        "model=torchvision", "model.arch=densenet121", "model.drop_rate=0.2", cwd=tmp_path
+    )
+    assert proc.returncode == 2
+    assert "pass it as +model.drop_rate=0.2" in _error_line(proc)

@@ -122,6 +122,34 @@ def test_structure_of_unknown_models(cls: type[nn.Module], skip: bool) -> None:
     assert is_plain(model) is (not skip)
 
 
+class Scale(nn.Module):
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return 2 * w
+
+
+class FunctionalConv(nn.Module):
+    """A conv of its own (weight held here, F.conv2d in forward), like a template-bank conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernel = nn.Parameter(torch.randn(4, 4, 3, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(x, self.kernel, padding=1)
+
+
+def test_reparameterised_and_custom_convs_are_layers() -> None:
+    model = Parallel()
+    torch.nn.utils.parametrize.register_parametrization(model.b, "weight", Scale())
+    assert has_skip_connections(model) is False
+    model.c = FunctionalConv()
+    assert model(torch.zeros(1, 3, 8, 8)).shape == (1, 10)
+    assert has_skip_connections(model) is False
+    residual = Residual()
+    residual.b = FunctionalConv()
+    assert has_skip_connections(residual) is True
+
+
 def test_untraceable_model_is_not_reported_plain() -> None:
     model = DataDependent()
     assert has_skip_connections(model) is None and not is_plain(model)

@@ -164,17 +164,23 @@ def _forward_failure(model: nn.Module, shape: tuple[int, ...]) -> str | None:
 
 def _fit_hint(name: str, image_size: int, in_channels: int, options: dict[str, object]) -> str:
     """``"; smallest image_size that fits: N"`` (and the next one above ``image_size``), or
-    ``""`` when that cannot be found."""
+    ``""`` when none up to ``max(256, 2 * image_size)`` does. Not for a user's factory, which
+    the search would call many times."""
+    parts = split_model_name(name)
+    if parts is not None and parts[0] == "custom":
+        return ""
+    limit = max(256, 2 * image_size)
+    hint = ""
     try:
-        smallest = min_image_size(name, in_channels=in_channels, **options)
+        smallest = min_image_size(name, at_most=limit, in_channels=in_channels, **options)
         hint = f"; smallest image_size that fits: {smallest}"
         if smallest < image_size:
             above = min_image_size(
-                name, at_least=image_size + 1, in_channels=in_channels, **options
+                name, at_least=image_size + 1, at_most=limit, in_channels=in_channels, **options
             )
             hint += f", next above {image_size}: {above}"
     except Exception:  # the hint is a courtesy; the error it decorates is the news
-        return hint if "hint" in locals() else ""
+        pass
     return hint
 
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import re
 import typing
 from collections.abc import Callable
 
@@ -220,7 +221,7 @@ def _check_arch(arch: str) -> Callable[..., nn.Module]:
 
 def model_class(arch: str) -> type[nn.Module]:
     """The class torchvision's builder for ``arch`` returns (from its return annotation)."""
-    return typing.get_type_hints(_check_arch(arch))["return"]
+    return typing.get_type_hints(_check_arch(arch)).get("return", nn.Module)
 
 
 def _settable(annotation: object) -> bool:
@@ -299,13 +300,13 @@ def _build(
     _check_torchvision_options(name, options, torchvision_options(arch))
     kwargs: dict[str, object] = {"num_classes": num_classes, **_DEFAULTS.get(cls, {}), **options}
     if cls is tvm.VisionTransformer:
-        patch = int(arch.rsplit("_", 1)[1])  # vit_{b,l,h}_<patch size>
-        if image_size % patch:
+        patch = re.search(r"_(\d+)$", arch)  # vit_{b,l,h}_<patch size>
+        if patch and image_size % int(patch.group(1)):
             raise InputSizeError(
-                f"model {name!r} does not fit image_size {image_size}: its patch size {patch} "
-                f"must divide the image size (e.g. {max(patch, image_size // patch * patch)})"
+                f"model {name!r} does not fit image_size {image_size}: its patch size "
+                f"{patch.group(1)} must divide the image size"
             )
-        kwargs["image_size"] = image_size
+        kwargs["image_size"] = image_size  # (the constructor asserts the same)
     if cls is tvm.MaxVit:
         kwargs["input_size"] = (image_size, image_size)
     model = _construct(name, builder, kwargs, options)

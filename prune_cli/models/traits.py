@@ -111,13 +111,19 @@ def has_skip_connections(model: nn.Module) -> bool | None:
     return _has_skip(graph, dict(model.named_modules()))
 
 
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
+
+
 class _LeafTracer(fx.Tracer):
-    """Trace containers only: a module without children is one call, whatever it does inside
-    (parametrised or custom convolutions stay opaque)."""
+    """Trace containers only: a module without children, and any conv or linear (also one with
+    a parametrisation), is one call, whatever it does inside."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return not any(True for _ in m.children()) or super().is_leaf_module(
-            m, module_qualified_name
+        return (
+            isinstance(m, _LAYERS)
+            or not any(True for _ in m.children())
+            or super().is_leaf_module(m, module_qualified_name)
         )
 
 
@@ -129,15 +135,15 @@ def _trace(model: nn.Module) -> fx.Graph | None:
 
 
 def _is_layer(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """A node that transforms features with weights: a conv or linear (or any leaf module with a
-    weight of two or more dimensions, e.g. a re-parameterised conv)."""
+    """A node that transforms features with weights: a conv or linear, or any other leaf module
+    with parameters of its own that is no normalisation (e.g. a template-bank conv)."""
     if node.op != "call_module":
         return False
     module = modules[str(node.target)]
-    if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+    if isinstance(module, _LAYERS):
         return True
-    weight = getattr(module, "weight", None)
-    return isinstance(weight, torch.Tensor) and weight.dim() >= 2
+    own = any(True for _ in module.parameters(recurse=False))
+    return own and not isinstance(module, _NORMS)
 
 
 def _tensor_nodes(graph: fx.Graph) -> set[fx.Node]:

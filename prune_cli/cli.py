@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import re
 import sys
 import tempfile
 import traceback
@@ -34,7 +35,7 @@ from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from prune_cli.errors import UserError, explain, one_line, unknown_choice
+from prune_cli.errors import ConfigError, UserError, explain, one_line, unknown_choice
 
 log = logging.getLogger("prune_cli")
 
@@ -78,6 +79,62 @@ def check_overrides(args: list[str]) -> None:
         for name in value.split(","):
             if name.strip() not in choices:
                 raise unknown_choice(key, name.strip(), choices)
+
+
+def mandatory_keys(group: str, choice: str) -> dict[str, str]:
+    """``{key: comment}`` for the keys of ``configs/<group>/<choice>.yaml`` that are ``???``
+    (no default), with the comment on their line as the hint."""
+    path = CONFIG_DIR / group / f"{choice}.yaml"
+    if not path.is_file():
+        return {}
+    keys: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"^([A-Za-z_][\w]*):\s*\?\?\?\s*(?:#\s*(.*))?$", line)
+        if match:
+            keys[match.group(1)] = (match.group(2) or "").strip()
+    return keys
+
+
+def check_mandatory(args: list[str]) -> None:
+    """``model=torchvision`` without ``model.arch=...``: one line naming the key, rather than
+    Hydra's MissingMandatoryValue traceback (it resolves ``hydra.run.dir`` from it first)."""
+    given = {arg.split("=", 1)[0].lstrip("+~") for arg in args if "=" in arg}
+    for arg in args:
+        key, _, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if key not in CHECKED_GROUPS or "(" in value or not value:
+            continue
+        for choice in value.split(","):
+            for field, hint in mandatory_keys(key, choice.strip()).items():
+                if f"{key}.{field}" not in given:
+                    detail = f" ({hint})" if hint else ""
+                    raise ConfigError(f"{key}={choice.strip()} needs {key}.{field}=...{detail}")
+
+
+#: Model configs whose options are constructor arguments they do not list (new keys to Hydra).
+OPEN_MODEL_CONFIGS = ("torchvision", "timm", "custom")
+
+
+def check_model_options(args: list[str]) -> None:
+    """``model=torchvision model.drop_rate=0.2``: Hydra wants ``+model.drop_rate=0.2`` for a key
+    the config file lacks; say so in one line rather than with Hydra's multi-line report."""
+    chosen = [
+        name.strip()
+        for arg in args
+        if arg.partition("=")[0].lstrip("+~") == "model"
+        for name in arg.partition("=")[2].split(",")
+    ]
+    if not chosen or any(name not in OPEN_MODEL_CONFIGS for name in chosen):
+        return
+    known = {
+        key for name in chosen for key in OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml")
+    }
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key.startswith("model.") and key.split(".")[1] not in known:
+            raise ConfigError(
+                f"{arg}: an option model={chosen[0]} does not list; pass it as +{key}={value}"
+            )
 
 
 def expand_resume(args: list[str]) -> list[str]:
@@ -225,6 +282,8 @@ def main() -> None:
     torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     try:
         check_overrides(args)
+        check_mandatory(args)
+        check_model_options(args)
         args = expand_resume(args)
         if torchrun:
             from prune_cli import distributed

@@ -46,7 +46,7 @@ from prune_cli.engine import (
     save_checkpoint,
     seed_everything,
 )
-from prune_cli.engine.checkpoint import state_dict_of
+from prune_cli.engine.checkpoint import load_pretrained
 from prune_cli.engine.loop import FitResult, evaluate, write_history
 from prune_cli.errors import ConfigError, explain, one_line
 from prune_cli.export import FORMATS, export_model
@@ -55,6 +55,7 @@ from prune_cli.methods import PruneContext, build_method
 from prune_cli.metrics.latency import compare_latency
 from prune_cli.metrics.report import netscore_units, stage_metrics, write_metrics_json
 from prune_cli.models import build_model
+from prune_cli.models.traits import stem_and_classifier
 from prune_cli.pruning import MaskHold
 from prune_cli.schema import validate_config
 
@@ -228,12 +229,14 @@ class Pipeline:
             path = Path(str(cfg.pretrained)).expanduser()
             if not path.is_absolute():
                 path = Path(_original_cwd()) / path
-            ckpt = load_checkpoint(path, self.device)
-            state = self.method.pretrained_state(self.model, state_dict_of(ckpt))
-            load_state_into(
-                self.model, {**ckpt, "model": state}, str(path), expect_arch=self.model_name
+            self.metrics["train"] = load_pretrained(
+                self.model,
+                path,
+                expect_arch=self.model_name,
+                map_location=self.device,
+                map_state=lambda state: self.method.pretrained_state(self.model, state),
+                replaceable=stem_and_classifier(self.model, self.data.num_classes),
             )
-            self.metrics["train"] = {"pretrained": str(path)}
         else:
             self.metrics["train"] = self._train_or_load()
         self._timed("train", time.perf_counter() - tic)

@@ -32,6 +32,8 @@ def test_wheel_ships_configs_and_runs_from_elsewhere(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "prune_cli/configs/config.yaml" in names
     assert "prune_cli/configs/model/resnet56.yaml" in names
+    for source in ("torchvision", "timm", "custom"):
+        assert f"prune_cli/configs/model/{source}.yaml" in names
     site = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), wheel],

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,9 @@ from torch import nn
 
 from prune_cli.distributed import is_main
 from prune_cli.errors import CheckpointError
+from prune_cli.models.names import model_overrides
+
+log = logging.getLogger("prune_cli")
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -39,13 +44,18 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` (or a bare state dict) safely.
 
-    Only tensors and plain containers are unpickled (``weights_only=True``). A missing or
+    Only tensors and plain containers are unpickled (``weights_only=True``); a ``.safetensors``
+    file is read with the safetensors package (which holds tensors only). A missing or
     unreadable file raises :class:`CheckpointError` naming the path.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(path, device=str(map_location))
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -77,13 +87,26 @@ def load_state_into(
     if expect_arch is not None and isinstance(arch, str) and arch != expect_arch:
         raise CheckpointError(
             f"checkpoint {source!r} is for model {arch!r}, not {expect_arch!r}; "
-            f"pass model={arch} or another checkpoint"
+            f"pass {model_overrides(arch)} or another checkpoint"
         )
     state = state_dict_of(checkpoint)
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
+    _check_fit(state, own, own, source, expect_arch or type(model).__name__)
+    model.load_state_dict(state)
+
+
+def _check_fit(
+    state: Mapping[str, torch.Tensor],
+    own: Mapping[str, torch.Tensor],
+    keys: Mapping[str, torch.Tensor],
+    source: str,
+    name: str,
+) -> None:
+    """Raise the one-line :class:`CheckpointError` if ``state`` and ``own`` differ on ``keys``
+    (missing keys, unexpected keys or shapes)."""
+    missing = [k for k in own if k in keys and k not in state]
     unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    wrong = [k for k in own if k in keys and k in state and state[k].shape != own[k].shape]
     if missing or unexpected or wrong:
         detail = []
         if missing:
@@ -96,9 +119,109 @@ def load_state_into(
                 f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} in checkpoint, "
                 f"{tuple(own[k].shape)} in model)"
             )
-        name = expect_arch or type(model).__name__
         raise CheckpointError(
             f"checkpoint {source!r} does not fit model {name!r} with this dataset: "
             + "; ".join(detail)
         )
-    model.load_state_dict(state)
+
+
+def is_own_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
+    """A checkpoint prune-cli wrote (the weights under ``"model"``), not a library's state dict."""
+    return isinstance(checkpoint.get("model"), dict)
+
+
+def load_pretrained(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    expect_arch: str,
+    map_location: str | torch.device = "cpu",
+    map_state: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+    replaceable: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Load ``pretrained=PATH`` into ``model``; returns what metrics.json records as ``train``.
+
+    ``path`` is either
+
+    - a prune-cli checkpoint (``trained.pt``, ``final.pt``...): it must be of ``expect_arch``
+      and fit exactly (:func:`load_state_into`); the record is ``{"pretrained": path}``;
+    - a library's weights file: a plain state dict (torchvision's ``resnet18-f37072fd.pth``,
+      timm's ``pytorch_model.bin`` / ``.pth``; also one wrapped as ``{"state_dict": ...}``) or a
+      ``.safetensors`` file. A layer of ``replaceable`` (module name -> role, e.g. ``{"fc":
+      "classifier", "conv1": "stem"}``, from :func:`prune_cli.models.traits.stem_and_classifier`)
+      whose keys do not fit (another number of classes; an adapted stem) keeps its fresh
+      initialisation, which is logged and recorded under ``pretrained_weights``; any other
+      mismatch raises the one-line :class:`CheckpointError`.
+
+    ``map_state`` maps the file's plain layout onto the model's (a method's
+    ``pretrained_state``, e.g. ``weight`` -> ``weight_orig``).
+    """
+    source = str(path)
+    checkpoint = load_checkpoint(path, map_location)
+    map_state = map_state or dict
+    if is_own_checkpoint(checkpoint):
+        state = map_state(state_dict_of(checkpoint))
+        load_state_into(model, {**checkpoint, "model": state}, source, expect_arch=expect_arch)
+        return {"pretrained": source}
+    wrapped = checkpoint.get("state_dict")
+    state = map_state(state_dict_of(wrapped if isinstance(wrapped, dict) else checkpoint))
+    own = model.state_dict()
+    replaced = _replaced_layers(state, own, replaceable or {})
+    kept = {k for layer in replaced.values() for k in layer["keys"]}
+    prefixes = tuple(f"{layer['layer']}." for layer in replaced.values())
+    _check_fit(
+        {k: v for k, v in state.items() if not k.startswith(prefixes)},
+        own,
+        {k: v for k, v in own.items() if k not in kept},
+        source,
+        expect_arch,
+    )
+    model.load_state_dict({k: own[k] if k in kept else state[k] for k in own})
+    loaded = len(own) - len(kept)
+    log.info("pretrained weights loaded from %s: %d of %d tensors", source, loaded, len(own))
+    for role, layer in replaced.items():
+        log.info(
+            "pretrained: %s %s replaced (kept at its fresh initialisation): %s",
+            role,
+            layer["layer"],
+            layer["reason"],
+        )
+    return {
+        "pretrained": source,
+        "pretrained_weights": {
+            "format": "safetensors" if Path(source).suffix == ".safetensors" else "state_dict",
+            "tensors_loaded": loaded,
+            "tensors_in_model": len(own),
+            "replaced": replaced,
+        },
+    }
+
+
+def _replaced_layers(
+    state: Mapping[str, torch.Tensor],
+    own: Mapping[str, torch.Tensor],
+    replaceable: Mapping[str, str],
+) -> dict[str, dict[str, Any]]:
+    """``{role: {"layer", "keys", "reason"}}`` for each replaceable layer that does not fit."""
+    replaced: dict[str, dict[str, Any]] = {}
+    for layer, role in replaceable.items():
+        prefix = f"{layer}."
+        keys = sorted({k for k in [*own, *state] if k.startswith(prefix)})
+        reason = None
+        # The weight's shapes tell most (out x in channels), so they are the reason given.
+        for k in sorted(keys, key=lambda k: ("weight" not in k.rsplit(".", 1)[-1], k)):
+            if k not in own or k not in state:
+                where = "model" if k in own else "file"
+                reason = f"{k} only in the {where}"
+            elif own[k].shape != state[k].shape:
+                shapes = f"{tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
+                reason = f"{k} is {shapes}"
+            if reason:
+                break
+        if reason:
+            replaced[role] = {
+                "layer": layer,
+                "keys": [k for k in keys if k in own],
+                "reason": reason,
+            }
+    return replaced

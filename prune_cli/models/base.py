@@ -20,6 +20,10 @@ ModelFactory = Callable[..., nn.Module]
 MODELS: Registry[ModelFactory] = Registry("model")
 
 
+class InputSizeError(ConfigError):
+    """A model that cannot take the dataset's input size (raised before or by its forward)."""
+
+
 def init_conv_bn(model: nn.Module, zero_linear_bias: bool = False) -> None:
     """The CIFAR-model initialisation: convs Kaiming-normal (fan-out, ReLU gain), BN gamma 1 and
     beta 0; linear layers PyTorch's default, with a zero bias if ``zero_linear_bias``."""

@@ -1,31 +1,60 @@
 """torchvision architectures, randomly initialised and adapted to the dataset's input.
 
-``resnet18``, ``resnet50``, ``mobilenet_v2``, ``mobilenet_v3_small``, ``mobilenet_v3_large``,
-``shufflenet_v2_x0_5``, ``shufflenet_v2_x1_0``, ``squeezenet1_1``, ``efficientnet_b0``,
-``mnasnet1_0``: torchvision's definitions with ``weights=None`` (nothing is downloaded) and
-``num_classes`` from the dataset. The config options in :data:`OPTIONS` are passed to the
-torchvision constructor; others are rejected (torchvision would silently ignore some of them).
+Two ways in, one construction:
 
-Adaptations, done generically on the *stem conv* (the first ``nn.Conv2d`` in module order) and
-the *initial max-pool* (the first ``nn.MaxPool2d``, if it runs before the second conv):
+- the registered short names ``resnet18``, ``resnet50``, ``mobilenet_v2``,
+  ``mobilenet_v3_small``, ``mobilenet_v3_large``, ``shufflenet_v2_x0_5``, ``shufflenet_v2_x1_0``,
+  ``squeezenet1_1``, ``efficientnet_b0``, ``mnasnet1_0`` (``configs/model/<name>.yaml``), whose
+  config options are the ones in :data:`OPTIONS`;
+- :func:`build_torchvision` for *any* name of :func:`torchvision_archs` (``model=torchvision
+  model.arch=<name>``, model name ``torchvision-<name>``), whose options are the constructor's
+  keyword arguments (:func:`torchvision_options`). ``model=torchvision model.arch=resnet18`` builds
+  the same module, with the same initial weights for a seed, as ``model=resnet18``.
+
+Both use torchvision's definitions with ``weights=None`` (nothing is downloaded) and
+``num_classes`` from the dataset. Options torchvision would silently ignore (some classes take
+``**kwargs``) are rejected, and so are the ones fixed here (:data:`FIXED_OPTIONS`).
+
+Adaptations, done on the *stem conv* (the first ``nn.Conv2d`` in module order) and the *initial
+max-pool* (the first ``nn.MaxPool2d``, if it runs before the second conv):
 
 - ``in_channels != 3``: the stem conv is replaced by one with the same hyper-parameters and the
   new number of input channels (Kaiming-normal fan-out init, torchvision's init for the stems of
   ResNet, MobileNet, EfficientNet and MNASNet).
-- small inputs (``image_size <= 64``: CIFAR 32 px, FER 48 px): the stem's stride becomes 1 and the
-  initial max-pool becomes ``nn.Identity``, so the last feature map keeps 2-4 px instead of 1.
-  ResNet-18/50 get the usual CIFAR stem instead: conv1 = 3x3, stride 1, padding 1, no bias.
+- small inputs (``image_size <= 64``: CIFAR 32 px, FER 48 px), for a downsampling stem (stride
+  > 1) that is not a patch embedding (kernel = stride, as in ViT, Swin and ConvNeXt, which are
+  never touched): the stem's stride becomes 1 and the initial max-pool becomes ``nn.Identity``,
+  so the last feature map keeps 2-4 px instead of 1. ResNets (``resnet*``, ``resnext*``,
+  ``wide_resnet*``) get the usual CIFAR stem instead: conv1 = 3x3, stride 1, padding 1, no
+  bias. Inception-v3's max-pool follows three stem convs; it is removed too, which is what lets
+  it take 32 px. VGG's stem has stride 1 already: VGG is torchvision's model as is (its
+  ``AdaptiveAvgPool2d(7)`` feeds the 25,088-wide classifier at any input size).
+
+Per family (``model=torchvision``): GoogLeNet and Inception-v3 are built without auxiliary
+classifiers (``aux_logits=False``: in train mode they would return a namedtuple) and with
+``init_weights=True`` (torchvision's init, without its FutureWarning); ``transform_input`` keeps
+its default (off). ViT gets ``image_size`` (its patch size must divide it; the patch embedding
+keeps its stride), MaxViT gets ``input_size`` (its partition size 7 must divide every block's
+feature map, which takes 221-224 px or more, never 32-64 px). Sizes that cannot work raise a
+one-line :class:`~prune_cli.errors.ConfigError`; :func:`prune_cli.models.min_image_size` finds
+the smallest that does.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
+import re
+import typing
 from collections.abc import Callable
 
 import torchvision.models as tvm
 from torch import nn
 
 from prune_cli.errors import ConfigError
-from prune_cli.models.base import MODELS, unknown_options
+from prune_cli.models.base import MODELS, InputSizeError, unknown_options
+from prune_cli.models.names import source_model_name
 
 SMALL_INPUT_MAX = 64
 
@@ -41,6 +70,29 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "squeezenet1_1": ("dropout",),
     "efficientnet_b0": ("dropout", "stochastic_depth_prob"),
     "mnasnet1_0": ("dropout",),
+}
+
+#: Constructor arguments set here, never by a config option, and why.
+FIXED_OPTIONS: dict[str, str] = {
+    "weights": "nothing is downloaded; train from scratch or pass pretrained=PATH (a local "
+    "weights file)",
+    "progress": "nothing is downloaded",
+    "num_classes": "it comes from the dataset",
+    "image_size": "it comes from the dataset",
+    "input_size": "it comes from the dataset",
+    "aux_logits": "the training loop takes one logits tensor, so auxiliary classifiers are off",
+}
+
+#: Keyword arguments a builder reads itself besides those of the class it returns.
+_BUILDER_OPTIONS: dict[type[nn.Module], tuple[str, ...]] = {
+    tvm.MobileNetV3: ("width_mult", "reduced_tail", "dilated"),  # _mobilenet_v3_conf
+    tvm.EfficientNet: ("dropout",),  # popped with a per-variant default
+}
+
+#: Defaults that differ from torchvision's (see the module docstring), by model class.
+_DEFAULTS: dict[type[nn.Module], dict[str, object]] = {
+    tvm.GoogLeNet: {"aux_logits": False, "init_weights": True},
+    tvm.Inception3: {"aux_logits": False, "init_weights": True},
 }
 
 
@@ -108,13 +160,18 @@ def remove_initial_maxpool(model: nn.Module) -> bool:
     return False
 
 
+def is_patch_embedding(conv: nn.Conv2d) -> bool:
+    """A non-overlapping patchify conv (kernel = stride > 1): ViT, Swin, ConvNeXt stems."""
+    return conv.stride != (1, 1) and tuple(conv.kernel_size) == tuple(conv.stride)
+
+
 def adapt_input(model: nn.Module, in_channels: int, image_size: int) -> nn.Module:
     """Apply the generic adaptations of the module docstring (stride-1 stem for small inputs)."""
-    small = image_size <= SMALL_INPUT_MAX
     _, stem = stem_conv(model)
     if stem.in_channels != in_channels:
         stem = replace_stem(model, in_channels)
-    if small:
+    downsampling = stem.stride != (1, 1) and not is_patch_embedding(stem)
+    if image_size <= SMALL_INPUT_MAX and downsampling:
         stem.stride = (1, 1)
         remove_initial_maxpool(model)
     return model
@@ -129,10 +186,135 @@ def adapt_resnet(model: nn.Module, in_channels: int, image_size: int) -> nn.Modu
     return adapt_input(model, in_channels, image_size)
 
 
-def _register(name: str) -> None:
-    constructor: Callable[..., nn.Module] = getattr(tvm, name)
-    adapt = adapt_resnet if name.startswith("resnet") else adapt_input
+def adapt_inception(model: nn.Module, in_channels: int, image_size: int) -> nn.Module:
+    """Inception-v3: the generic adaptation, plus its first max-pool (after three stem convs)."""
+    adapt_input(model, in_channels, image_size)
+    if image_size <= SMALL_INPUT_MAX:
+        model.maxpool1 = nn.Identity()
+    return model
 
+
+_ADAPTERS: dict[type[nn.Module], Callable[[nn.Module, int, int], nn.Module]] = {
+    tvm.ResNet: adapt_resnet,
+    tvm.Inception3: adapt_inception,
+}
+
+
+# ----------------------------------------------------------------------------- any model
+@functools.cache
+def torchvision_archs() -> tuple[str, ...]:
+    """Every torchvision classification model name (``torchvision.models.list_models``)."""
+    return tuple(sorted(tvm.list_models(module=tvm)))
+
+
+def _check_arch(arch: str) -> Callable[..., nn.Module]:
+    archs = torchvision_archs()
+    if arch not in archs:
+        close = difflib.get_close_matches(arch, archs, n=4, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else "e.g. densenet121, resnet50"
+        raise ConfigError(
+            f"unknown torchvision model {arch!r}; {hint} (one of the {len(archs)} names of "
+            "torchvision.models.list_models(module=torchvision.models), listed in the README)"
+        )
+    return tvm.get_model_builder(arch)
+
+
+def model_class(arch: str) -> type[nn.Module]:
+    """The class torchvision's builder for ``arch`` returns (from its return annotation)."""
+    return typing.get_type_hints(_check_arch(arch)).get("return", nn.Module)
+
+
+def _settable(annotation: object) -> bool:
+    """Can a config value (number, string, bool, list) be this argument? Not for layer types,
+    callables or torchvision's config objects."""
+    text = str(annotation)
+    return not any(s in text for s in ("Callable", "type[", "Module", "torchvision."))
+
+
+def torchvision_options(arch: str) -> list[str]:
+    """The config options of ``model=torchvision model.arch=<arch>``: the keyword arguments of
+    the model class's constructor that a config value can set, the ones its builder reads, minus
+    :data:`FIXED_OPTIONS`. (An argument the builder itself passes, such as ``growth_rate`` of
+    ``densenet121``, is refused by torchvision when given, as a one-line error.)"""
+    cls = model_class(arch)
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names = [
+        name
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if name != "self"
+        and p.kind in keyword
+        and p.default is not inspect.Parameter.empty
+        and _settable(p.annotation)
+    ]
+    names += _BUILDER_OPTIONS.get(cls, ())
+    return sorted(set(names) - set(FIXED_OPTIONS))
+
+
+def _check_torchvision_options(name: str, options: dict[str, object], valid: list[str]) -> None:
+    for key in sorted(options):
+        if key in FIXED_OPTIONS:
+            raise ConfigError(
+                f"model {name!r}: option {key!r} is not supported ({FIXED_OPTIONS[key]})"
+            )
+    unknown = set(options) - set(valid)
+    if unknown:
+        raise unknown_options(name, unknown, valid)
+
+
+def _construct(
+    name: str,
+    builder: Callable[..., nn.Module],
+    kwargs: dict[str, object],
+    options: dict[str, object],
+) -> nn.Module:
+    try:
+        return builder(weights=None, **kwargs)
+    except (TypeError, ValueError, AssertionError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if options:
+            raise ConfigError(f"model {name!r}: bad option value(s) {options}: {reason}") from None
+        raise InputSizeError(f"model {name!r} cannot be built for this input: {reason}") from None
+
+
+def build_torchvision(
+    arch: str, num_classes: int, in_channels: int, image_size: int, **options: object
+) -> nn.Module:
+    """torchvision's ``arch`` (any name of :func:`torchvision_archs`), ``weights=None``, adapted
+    to ``(in_channels, image_size)`` as the module docstring says; ``options`` are passed to its
+    constructor (:func:`torchvision_options`)."""
+    name = source_model_name("torchvision", arch)
+    return _build(name, arch, num_classes, in_channels, image_size, options)
+
+
+def _build(
+    name: str,
+    arch: str,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    options: dict[str, object],
+) -> nn.Module:
+    """:func:`build_torchvision`, with ``name`` (registered or ``torchvision-<arch>``) in errors."""
+    builder = _check_arch(arch)
+    cls = model_class(arch)
+    _check_torchvision_options(name, options, torchvision_options(arch))
+    kwargs: dict[str, object] = {"num_classes": num_classes, **_DEFAULTS.get(cls, {}), **options}
+    if cls is tvm.VisionTransformer:
+        patch = re.search(r"_(\d+)$", arch)  # vit_{b,l,h}_<patch size>
+        if patch and image_size % int(patch.group(1)):
+            raise InputSizeError(
+                f"model {name!r} does not fit image_size {image_size}: its patch size "
+                f"{patch.group(1)} must divide the image size"
+            )
+        kwargs["image_size"] = image_size  # (the constructor asserts the same)
+    if cls is tvm.MaxVit:
+        kwargs["input_size"] = (image_size, image_size)
+    model = _construct(name, builder, kwargs, options)
+    return _ADAPTERS.get(cls, adapt_input)(model, in_channels, image_size)
+
+
+# ----------------------------------------------------------------------------- registered names
+def _register(name: str) -> None:
     def factory(
         num_classes: int, in_channels: int, image_size: int, **options: object
     ) -> nn.Module:
@@ -144,8 +326,7 @@ def _register(name: str) -> None:
         unknown = set(options) - set(OPTIONS[name])
         if unknown:
             raise unknown_options(name, unknown, OPTIONS[name])
-        model = constructor(weights=None, num_classes=num_classes, **options)
-        return adapt(model, in_channels, image_size)
+        return _build(name, name, num_classes, in_channels, image_size, options)
 
     factory.__name__ = name
     factory.__doc__ = f"torchvision {name} (weights=None), adapted to the input."

@@ -36,13 +36,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torchvision.models as tvm
 from torch import nn
 
 from prune_cli.errors import ConfigError
 from prune_cli.metrics.counting import count_params
-from prune_cli.models.cifar_resnet import CifarResNet
-from prune_cli.models.wide_resnet import WideResNet
+from prune_cli.models import traits
 from prune_cli.sharing.layers import (
     COEFFICIENT_KINDS,
     SConv2d,
@@ -125,7 +123,7 @@ def shufflenet_plans(
     return plans
 
 
-def resnet_plans(model: CifarResNet | WideResNet) -> list[BankPlan]:
+def resnet_plans(model: nn.Module) -> list[BankPlan]:
     """Savarese & Maire's rule on a (wide) CIFAR ResNet: 3x3 convs after the first block of a
     stage. On WRN-28-10 this is SWRN-28-10-k: 3 banks of 6 layers (160, 320, 640 channels)."""
     plans: list[BankPlan] = []
@@ -140,12 +138,13 @@ def resnet_plans(model: CifarResNet | WideResNet) -> list[BankPlan]:
 
 
 def is_shufflenet(model: nn.Module) -> bool:
-    return isinstance(model, tvm.ShuffleNetV2)
+    """torchvision's ShuffleNetV2 (:func:`prune_cli.models.traits.is_shufflenet_v2`)."""
+    return traits.is_shufflenet_v2(model)
 
 
 def is_cifar_resnet(model: nn.Module) -> bool:
-    """A CIFAR ResNet or a Wide ResNet: three stages ``layer1..3`` of ``conv1``/``conv2`` blocks."""
-    return isinstance(model, (CifarResNet, WideResNet))
+    """A CIFAR ResNet or a Wide ResNet (:func:`prune_cli.models.traits.is_cifar_resnet`)."""
+    return traits.is_cifar_resnet(model)
 
 
 def templates_per_bank(ks: int | Sequence[int], plans: Sequence[BankPlan]) -> dict[str, int]:

@@ -20,7 +20,7 @@ take the others down. The summary line prints the count beside Torch-Pruning's p
 coverage of torchvision (77 of 85 models; ShuffleNetV2 at every width and the Swin models fail).
 
     OMP_NUM_THREADS=2 python scripts/bench_coverage.py                    # everything (~1 h)
-    python scripts/bench_coverage.py --models resnet18 densenet121 --ratio 0.5
+    python scripts/bench_coverage.py --models torchvision-densenet121 resnet56 --ratio 0.5
     python scripts/bench_coverage.py --out docs/coverage.md               # also write the table
 """
 
@@ -48,23 +48,17 @@ def all_models() -> list[str]:
 
     from prune_cli.models import MODELS
 
-    return [f"torchvision/{a}" for a in tvm.list_models(module=tvm)] + list(MODELS.names())
+    return [f"torchvision-{a}" for a in tvm.list_models(module=tvm)] + list(MODELS.names())
 
 
 def build(name: str) -> tuple[nn.Module, tuple[int, int, int]]:
-    """The dense model ``name`` (``torchvision/<arch>`` or a registered short name) at the
-    smallest convenient input, randomly initialised with randomised BN statistics."""
+    """The dense model ``name`` (``torchvision-<arch>`` or a registered short name) at the
+    smallest input from 32 px that it fits, randomly initialised, BN statistics randomised."""
     from prune_cli.models import build_model, min_image_size
 
-    if name.startswith("torchvision/"):
-        arch = name.split("/", 1)[1]
-        size = max(32, min_image_size("torchvision", arch))
-        kwargs: dict = {"arch": arch}
-        source = "torchvision"
-    else:
-        size, kwargs, source = 32, {}, name
+    size = min_image_size(name, at_least=32)
     torch.manual_seed(0)
-    model = build_model(source, num_classes=10, in_channels=3, image_size=size, **kwargs)
+    model = build_model(name, num_classes=10, in_channels=3, image_size=size)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for m in model.modules():
@@ -213,7 +207,7 @@ def main() -> None:
         return
     names = args.models or all_models()
     if args.skip_huge:
-        names = [n for n in names if n.split("/")[-1] not in HUGE]
+        names = [n for n in names if n.split("-")[-1] not in HUGE]
     rows = []
     for name in names:
         cmd = [sys.executable, __file__, "--worker", "--models", name, "--ratio", str(args.ratio)]
@@ -229,8 +223,8 @@ def main() -> None:
             row = {"model": name, "error": f"timeout after {args.timeout}s"}
         rows.append(row)
         print(table([row]).splitlines()[-1], flush=True)
-    tv = [r for r in rows if r["model"].startswith("torchvision/")]
-    ours = [r for r in rows if not r["model"].startswith("torchvision/")]
+    tv = [r for r in rows if r["model"].startswith("torchvision-")]
+    ours = [r for r in rows if not r["model"].startswith("torchvision-")]
     summary = (
         f"torchvision: {sum(map(passed, tv))}/{len(tv)} models pass (a), (b), (c) "
         f"(Torch-Pruning's published table: {TORCH_PRUNING_PUBLISHED}); "

@@ -14,7 +14,6 @@ import math
 
 import pytest
 import torch
-import torchvision.models as tvm
 from torch import nn
 
 from prune_cli.errors import ConfigError
@@ -55,9 +54,8 @@ def registered(name: str) -> nn.Module:
 
 
 def torchvision_model(arch: str) -> nn.Module:
-    torch.manual_seed(0)
-    kwargs = {"aux_logits": False, "init_weights": True} if arch == "googlenet" else {}
-    return randomise(getattr(tvm, arch)(weights=None, num_classes=10, **kwargs))
+    """``model=torchvision model.arch=<arch>`` at 32 px (small-input stem)."""
+    return registered(f"torchvision-{arch}")
 
 
 def keep_from(info: dict, groups) -> dict[str, torch.Tensor]:

@@ -41,7 +41,7 @@ from prune_cli.engine import (
     seed_everything,
 )
 from prune_cli.engine.checkpoint import state_dict_of
-from prune_cli.engine.loop import FitResult, evaluate, write_history
+from prune_cli.engine.loop import FitResult, StageFiles, evaluate, write_history
 from prune_cli.errors import ConfigError
 from prune_cli.export import FORMATS, export_model
 from prune_cli.io import atomic_write_text
@@ -244,17 +244,17 @@ class Pipeline:
                 log.info("dense model loaded from %s (trained once, shared)", trained)
                 summary["from_cache"] = True
             else:
+                files = StageFiles(
+                    "train", entry, None if cached else self.history_csv, cached or self.resume
+                )
                 result = fit(
                     self.model,
                     self.data,
                     _plain(cfg.train),
                     device=self.device,
-                    stage="train",
-                    ckpt_dir=entry,
+                    files=files,
                     hooks=self.method,
                     seed=self.seed,
-                    resume=cached or self.resume,
-                    history_csv=None if cached else self.history_csv,
                 )
                 summary = self._fit_summary(result, self.model, int(cfg.train.epochs))
                 history = result.history
@@ -334,18 +334,17 @@ class Pipeline:
         if epochs is not None:
             settings["epochs"] = int(epochs)
         tic = time.perf_counter()
+        files = StageFiles(
+            stage, self.ckpt_dir, self.history_csv, self.resume, {"masks": dict(masks)}
+        )
         result = fit(
             model,
             self.data,
             settings,
             device=self.device,
-            stage=stage,
-            ckpt_dir=self.ckpt_dir,
+            files=files,
             hooks=MaskHold(model, masks) if masks else None,
             seed=self.seed + 1,
-            resume=self.resume,
-            history_csv=self.history_csv,
-            extra_state={"masks": dict(masks)},
         )
         self.metrics[stage] = self._fit_summary(result, model, int(settings["epochs"]))
         self._timed(stage, time.perf_counter() - tic)

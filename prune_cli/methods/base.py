@@ -23,6 +23,7 @@ from torch import nn
 
 from prune_cli.engine.checkpoint import load_state_into
 from prune_cli.engine.hooks import TrainHooks
+from prune_cli.engine.loop import EvalResult, evaluate
 from prune_cli.errors import ConfigError
 
 
@@ -52,6 +53,12 @@ class PruneContext:
     input_size: tuple[int, int, int]
     finetune: Callable[..., nn.Module] | None = None
     record: Callable[[str, nn.Module], Any] | None = None
+
+    def evaluate(self, model: nn.Module, split: str = "test", batch_size: int = 256) -> EvalResult:
+        """Mean cross-entropy and top-1/top-5 of ``model`` on ``split`` of the run's data (eval
+        mode, no augmentation), e.g. to compare candidate masks on the test split."""
+        loader = self.data.loader(split, batch_size, train=False, device=self.device)
+        return evaluate(model, loader, self.device)
 
 
 class Method(TrainHooks):

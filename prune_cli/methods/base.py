@@ -10,6 +10,11 @@ The pipeline calls, in order::
 A method is one module under ``prune_cli/methods`` registered under its config name with
 ``@METHODS.register("name")``. It never calls the pipeline; when it needs more than one
 prune/fine-tune round it uses the callbacks of :class:`PruneContext`.
+
+This module is the methods' one door to the layers below the toolbox (the training hooks,
+checkpoint loading, evaluation): a method module itself imports only this module, the registry,
+``prune_cli.pruning`` and ``prune_cli.sharing`` (tests/test_layers.py). :class:`SharingMethod` is
+the base of the parameter-sharing methods.
 """
 
 from __future__ import annotations
@@ -25,6 +30,13 @@ from prune_cli.engine.checkpoint import load_state_into
 from prune_cli.engine.hooks import TrainHooks
 from prune_cli.engine.loop import EvalResult, evaluate
 from prune_cli.errors import ConfigError
+from prune_cli.sharing import (
+    BankPlan,
+    SharingSummary,
+    TemplateSetting,
+    parse_templates,
+    sharing_report,
+)
 
 
 @dataclass
@@ -117,3 +129,84 @@ class Method(TrainHooks):
         """
         load_state_into(model, dict(checkpoint), source)
         return model
+
+
+class SharingMethod(Method):
+    """Base of the parameter-sharing methods (methods.md §9); subclasses define :meth:`plans`.
+
+    Sharing re-parameterises the model *before training*, which then trains it from scratch
+    through the normal pipeline:
+
+    - ``prepare(model)`` replaces the planned convs by template-generated convs
+      (:meth:`prune_cli.sharing.TemplateSetting.share`, deterministic given the run seed, so that
+      a trained checkpoint reloads into a freshly prepared model).
+    - ``training_signature()`` holds the resolved templates per bank, the coefficient kind and
+      the plan, so the trained-model cache keys every variant separately.
+    - ``prune()`` prunes nothing: it returns the model unchanged with no masks and reports in
+      ``prune_info`` :func:`prune_cli.sharing.sharing_report` (parameter reduction against the
+      unshared model, templates per bank, MACs, the materialisation check).
+    - ``prunes = False``: the pipeline skips fine-tuning. Sharing is decided before training and
+      training *is* the training of the shared model, so another round at the fine-tuning
+      settings would only give the shared model more epochs than the ``method=none`` baseline it
+      is compared with (which also skips fine-tuning).
+
+    ``ratio`` is the *target fraction of parameters removed*, used only when
+    ``templates_per_stage`` is ``auto`` (:mod:`prune_cli.sharing.setting`).
+    """
+
+    prunes: ClassVar[bool] = False
+    #: The coefficient kinds a subclass accepts in ``method.coefficients``.
+    coefficient_kinds: ClassVar[tuple[str, ...]] = ("scalar",)
+
+    def __init__(self, cfg: Mapping[str, Any], ratio: float, seed: int = 0) -> None:
+        super().__init__(cfg, ratio, seed)
+        self.summary: SharingSummary | None = None
+        self.bank_plans: list[BankPlan] = []
+        coefficients = self.option("coefficients", self.coefficient_kinds, "scalar")
+        templates = parse_templates(self.cfg.get("templates_per_stage", 2))
+        self.setting = TemplateSetting(templates, coefficients, self.ratio)
+
+    # ------------------------------------------------------------------ subclass interface
+    def plans(self, model: nn.Module) -> list[BankPlan]:
+        """The banks to create on ``model`` (raise ConfigError for an unsupported model)."""
+        raise NotImplementedError
+
+    def plan_description(self) -> str:
+        """One line naming which convs share, for ``prune_info`` and the cache key."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ Method interface
+    def prepare(self, model: nn.Module) -> nn.Module:
+        plans = self.plans(model)
+        self.bank_plans = plans
+        self.summary = self.setting.share(model, plans, self.seed)
+        return model
+
+    def training_signature(self) -> dict[str, Any]:
+        templates: Any = self.summary.templates if self.summary else self.setting.templates
+        return {
+            "sharing": self.name,
+            "plan": self.plan_description(),
+            "templates": templates,
+            "coefficients": self.setting.coefficients,
+            "init": "kaiming_templates+orthogonal_coefficients",
+        }
+
+    def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
+        if self.summary is None:
+            raise RuntimeError(f"method {self.name!r}: prune() called before prepare()")
+        report = sharing_report(
+            model,
+            self.summary,
+            self.bank_plans,
+            self.setting,
+            input_size=ctx.input_size,
+            device=ctx.device,
+            seed=ctx.seed,
+        )
+        info: dict[str, Any] = {
+            "sharing": self.plan_description(),
+            **report,
+            "finetune": "skipped: sharing is trained from scratch; nothing is pruned",
+        }
+        return PruneResult(model=model, masks={}, info=info)

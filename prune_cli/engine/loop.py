@@ -331,7 +331,7 @@ def fit(
     settings = FitSettings.from_cfg(cfg)
     trainer = _build_trainer(model, data, settings, device, hooks or TrainHooks(), seed)
     result = FitResult(select_split=trainer.select_split)
-    start_epoch = restore_last(trainer, files, result) if files.resume else 0
+    start_epoch = _restore_last(trainer, files, result) if files.resume else 0
     if result.best_epoch is not None and files.best.is_file():
         result.best_path = files.best
     trainer.hooks.on_fit_start(model, settings.epochs, len(trainer.train_loader))
@@ -341,12 +341,12 @@ def fit(
     for epoch in range(start_epoch, settings.epochs):
         tic = time.perf_counter()
         lr = trainer.optimizer.param_groups[0]["lr"]
-        train_stats, ev = train_and_evaluate(trainer, settings, files, epoch)
+        train_stats, ev = _train_and_evaluate(trainer, settings, files, epoch)
         elapsed = time.perf_counter() - tic
         result.seconds += elapsed
-        row = history_row(files.stage, epoch, lr, train_stats, trainer.select_split, ev, elapsed)
+        row = _history_row(files.stage, epoch, lr, train_stats, trainer.select_split, ev, elapsed)
         result.history.append(row)
-        save_epoch(trainer, files, result, epoch, ev.top1, settings.select_best)
+        _save_epoch(trainer, files, result, epoch, ev.top1, settings.select_best)
         if files.history_csv is not None:
             write_history(files.history_csv, files.stage, result.history)
         log.info(
@@ -396,7 +396,7 @@ def _build_trainer(
     )
 
 
-def restore_last(trainer: _Trainer, files: StageFiles, result: FitResult) -> int:
+def _restore_last(trainer: _Trainer, files: StageFiles, result: FitResult) -> int:
     """Load ``{stage}_last.pt`` when there is one: weights, optimizer, schedule, CPU RNG and
     the bookkeeping so far go back into ``trainer`` and ``result``. Returns the first epoch
     still to train (0 when there is nothing to resume)."""
@@ -414,7 +414,7 @@ def restore_last(trainer: _Trainer, files: StageFiles, result: FitResult) -> int
     return int(state["epoch"])
 
 
-def train_and_evaluate(
+def _train_and_evaluate(
     trainer: _Trainer, settings: FitSettings, files: StageFiles, epoch: int
 ) -> tuple[tuple[torch.Tensor, torch.Tensor, int], EvalResult]:
     """One epoch of training, the end-of-epoch hook and schedule step, then the evaluation.
@@ -459,7 +459,7 @@ def train_and_evaluate(
     return (loss_sum, correct, seen), ev
 
 
-def history_row(
+def _history_row(
     stage: str,
     epoch: int,
     lr: float,
@@ -484,7 +484,7 @@ def history_row(
     }
 
 
-def save_epoch(
+def _save_epoch(
     trainer: _Trainer,
     files: StageFiles,
     result: FitResult,

@@ -2,9 +2,14 @@
 
 An entry is keyed by a hash of everything that affects dense training (model, dataset, training
 settings, seed, determinism, and any training-time change a method makes, such as a sparsity
-regulariser). Jobs that start at once take an exclusive ``flock`` on the entry: the first trains
-(resumably, inside the entry), the others wait and then load the finished checkpoint, which is
-written atomically, so nobody ever reads a torn file or trains twice.
+regulariser: :func:`training_payload`). Jobs that start at once take an exclusive ``flock`` on the
+entry: the first trains (resumably, inside the entry), the others wait and then load the finished
+checkpoint, which is written atomically, so nobody ever reads a torn file or trains twice.
+
+An entry directory holds ``key.json`` (the payload, for humans), ``trained.pt`` (weights, the
+training summary and history) and, while training, the per-epoch ``train_last.pt``. The run
+directory gets ``checkpoints/trained.pt`` as a hard link to the entry's (a copy across
+filesystems). With the cache off, the same happens inside the run directory.
 """
 
 from __future__ import annotations
@@ -13,15 +18,61 @@ import contextlib
 import fcntl
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
+from torch import nn
+
+from prune_cli import distributed
+from prune_cli.engine.checkpoint import load_checkpoint, load_state_into, save_checkpoint
+from prune_cli.engine.loop import StageFiles
+from prune_cli.io import atomic_write_text
+
+log = logging.getLogger("prune_cli")
+
+#: Bumped when the meaning of a trained checkpoint changes, so that old entries are not reused.
+PAYLOAD_VERSION = 1
+#: Dataset settings that do not change the trained weights (left out of the key).
+NOT_IN_KEY = ("num_workers",)
 
 
 def cache_key(payload: Mapping[str, Any]) -> str:
     """A short, stable hash of a JSON-able description of the training run."""
     text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def training_payload(
+    *,
+    model: Mapping[str, Any],
+    dataset: Mapping[str, Any],
+    train: Mapping[str, Any],
+    seed: int,
+    deterministic: bool,
+    method_training: Mapping[str, Any],
+    device_type: str,
+) -> dict[str, Any]:
+    """Everything that affects dense training, as plain data: what :func:`cache_key` hashes.
+
+    ``model``, ``dataset`` and ``train`` are the resolved config nodes; ``method_training`` is
+    :meth:`prune_cli.methods.Method.training_signature`.
+    """
+    return {
+        "model": model,
+        "dataset": {k: v for k, v in dataset.items() if k not in NOT_IN_KEY},
+        "train": train,
+        "seed": seed,
+        "deterministic": deterministic,
+        "method_training": method_training,
+        "device_type": device_type,
+        "version": PAYLOAD_VERSION,
+    }
 
 
 @contextlib.contextmanager
@@ -34,3 +85,110 @@ def entry_lock(entry: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_json_once(path: Path, payload: Mapping[str, Any]) -> None:
+    """Describe a cache entry next to it (what was trained), for humans."""
+    if not path.is_file():
+        atomic_write_text(path, json.dumps(payload, indent=2, default=str, sort_keys=True) + "\n")
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link a cached checkpoint into the run directory (free), copying across filesystems."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+@dataclass
+class Trained:
+    """The outcome of :meth:`TrainedCache.train_or_load`: the ``train`` summary of
+    ``metrics.json`` and the stage's ``history.csv`` rows."""
+
+    summary: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+#: Trains the model in place, writing where the :class:`StageFiles` say; returns the summary
+#: and the history rows.
+TrainFn = Callable[[StageFiles], tuple[dict[str, Any], list[dict[str, Any]]]]
+
+
+@dataclass(frozen=True)
+class TrainedCache:
+    """The ``cache`` config node: whether dense training is shared, and where entries live."""
+
+    enabled: bool
+    directory: Path
+
+    def entry(self, label: str, payload: Mapping[str, Any]) -> Path:
+        """The entry directory of ``payload``; ``label`` (model_dataset) is for humans."""
+        return Path(self.directory) / f"{label}_{cache_key(payload)}"
+
+    def train_or_load(
+        self,
+        model: nn.Module,
+        payload: Mapping[str, Any],
+        run: StageFiles,
+        *,
+        label: str,
+        arch: str,
+        device: torch.device,
+        train: TrainFn,
+    ) -> Trained:
+        """Load the trained weights of ``payload`` into ``model``, or train them with ``train``.
+
+        ``run`` is the run's own ``train`` stage (its checkpoint directory, history CSV and
+        ``resume``). With the cache on, training happens (resumably) in the entry and
+        ``run.ckpt_dir/trained.pt`` links to the entry's; with it off, it happens in
+        ``run.ckpt_dir`` and a finished ``trained.pt`` there is reused only with ``resume``.
+        ``arch`` (the model name) is checked against the checkpoint's.
+        """
+        cached = self.enabled
+        entry = self.entry(label, payload) if cached else Path(run.ckpt_dir)
+        trained = entry / "trained.pt"
+        # Under torchrun only rank 0 takes the lock and decides; a rank waiting on the lock
+        # while rank 0 trains would deadlock the gradient all-reduce.
+        lock = entry_lock(entry) if cached and distributed.is_main() else contextlib.nullcontext()
+        with lock:
+            if cached:
+                write_json_once(entry / "key.json", payload)
+            if distributed.broadcast_object(trained.is_file()) and (cached or run.resume):
+                result = _load(model, trained, arch, device)
+            else:
+                files = StageFiles(
+                    stage=run.stage,
+                    ckpt_dir=entry,
+                    history_csv=None if cached else run.history_csv,
+                    resume=cached or run.resume,
+                )
+                result = _train(model, trained, arch, files, train)
+        if cached and distributed.is_main():
+            link_or_copy(trained, Path(run.ckpt_dir) / "trained.pt")
+            result.summary["cache_entry"] = str(entry)
+        return result
+
+
+def _load(model: nn.Module, trained: Path, arch: str, device: torch.device) -> Trained:
+    ckpt = load_checkpoint(trained, device)
+    load_state_into(model, ckpt, str(trained), expect_arch=arch)
+    summary = dict(ckpt.get("summary", {}))
+    history = list(ckpt.get("history", []))
+    log.info("dense model loaded from %s (trained once, shared)", trained)
+    summary["from_cache"] = True
+    return Trained(summary, history)
+
+
+def _train(
+    model: nn.Module, trained: Path, arch: str, files: StageFiles, train: TrainFn
+) -> Trained:
+    summary, history = train(files)
+    save_checkpoint(
+        trained,
+        {"model": model.state_dict(), "arch": arch, "summary": summary, "history": history},
+    )
+    summary["from_cache"] = False
+    return Trained(summary, history)

@@ -20,12 +20,9 @@ are re-raised as the one-line :class:`~prune_cli.errors.UserError` that :func:`e
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,21 +33,19 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from prune_cli import distributed
-from prune_cli.cache import cache_key, entry_lock
+from prune_cli.cache import TrainedCache, training_payload
 from prune_cli.data import build_dataset
 from prune_cli.engine import (
     fit,
     load_checkpoint,
-    load_state_into,
     resolve_device,
     save_checkpoint,
     seed_everything,
 )
 from prune_cli.engine.checkpoint import load_pretrained
-from prune_cli.engine.loop import FitResult, evaluate, write_history
+from prune_cli.engine.loop import FitResult, FitSettings, StageFiles, evaluate, write_history
 from prune_cli.errors import ConfigError, explain, one_line
 from prune_cli.export import FORMATS, export_model
-from prune_cli.io import atomic_write_text
 from prune_cli.methods import PruneContext, build_method
 from prune_cli.metrics.latency import compare_latency
 from prune_cli.metrics.report import netscore_units, stage_metrics, write_metrics_json
@@ -73,16 +68,6 @@ def _peek(cfg: DictConfig, key: str) -> Any:
         return OmegaConf.select(cfg, key)
     except Exception:  # any OmegaConf error: the check comes in validate()
         return None
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link a cached checkpoint into the run directory (free), copying across filesystems."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.unlink(missing_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def check_ratio(ratio: Any) -> float:
@@ -243,73 +228,45 @@ class Pipeline:
         self.baseline_model = copy.deepcopy(self.model)
         self.record("baseline", self.model)
 
-    def _training_payload(self) -> dict[str, Any]:
-        cfg = self.cfg
-        dataset = {k: v for k, v in _plain(cfg.dataset).items() if k not in ("num_workers",)}
-        return {
-            "model": _plain(cfg.model),
-            "dataset": dataset,
-            "train": _plain(cfg.train),
-            "seed": self.seed,
-            "deterministic": bool(cfg.get("deterministic", False)),
-            "method_training": self.method.training_signature(),
-            "device_type": self.device.type,
-            "version": 1,
-        }
-
     def _train_or_load(self) -> dict[str, Any]:
+        """Dense training through the trained-model cache (:mod:`prune_cli.cache`)."""
         cfg = self.cfg
-        payload = self._training_payload()
-        cached = bool(cfg.cache.enabled)
-        if cached:
-            key = cache_key(payload)
-            entry = Path(str(cfg.cache.dir)) / f"{self.model_name}_{cfg.dataset.name}_{key}"
-        else:
-            entry = self.ckpt_dir
-        trained = entry / "trained.pt"
-        # Under torchrun only rank 0 takes the lock and decides; a rank waiting on the lock
-        # while rank 0 trains would deadlock the gradient all-reduce.
-        lock = entry_lock(entry) if cached and distributed.is_main() else contextlib.nullcontext()
-        with lock:
-            if cached:
-                write_json_once(entry / "key.json", payload)
-            if distributed.broadcast_object(trained.is_file()) and (cached or self.resume):
-                ckpt = load_checkpoint(trained, self.device)
-                load_state_into(self.model, ckpt, str(trained), expect_arch=self.model_name)
-                summary = dict(ckpt.get("summary", {}))
-                history = list(ckpt.get("history", []))
-                log.info("dense model loaded from %s (trained once, shared)", trained)
-                summary["from_cache"] = True
-            else:
-                result = fit(
-                    self.model,
-                    self.data,
-                    _plain(cfg.train),
-                    device=self.device,
-                    stage="train",
-                    ckpt_dir=entry,
-                    hooks=self.method,
-                    seed=self.seed,
-                    resume=cached or self.resume,
-                    history_csv=None if cached else self.history_csv,
-                )
-                summary = self._fit_summary(result, self.model, int(cfg.train.epochs))
-                history = result.history
-                save_checkpoint(
-                    trained,
-                    {
-                        "model": self.model.state_dict(),
-                        "arch": self.model_name,
-                        "summary": summary,
-                        "history": history,
-                    },
-                )
-                summary["from_cache"] = False
-        if cached and distributed.is_main():
-            _link_or_copy(trained, self.ckpt_dir / "trained.pt")
-            summary["cache_entry"] = str(entry)
-        write_history(self.history_csv, "train", history)
-        return summary
+        payload = training_payload(
+            model=_plain(cfg.model),
+            dataset=_plain(cfg.dataset),
+            train=_plain(cfg.train),
+            seed=self.seed,
+            deterministic=bool(cfg.get("deterministic", False)),
+            method_training=self.method.training_signature(),
+            device_type=self.device.type,
+        )
+        cache = TrainedCache(bool(cfg.cache.enabled), Path(str(cfg.cache.dir)))
+        run = StageFiles("train", self.ckpt_dir, self.history_csv, self.resume)
+        trained = cache.train_or_load(
+            self.model,
+            payload,
+            run,
+            label=f"{self.model_name}_{cfg.dataset.name}",
+            arch=self.model_name,
+            device=self.device,
+            train=self._train_dense,
+        )
+        write_history(self.history_csv, "train", trained.history)
+        return trained.summary
+
+    def _train_dense(self, files: StageFiles) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Train ``self.model`` with the ``train`` settings and the method's training hooks."""
+        settings = FitSettings.from_cfg(_plain(self.cfg.train))
+        result = fit(
+            self.model,
+            self.data,
+            settings,
+            device=self.device,
+            files=files,
+            hooks=self.method,
+            seed=self.seed,
+        )
+        return self._fit_summary(result, self.model, settings.epochs), result.history
 
     def prune(self) -> None:
         tic = time.perf_counter()
@@ -371,18 +328,17 @@ class Pipeline:
         if epochs is not None:
             settings["epochs"] = int(epochs)
         tic = time.perf_counter()
+        files = StageFiles(
+            stage, self.ckpt_dir, self.history_csv, self.resume, {"masks": dict(masks)}
+        )
         result = fit(
             model,
             self.data,
             settings,
             device=self.device,
-            stage=stage,
-            ckpt_dir=self.ckpt_dir,
+            files=files,
             hooks=MaskHold(model, masks) if masks else None,
             seed=self.seed + 1,
-            resume=self.resume,
-            history_csv=self.history_csv,
-            extra_state={"masks": dict(masks)},
         )
         self.metrics[stage] = self._fit_summary(result, model, int(settings["epochs"]))
         self._timed(stage, time.perf_counter() - tic)
@@ -467,12 +423,6 @@ class Pipeline:
             if self.metrics["status"] == "completed":
                 raise
             log.error("could not record the failure in %s: %s", self.metrics_path, exc)
-
-
-def write_json_once(path: Path, payload: Mapping[str, Any]) -> None:
-    """Describe a cache entry next to it (what was trained), for humans."""
-    if not path.is_file():
-        atomic_write_text(path, json.dumps(payload, indent=2, default=str, sort_keys=True) + "\n")
 
 
 def _original_cwd() -> str:

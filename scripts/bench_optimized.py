@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from prune_cli.data import build_dataset
-from prune_cli.engine import fit, load_checkpoint, load_state_into, resolve_device
+from prune_cli.engine import StageFiles, fit, load_checkpoint, load_state_into, resolve_device
 from prune_cli.engine.loop import evaluate
 from prune_cli.methods import PruneContext, build_method
 from prune_cli.models import build_model
@@ -66,7 +66,7 @@ def main() -> None:
     else:
         train_cfg = {"epochs": args.epochs, "batch_size": 128, "lr": 0.1, "schedule": "cosine"}
         with tempfile.TemporaryDirectory() as tmp:
-            fit(model, data, train_cfg, device=device, stage="train", ckpt_dir=Path(tmp))
+            fit(model, data, train_cfg, device=device, files=StageFiles("train", Path(tmp)))
     test = data.loader("test", 256, train=False, device=device)
     dense = evaluate(model, test, device)
     print(

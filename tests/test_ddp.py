@@ -21,7 +21,7 @@ from torch import nn
 
 from prune_cli.data.base import DatasetBundle, Split
 from prune_cli.data.loaders import TensorLoader, shard_slice
-from prune_cli.engine.loop import evaluate, fit
+from prune_cli.engine.loop import StageFiles, evaluate, fit
 
 
 def bundle(n_train: int = 40, n_test: int = 22) -> DatasetBundle:
@@ -95,7 +95,8 @@ def _train(ckpt_dir: Path) -> tuple[dict, list, dict]:
     torch.manual_seed(0)
     model = NoBN()
     data = bundle()
-    result = fit(model, data, CFG, device=torch.device("cpu"), stage="train", ckpt_dir=ckpt_dir)
+    files = StageFiles("train", ckpt_dir)
+    result = fit(model, data, CFG, device=torch.device("cpu"), files=files)
     ev = evaluate(model, data.loader("test", 16, train=False), "cpu").as_dict()
     return model.state_dict(), result.history, ev
 

@@ -7,7 +7,15 @@ import torch
 from conftest import TinyNet
 
 from prune_cli.data import build_dataset
-from prune_cli.engine import TrainHooks, evaluate, fit, load_checkpoint, save_checkpoint
+from prune_cli.engine import (
+    FitSettings,
+    StageFiles,
+    TrainHooks,
+    evaluate,
+    fit,
+    load_checkpoint,
+    save_checkpoint,
+)
 from prune_cli.engine.checkpoint import load_state_into
 from prune_cli.engine.optim import build_optimizer, lr_factor, param_groups
 from prune_cli.errors import CheckpointError, ConfigError, NonFiniteLossError
@@ -78,9 +86,7 @@ def test_fit_trains_writes_history_and_checkpoints(data, tmp_path) -> None:
         data,
         {**CFG, "epochs": 3},
         device=torch.device("cpu"),
-        stage="train",
-        ckpt_dir=tmp_path,
-        history_csv=tmp_path / "history.csv",
+        files=StageFiles("train", tmp_path, history_csv=tmp_path / "history.csv"),
     )
     lines = (tmp_path / "history.csv").read_text().splitlines()
     assert lines[0].startswith("stage,epoch,lr,train_loss") and len(lines) == 4
@@ -116,18 +122,46 @@ def test_resume_continues_from_last_epoch_and_matches_uninterrupted_run(data, tm
 
     cpu = torch.device("cpu")
     straight = fresh()
-    fit(straight, data, cfg, device=cpu, stage="t", ckpt_dir=tmp_path / "a", seed=3)
+    fit(straight, data, cfg, device=cpu, files=StageFiles("t", tmp_path / "a"), seed=3)
     interrupted = fresh()
     with pytest.raises(KeyboardInterrupt):
-        fit(interrupted, data, cfg, device=cpu, stage="t", ckpt_dir=tmp_path / "b", seed=3,
+        fit(interrupted, data, cfg, device=cpu, files=StageFiles("t", tmp_path / "b"), seed=3,
             hooks=_Interrupt(at=2))  # fmt: skip
     assert load_checkpoint(tmp_path / "b" / "t_last.pt")["epoch"] == 2
     resumed = fresh()  # a new process: weights come from the checkpoint, not from memory
-    res = fit(resumed, data, cfg, device=cpu, stage="t", ckpt_dir=tmp_path / "b", seed=3)
+    res = fit(resumed, data, cfg, device=cpu, files=StageFiles("t", tmp_path / "b"), seed=3)
     assert [r["epoch"] for r in res.history] == [1, 2, 3]
+    # Same batches, same RNG stream, same optimizer state: bit-identical, BN statistics included.
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
-        if a.is_floating_point():
-            assert torch.allclose(a, b, atol=1e-5), k
+        assert torch.equal(a, b), k
+
+
+def test_stage_files_extra_state_and_no_resume(data, tmp_path) -> None:
+    cpu = torch.device("cpu")
+    mask = {"conv1.weight": torch.ones(8, 3, 3, 3)}
+    files = StageFiles("ft", tmp_path, extra_state={"masks": mask})
+    assert files.last == tmp_path / "ft_last.pt" and files.best == tmp_path / "ft_best.pt"
+    fit(TinyNet(), data, {**CFG, "epochs": 1}, device=cpu, files=files)
+    last = load_checkpoint(files.last)
+    assert last["epoch"] == 1 and torch.equal(last["masks"]["conv1.weight"], mask["conv1.weight"])
+    # resume=False starts again from epoch 1 although a finished checkpoint is there
+    again = StageFiles("ft", tmp_path, resume=False)
+    res = fit(TinyNet(), data, {**CFG, "epochs": 2}, device=cpu, files=again)
+    assert [r["epoch"] for r in res.history] == [1, 2]
+    assert "masks" not in load_checkpoint(files.last)
+
+
+def test_fit_settings_are_typed_and_bad_values_are_one_line_errors() -> None:
+    s = FitSettings.from_cfg({**CFG, "amp": True, "select_best": False})
+    assert (s.epochs, s.batch_size, s.eval_batch_size) == (2, 32, 64)
+    assert s.amp and not s.channels_last and not s.select_best and s.label_smoothing == 0.0
+    assert s.optim["lr"] == 0.05 and FitSettings.from_cfg(s) is s
+    assert FitSettings.from_cfg({"epochs": 0, "batch_size": 1}).eval_batch_size == 256
+    for key, value in [("epochs", "ten"), ("epochs", -1), ("batch_size", 0), ("epochs", True)]:
+        with pytest.raises(ConfigError, match=f"training setting {key} .* valid: an integer >="):
+            FitSettings.from_cfg({**CFG, key: value})
+    with pytest.raises(ConfigError, match="training setting batch_size None"):
+        FitSettings.from_cfg({"epochs": 1})
 
 
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(data, tmp_path) -> None:
@@ -141,8 +175,8 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(data, tmp_pa
             return torch.tensor(float("nan")) if self.epoch == 1 else None
 
     with pytest.raises(NonFiniteLossError) as err:
-        fit(TinyNet(), data, {**CFG, "epochs": 3}, device=torch.device("cpu"), stage="train",
-            ckpt_dir=tmp_path, hooks=NanAtEpoch2())  # fmt: skip
+        fit(TinyNet(), data, {**CFG, "epochs": 3}, device=torch.device("cpu"),
+            files=StageFiles("train", tmp_path), hooks=NanAtEpoch2())  # fmt: skip
     message = str(err.value)
     assert "\n" not in message and "nan" in message and "epoch 2" in message
     assert "last good checkpoint" in message

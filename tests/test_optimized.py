@@ -23,8 +23,8 @@ from prune_cli.data.base import DatasetBundle, Split
 from prune_cli.engine import load_checkpoint
 from prune_cli.errors import ConfigError
 from prune_cli.methods import PruneContext, build_method
-from prune_cli.methods.optimized import build_layout, fitness_batches
 from prune_cli.pruning import masks_from_scores, prunable_weights
+from prune_cli.pruning.retention import build_layout, fitness_batches
 from prune_cli.pruning.search import (
     GAConfig,
     Problem,

@@ -2,13 +2,15 @@
 
 from prune_cli.engine.checkpoint import load_checkpoint, load_state_into, save_checkpoint
 from prune_cli.engine.hooks import CompositeHooks, TrainHooks
-from prune_cli.engine.loop import EvalResult, FitResult, evaluate, fit
+from prune_cli.engine.loop import EvalResult, FitResult, FitSettings, StageFiles, evaluate, fit
 from prune_cli.engine.seed import resolve_device, seed_everything
 
 __all__ = [
     "CompositeHooks",
     "EvalResult",
     "FitResult",
+    "FitSettings",
+    "StageFiles",
     "TrainHooks",
     "evaluate",
     "fit",

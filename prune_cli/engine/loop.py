@@ -27,7 +27,7 @@ from prune_cli import distributed
 from prune_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from prune_cli.engine.hooks import TrainHooks
 from prune_cli.engine.optim import build_optimizer, build_scheduler
-from prune_cli.errors import NonFiniteLossError
+from prune_cli.errors import ConfigError, NonFiniteLossError
 from prune_cli.io import atomic_write_text
 
 log = logging.getLogger("prune_cli")
@@ -219,147 +219,298 @@ def train_one_epoch(
     return loss_sum, correct, seen
 
 
+@dataclass(frozen=True)
+class FitSettings:
+    """The settings of one training stage: a ``train`` or ``finetune`` config node, typed.
+
+    ``optim`` holds the node for :mod:`prune_cli.engine.optim`, which reads and validates its
+    keys (lr, momentum, nesterov, weight_decay, schedule, milestones, gamma, warmup_epochs).
+    ``amp`` and ``channels_last`` are requests: they take effect on CUDA only.
+    """
+
+    epochs: int
+    batch_size: int
+    eval_batch_size: int = 256
+    label_smoothing: float = 0.0
+    amp: bool = False
+    channels_last: bool = False
+    select_best: bool = True
+    optim: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping[str, Any] | FitSettings) -> FitSettings:
+        """Read a config node (a :class:`FitSettings` is returned as it is)."""
+        if isinstance(cfg, FitSettings):
+            return cfg
+        return cls(
+            epochs=_integer(cfg, "epochs", None, 0),
+            batch_size=_integer(cfg, "batch_size", None, 1),
+            eval_batch_size=_integer(cfg, "eval_batch_size", 256, 1),
+            label_smoothing=float(cfg.get("label_smoothing", 0.0)),
+            amp=bool(cfg.get("amp", False)),
+            channels_last=bool(cfg.get("channels_last", False)),
+            select_best=bool(cfg.get("select_best", True)),
+            optim=dict(cfg),
+        )
+
+
+def _integer(cfg: Mapping[str, Any], key: str, default: int | None, low: int) -> int:
+    """``cfg[key]`` as an integer ``>= low`` (``default`` when absent; None: required)."""
+    value = cfg.get(key, default)
+    try:
+        number = int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = low - 1
+    if isinstance(value, bool) or number < low:
+        raise ConfigError(
+            f"training setting {key} {value!r} is invalid; valid: an integer >= {low}"
+        )
+    return number
+
+
+@dataclass(frozen=True)
+class StageFiles:
+    """Where a training stage writes, and whether it resumes from what is there.
+
+    ``ckpt_dir/{stage}_last.pt`` is written after every epoch, with ``extra_state`` (e.g. the
+    masks) added to it, and ``{stage}_best.pt`` whenever the selection accuracy improves; the
+    stage's rows of ``history_csv`` (None: no CSV) are rewritten after every epoch. ``stage``
+    also names the stage in the history rows and the log.
+    """
+
+    stage: str
+    ckpt_dir: Path
+    history_csv: Path | None = None
+    resume: bool = True
+    extra_state: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def last(self) -> Path:
+        return Path(self.ckpt_dir) / f"{self.stage}_last.pt"
+
+    @property
+    def best(self) -> Path:
+        return Path(self.ckpt_dir) / f"{self.stage}_best.pt"
+
+
+@dataclass
+class _Trainer:
+    """What one :func:`fit` call trains with."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    hooks: TrainHooks
+    train_loader: Any
+    eval_loader: Any
+    select_split: str
+    device: torch.device
+    amp: bool
+    channels_last: bool
+    forward: nn.Module | None = None  # the DDP wrapper of ``model`` in a distributed run
+
+
 def fit(
     model: nn.Module,
     data: Any,
-    cfg: Mapping[str, Any],
+    cfg: Mapping[str, Any] | FitSettings,
     *,
     device: torch.device,
-    stage: str,
-    ckpt_dir: Path,
+    files: StageFiles,
     hooks: TrainHooks | None = None,
     seed: int = 0,
-    resume: bool = True,
-    history_csv: Path | None = None,
-    extra_state: dict[str, Any] | None = None,
 ) -> FitResult:
-    """Train ``model`` in place for ``cfg.epochs`` epochs on ``data`` (a DatasetBundle).
+    """Train ``model`` in place for ``epochs`` epochs on ``data`` (a DatasetBundle).
 
-    ``cfg`` keys: epochs, batch_size, lr, momentum, nesterov, weight_decay, schedule, milestones,
-    gamma, warmup_epochs, label_smoothing, amp, channels_last, eval_batch_size, select_best.
-    ``ckpt_dir/{stage}_last.pt`` is written after every epoch; with ``resume`` an existing one is
-    loaded and training continues after its last completed epoch. ``extra_state`` (e.g. masks) is
-    stored in every checkpoint.
+    ``cfg``: a ``train``/``finetune`` config node or its :class:`FitSettings`. ``files`` names
+    the stage and where it writes; with ``files.resume`` an existing ``{stage}_last.pt`` is
+    loaded and training continues after its last completed epoch. ``seed`` seeds the shuffle
+    and augmentation of the training batches. Each epoch is evaluated on the validation split
+    (the test split when there is none: then "best" is chosen on test and labelled so).
     """
-    hooks = hooks or TrainHooks()
-    epochs = int(cfg["epochs"])
-    amp = bool(cfg.get("amp", False)) and device.type == "cuda"
-    cl = bool(cfg.get("channels_last", False)) and device.type == "cuda"
-    if cl:
-        model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, epochs)
-    # Distributed: the batch size is the global batch, split evenly across ranks.
-    distributed.local_batch_size(int(cfg["batch_size"]))
-    train_loader = data.loader(
-        "train", int(cfg["batch_size"]), train=True, device=device, seed=seed, drop_last=False
-    )
-    select_split = "val" if data.has_split("val") else "test"
-    eval_loader = data.loader(
-        select_split, int(cfg.get("eval_batch_size", 256)), train=False, device=device
-    )
-    smoothing = float(cfg.get("label_smoothing", 0.0))
-    select_best = bool(cfg.get("select_best", True))
-
-    last_path = ckpt_dir / f"{stage}_last.pt"
-    best_path = ckpt_dir / f"{stage}_best.pt"
-    result = FitResult(select_split=select_split)
-    start_epoch = 0
-    if resume and last_path.is_file():
-        state = load_checkpoint(last_path, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_cpu"].cpu())
-        start_epoch = int(state["epoch"])
-        result.history = list(state["history"])
-        result.best_epoch = state.get("best_epoch")
-        result.best_top1 = state.get("best_top1")
-        result.seconds = float(state.get("seconds", 0.0))
-    if result.best_epoch is not None and best_path.is_file():
-        result.best_path = best_path
-
-    steps_per_epoch = len(train_loader)
-    hooks.on_fit_start(model, epochs, steps_per_epoch)
-    ddp_model = distributed.wrap_ddp(model, device) if distributed.is_distributed() else None
+    settings = FitSettings.from_cfg(cfg)
+    trainer = _build_trainer(model, data, settings, device, hooks or TrainHooks(), seed)
+    result = FitResult(select_split=trainer.select_split)
+    start_epoch = _restore_last(trainer, files, result) if files.resume else 0
+    if result.best_epoch is not None and files.best.is_file():
+        result.best_path = files.best
+    trainer.hooks.on_fit_start(model, settings.epochs, len(trainer.train_loader))
+    if distributed.is_distributed():
+        trainer.forward = distributed.wrap_ddp(model, device)
     model.train()
-    for epoch in range(start_epoch, epochs):
+    for epoch in range(start_epoch, settings.epochs):
         tic = time.perf_counter()
-        train_loader.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        bar = tqdm(
-            train_loader,
-            desc=f"{stage} {epoch + 1}/{epochs}",
-            leave=False,
-            dynamic_ncols=True,
-            mininterval=1.0,
-        )
-        loss_sum, correct, seen = train_one_epoch(
-            model,
-            bar,
-            optimizer,
-            hooks,
-            device=device,
-            epoch=epoch,
-            steps_per_epoch=steps_per_epoch,
-            smoothing=smoothing,
-            amp=amp,
-            channels_last=cl,
-            on_check=lambda total, i, e=epoch: _check_finite(
-                _reduced(total), stage, e, i, last_path
-            ),
-            forward=ddp_model,
-        )
-        if distributed.is_distributed():
-            distributed.sync_buffers(model)
-            images = torch.tensor(float(seen), dtype=torch.float64, device=device)
-            sums = torch.stack([loss_sum, correct.double(), images])
-            distributed.all_reduce_sum(sums)
-            loss_sum, correct, seen = sums[0], sums[1].long(), int(sums[2])
-        hooks.on_epoch_end(model, epoch)
-        scheduler.step()
-        ev = evaluate(model, eval_loader, device, amp=amp, channels_last=cl)
+        lr = trainer.optimizer.param_groups[0]["lr"]
+        train_stats, ev = _train_and_evaluate(trainer, settings, files, epoch)
         elapsed = time.perf_counter() - tic
         result.seconds += elapsed
-        row = {
-            "stage": stage,
-            "epoch": epoch + 1,
-            "lr": lr,
-            "train_loss": round(loss_sum.item() / max(seen, 1), 6),
-            "train_top1": round(100.0 * correct.item() / max(seen, 1), 4),
-            "eval_split": select_split,
-            "eval_loss": round(ev.loss, 6),
-            "eval_top1": round(ev.top1, 4),
-            "eval_top5": round(ev.top5, 4),
-            "time_s": round(elapsed, 3),
-        }
+        row = _history_row(files.stage, epoch, lr, train_stats, trainer.select_split, ev, elapsed)
         result.history.append(row)
-        if select_best and (result.best_top1 is None or ev.top1 > result.best_top1):
-            result.best_epoch, result.best_top1 = epoch + 1, ev.top1
-            save_checkpoint(best_path, {"model": model.state_dict(), "epoch": epoch + 1})
-            result.best_path = best_path
-        save_checkpoint(
-            last_path,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng_cpu": torch.get_rng_state(),
-                "epoch": epoch + 1,
-                "history": result.history,
-                "best_epoch": result.best_epoch,
-                "best_top1": result.best_top1,
-                "seconds": result.seconds,
-                **(extra_state or {}),
-            },
-        )
-        if history_csv is not None:
-            write_history(history_csv, stage, result.history)
+        _save_epoch(trainer, files, result, epoch, ev.top1, settings.select_best)
+        if files.history_csv is not None:
+            write_history(files.history_csv, files.stage, result.history)
         log.info(
-            f"[{stage}] epoch {epoch + 1}/{epochs} lr {lr:.4g} loss {row['train_loss']:.4f} "
-            f"train {row['train_top1']:.2f}% {select_split} {ev.top1:.2f}% ({elapsed:.1f}s)"
+            f"[{files.stage}] epoch {epoch + 1}/{settings.epochs} lr {lr:.4g} "
+            f"loss {row['train_loss']:.4f} train {row['train_top1']:.2f}% "
+            f"{trainer.select_split} {ev.top1:.2f}% ({elapsed:.1f}s)"
         )
-    if history_csv is not None and result.history:
-        write_history(history_csv, stage, result.history)
+    if files.history_csv is not None and result.history:
+        write_history(files.history_csv, files.stage, result.history)
     distributed.barrier()  # rank 0's checkpoints are on disk before any rank reads them
     return result
+
+
+def _build_trainer(
+    model: nn.Module,
+    data: Any,
+    settings: FitSettings,
+    device: torch.device,
+    hooks: TrainHooks,
+    seed: int,
+) -> _Trainer:
+    """Optimizer, schedule and loaders of a stage; ``model`` goes channels-last when asked."""
+    on_cuda = device.type == "cuda"
+    channels_last = settings.channels_last and on_cuda
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, settings.optim)
+    scheduler = build_scheduler(optimizer, settings.optim, settings.epochs)
+    # Distributed: the batch size is the global batch, split evenly across ranks.
+    distributed.local_batch_size(settings.batch_size)
+    train_loader = data.loader(
+        "train", settings.batch_size, train=True, device=device, seed=seed, drop_last=False
+    )
+    select_split = "val" if data.has_split("val") else "test"
+    eval_loader = data.loader(select_split, settings.eval_batch_size, train=False, device=device)
+    return _Trainer(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        hooks=hooks,
+        train_loader=train_loader,
+        eval_loader=eval_loader,
+        select_split=select_split,
+        device=device,
+        amp=settings.amp and on_cuda,
+        channels_last=channels_last,
+    )
+
+
+def _restore_last(trainer: _Trainer, files: StageFiles, result: FitResult) -> int:
+    """Load ``{stage}_last.pt`` when there is one: weights, optimizer, schedule, CPU RNG and
+    the bookkeeping so far go back into ``trainer`` and ``result``. Returns the first epoch
+    still to train (0 when there is nothing to resume)."""
+    if not files.last.is_file():
+        return 0
+    state = load_checkpoint(files.last, map_location=trainer.device)
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng_cpu"].cpu())
+    result.history = list(state["history"])
+    result.best_epoch = state.get("best_epoch")
+    result.best_top1 = state.get("best_top1")
+    result.seconds = float(state.get("seconds", 0.0))
+    return int(state["epoch"])
+
+
+def _train_and_evaluate(
+    trainer: _Trainer, settings: FitSettings, files: StageFiles, epoch: int
+) -> tuple[tuple[torch.Tensor, torch.Tensor, int], EvalResult]:
+    """One epoch of training, the end-of-epoch hook and schedule step, then the evaluation.
+
+    Returns (loss sum, correct count, images) over the epoch, summed over ranks, and the
+    evaluation on the selection split.
+    """
+    model, device = trainer.model, trainer.device
+    trainer.train_loader.set_epoch(epoch)
+    bar = tqdm(
+        trainer.train_loader,
+        desc=f"{files.stage} {epoch + 1}/{settings.epochs}",
+        leave=False,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
+    loss_sum, correct, seen = train_one_epoch(
+        model,
+        bar,
+        trainer.optimizer,
+        trainer.hooks,
+        device=device,
+        epoch=epoch,
+        steps_per_epoch=len(trainer.train_loader),
+        smoothing=settings.label_smoothing,
+        amp=trainer.amp,
+        channels_last=trainer.channels_last,
+        on_check=lambda total, i: _check_finite(_reduced(total), files.stage, epoch, i, files.last),
+        forward=trainer.forward,
+    )
+    if distributed.is_distributed():
+        distributed.sync_buffers(model)
+        images = torch.tensor(float(seen), dtype=torch.float64, device=device)
+        sums = torch.stack([loss_sum, correct.double(), images])
+        distributed.all_reduce_sum(sums)
+        loss_sum, correct, seen = sums[0], sums[1].long(), int(sums[2])
+    trainer.hooks.on_epoch_end(model, epoch)
+    trainer.scheduler.step()
+    ev = evaluate(
+        model, trainer.eval_loader, device, amp=trainer.amp, channels_last=trainer.channels_last
+    )
+    return (loss_sum, correct, seen), ev
+
+
+def _history_row(
+    stage: str,
+    epoch: int,
+    lr: float,
+    train_stats: tuple[torch.Tensor, torch.Tensor, int],
+    eval_split: str,
+    ev: EvalResult,
+    seconds: float,
+) -> dict[str, Any]:
+    """The ``history.csv`` row of one epoch (``epoch`` counted from 0; the row counts from 1)."""
+    loss_sum, correct, seen = train_stats
+    return {
+        "stage": stage,
+        "epoch": epoch + 1,
+        "lr": lr,
+        "train_loss": round(loss_sum.item() / max(seen, 1), 6),
+        "train_top1": round(100.0 * correct.item() / max(seen, 1), 4),
+        "eval_split": eval_split,
+        "eval_loss": round(ev.loss, 6),
+        "eval_top1": round(ev.top1, 4),
+        "eval_top5": round(ev.top5, 4),
+        "time_s": round(seconds, 3),
+    }
+
+
+def _save_epoch(
+    trainer: _Trainer,
+    files: StageFiles,
+    result: FitResult,
+    epoch: int,
+    top1: float,
+    select_best: bool,
+) -> None:
+    """After epoch ``epoch``: ``{stage}_best.pt`` when ``top1`` beats the best so far (and
+    ``select_best``), then ``{stage}_last.pt``, everything a resume needs."""
+    model = trainer.model
+    if select_best and (result.best_top1 is None or top1 > result.best_top1):
+        result.best_epoch, result.best_top1 = epoch + 1, top1
+        save_checkpoint(files.best, {"model": model.state_dict(), "epoch": epoch + 1})
+        result.best_path = files.best
+    save_checkpoint(
+        files.last,
+        {
+            "model": model.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": trainer.scheduler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "epoch": epoch + 1,
+            "history": result.history,
+            "best_epoch": result.best_epoch,
+            "best_top1": result.best_top1,
+            "seconds": result.seconds,
+            **files.extra_state,
+        },
+    )

@@ -21,7 +21,8 @@ Models:
   soft sharing restricted to the pointwise convs.)
 
 ``templates_per_stage``: ``k`` per bank (default 2), a list of one ``k`` per stage, or ``auto``
-(closest reduction to ``ratio``). See :mod:`prune_cli.methods.sharing_common` for the rest.
+(closest reduction to ``ratio``). Training, reporting and the materialisation check:
+:class:`prune_cli.methods.base.SharingMethod` on :mod:`prune_cli.sharing`.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from typing import Any
 from torch import nn
 
 from prune_cli.errors import ConfigError
+from prune_cli.methods.base import SharingMethod
 from prune_cli.methods.registry import METHODS
-from prune_cli.methods.sharing_common import SharingMethod
 from prune_cli.sharing import (
     BankPlan,
     is_cifar_resnet,

@@ -19,7 +19,7 @@ Options (``configs/method/template_reuse*.yaml``):
 
 The parameter counts for ``k = 1..4`` are the table of §9.3 (e.g. ``shufflenet_v2_x1_0``, k = 2:
 1,888,432 with the ImageNet head, 965,932 with the CIFAR-100 head). Training, reporting and the
-materialisation check: :mod:`prune_cli.methods.sharing_common`.
+materialisation check: :class:`prune_cli.methods.base.SharingMethod` on :mod:`prune_cli.sharing`.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Any
 from torch import nn
 
 from prune_cli.errors import ConfigError
+from prune_cli.methods.base import SharingMethod
 from prune_cli.methods.registry import METHODS
-from prune_cli.methods.sharing_common import SharingMethod
 from prune_cli.sharing import COEFFICIENT_KINDS, BankPlan, is_shufflenet, shufflenet_plans
 
 

@@ -442,3 +442,21 @@ def simulated_annealing(
 
 
 SEARCHES = ("ga", "pso", "sa")
+
+
+def run_search(
+    search: str,
+    problem: Problem,
+    cfg: GAConfig | PSOConfig | SAConfig,
+    rng: np.random.Generator,
+    progress: bool = True,
+) -> SearchResult:
+    """Dispatch to the search named ``search`` (``ga`` | ``pso`` | ``sa``)."""
+    if search == "ga":
+        assert isinstance(cfg, GAConfig)
+        return genetic_search(problem, cfg, rng, progress)
+    if search == "pso":
+        assert isinstance(cfg, PSOConfig)
+        return binary_pso(problem, cfg, rng, progress)
+    assert isinstance(cfg, SAConfig)
+    return simulated_annealing(problem, cfg, rng, progress)

@@ -1,0 +1,150 @@
+"""Imports flow one way (docs/design.md, "Code layout"):
+
+    cli -> pipeline -> methods -> {pruning, sharing} -> {engine, models, data, metrics}
+
+Nothing below imports anything above it, and a method imports only ``methods/base``, the method
+registry, ``pruning/``, ``sharing/`` (and ``errors``): never another method, never the layers
+under the toolbox directly. Imports are read from the source with ``ast`` (function-level and
+``TYPE_CHECKING`` imports included), so a violation fails here before it becomes a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import prune_cli
+
+PACKAGE = Path(prune_cli.__file__).parent
+
+#: The layer of every top-level module or subpackage of prune_cli; a module may import modules of
+#: its own layer or below. New modules must be placed here (test_every_module_has_a_layer).
+LAYERS: dict[str, int] = {
+    # shared utilities at the bottom, imported from everywhere
+    "__init__": 0,
+    "configs": 0,
+    "errors": 0,
+    "io": 0,
+    "registry": 0,
+    "distributed": 0,
+    # training, models, data, counting; export writes a model in portable formats
+    "engine": 1,
+    "models": 1,
+    "data": 1,
+    "metrics": 1,
+    "export": 1,
+    # the toolbox
+    "pruning": 2,
+    "sharing": 2,
+    # the recipes
+    "methods": 3,
+    # the stages, and the trained-model cache the train stage goes through
+    "pipeline": 4,
+    "cache": 4,
+    # entry points: prune-run, its Hydra callbacks, prune-report
+    "cli": 5,
+    "callbacks": 5,
+    "report": 5,
+}
+LAYER_NAMES = ["utilities", "engine/models/data/metrics", "pruning/sharing", "methods",
+               "pipeline", "cli"]  # fmt: skip
+
+#: What a method module may import from prune_cli (the package itself and anything below).
+METHOD_IMPORTS = (
+    "prune_cli.methods.base",
+    "prune_cli.methods.registry",
+    "prune_cli.pruning",
+    "prune_cli.sharing",
+    "prune_cli.errors",
+)
+#: The methods package's own plumbing: the interface, the registry, the package that imports
+#: every method to register it. Checked by the layer rule only.
+METHOD_PLUMBING = {"__init__", "base", "registry"}
+#: Method modules that still break the rule; the lead's channel_prune work fixes them.
+KNOWN_METHOD_VIOLATIONS = {"l1_filter", "network_slimming", "double_pruning", "dynamic_filter"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_imports(path: Path) -> set[str]:
+    """The prune_cli modules ``path`` imports (``from prune_cli import x`` counts as
+    ``prune_cli.x``; relative imports are resolved)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "prune_cli")
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            if base.split(".")[0] != "prune_cli":
+                continue
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                is_module = (PACKAGE.parent / sub.replace(".", "/")).with_suffix(".py").is_file()
+                is_package = (PACKAGE.parent / sub.replace(".", "/") / "__init__.py").is_file()
+                found.add(sub if is_module or is_package else base)
+    return found
+
+
+def layer_of(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.get(parts[1] if len(parts) > 1 else "__init__")
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+METHOD_MODULES = sorted(
+    p for p in (PACKAGE / "methods").glob("*.py") if p.stem not in METHOD_PLUMBING
+)
+
+
+def test_every_module_has_a_layer() -> None:
+    unplaced = sorted({module_name(p) for p in MODULES if layer_of(module_name(p)) is None})
+    assert not unplaced, f"place these in tests/test_layers.py LAYERS: {unplaced}"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
+def test_nothing_imports_a_layer_above_it(path: Path) -> None:
+    own = layer_of(module_name(path))
+    assert own is not None
+    upward = [
+        f"{target} ({LAYER_NAMES[layer]})"
+        for target in sorted(project_imports(path))
+        if (layer := layer_of(target)) is not None and layer > own
+    ]
+    assert not upward, f"{module_name(path)} ({LAYER_NAMES[own]}) imports upward: {upward}"
+
+
+def _method_param(path: Path):
+    if path.stem in KNOWN_METHOD_VIOLATIONS:
+        reason = "imports another method or a layer below the toolbox"
+        # TODO(lead): drop the xfail once channel_prune lands (strict: it fails when fixed)
+        return pytest.param(path, id=path.stem, marks=pytest.mark.xfail(strict=True, reason=reason))
+    return pytest.param(path, id=path.stem)
+
+
+@pytest.mark.parametrize("path", [_method_param(p) for p in METHOD_MODULES])
+def test_a_method_imports_only_base_registry_pruning_and_sharing(path: Path) -> None:
+    bad = sorted(
+        target
+        for target in project_imports(path)
+        if target != "prune_cli"
+        and not any(target == ok or target.startswith(ok + ".") for ok in METHOD_IMPORTS)
+    )
+    assert not bad, f"method module {path.stem} imports {bad}; allowed: {list(METHOD_IMPORTS)}"
+
+
+def test_the_import_reader_sees_what_the_rules_need() -> None:
+    # the reader itself: package imports resolve to modules, function-level imports count
+    assert "prune_cli.distributed" in project_imports(PACKAGE / "engine" / "loop.py")
+    assert "prune_cli.pipeline" in project_imports(PACKAGE / "cli.py")  # imported in a function
+    assert "prune_cli.methods.registry" in project_imports(PACKAGE / "methods" / "none.py")
+    assert {p.stem for p in METHOD_MODULES} >= {"magnitude", "optimized", "soft_sharing"}

@@ -30,8 +30,8 @@ before any work when a run starts (``prune_cli.schema``)::
         def prune(self, model, ctx):
             ... self.opts.scope ...
 
-A method without an ``Options`` class keeps its raw config in ``self.cfg`` (``self.opts`` is
-None) and checks it itself, e.g. with :meth:`Method.option`.
+A method without an ``Options`` class (a user's own, say) keeps its raw config in ``self.cfg``
+(``self.opts`` is None) and checks it itself.
 
 This module is the methods' one door to the layers below the toolbox (the training hooks,
 checkpoint loading, evaluation): a method module itself imports only this module, the registry,
@@ -56,7 +56,6 @@ from prune_cli.errors import ConfigError
 from prune_cli.options import Float, Int, OneOf, Options, Text, Valid, parse
 from prune_cli.pruning.groups import GROUPINGS
 from prune_cli.pruning.threshold import THRESHOLD_MODES
-
 from prune_cli.sharing import (
     BankPlan,
     SharingSummary,
@@ -180,52 +179,6 @@ class Method(TrainHooks):
             cls.Options, cfg, "method.", context=f" for method {cls.name!r}", group="method"
         )
 
-    def option(self, key: str, choices: tuple[str, ...], default: str) -> str:
-        """A string option of this method, validated against ``choices`` with a one-line error."""
-        value = str(self.cfg.get(key, default))
-        if value not in choices:
-            raise ConfigError(
-                f"unknown method.{key} {value!r} for method {self.name!r}; "
-                f"choose one of: {', '.join(choices)}"
-            )
-        return value
-
-    def number(self, key: str, default: Any) -> float:
-        """A numeric option of this method, with a one-line ConfigError for a non-number."""
-        value = self.cfg.get(key, default)
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"method.{key} {value!r} of method {self.name!r} is not a number"
-            ) from None
-
-    def fraction(self, key: str, default: float) -> float:
-        """A rate option in [0, 1) (e.g. ``channel_ratio``)."""
-        value = self.number(key, default)
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(f"method.{key} {value} is out of range; valid: 0 <= {key} < 1")
-        return value
-
-    def channel_settings(self) -> dict[str, Any]:
-        """The options of every channel-removal method, validated: ``groups`` (``coupled`` |
-        ``single``), ``mode`` (threshold), ``min_channels`` (> 0: an int, or a fraction of the
-        group if < 1) and ``round_to`` (integer >= 1), as :func:`channel_prune` keywords."""
-        grouping = self.option("groups", GROUPINGS, "coupled")
-        mode = self.option("mode", THRESHOLD_MODES, "exact")
-        min_channels = self.number("min_channels", 1)
-        if min_channels <= 0:
-            raise ConfigError(f"method.min_channels {min_channels} is out of range; valid: > 0")
-        round_to = self.number("round_to", 1)
-        if round_to < 1 or round_to != int(round_to):
-            raise ConfigError(f"method.round_to {round_to} is out of range; valid: integer >= 1")
-        return {
-            "grouping": grouping,
-            "mode": mode,
-            "min_channels": min_channels,
-            "round_to": int(round_to),
-        }
-
     def prepare(self, model: nn.Module) -> nn.Module:
         """Change the model before training (default: unchanged)."""
         return model
@@ -260,6 +213,19 @@ class Method(TrainHooks):
         return model
 
 
+class SharingOptions(MethodOptions):
+    """Keys of the parameter-sharing methods: ``templates_per_stage`` (k for every bank, one k
+    per stage, or ``auto``: the k whose reduction is closest to ``ratio``) and the
+    ``coefficients`` kind (subclasses narrow its choices)."""
+
+    templates_per_stage: Annotated[
+        Any,
+        BeforeValidator(parse_templates),
+        Valid("an integer >= 1, a list of integers >= 1, or auto"),
+    ] = 2
+    coefficients: OneOf("scalar") = "scalar"
+
+
 class SharingMethod(Method):
     """Base of the parameter-sharing methods (methods.md §9); subclasses define :meth:`plans`.
 
@@ -284,16 +250,15 @@ class SharingMethod(Method):
     """
 
     prunes: ClassVar[bool] = False
-    #: The coefficient kinds a subclass accepts in ``method.coefficients``.
-    coefficient_kinds: ClassVar[tuple[str, ...]] = ("scalar",)
+    Options: ClassVar[type[MethodOptions] | None] = SharingOptions
+    opts: SharingOptions
 
     def __init__(self, cfg: Mapping[str, Any], ratio: float, seed: int = 0) -> None:
         super().__init__(cfg, ratio, seed)
         self.summary: SharingSummary | None = None
         self.bank_plans: list[BankPlan] = []
-        coefficients = self.option("coefficients", self.coefficient_kinds, "scalar")
-        templates = parse_templates(self.cfg.get("templates_per_stage", 2))
-        self.setting = TemplateSetting(templates, coefficients, self.ratio)
+        opts = self.opts
+        self.setting = TemplateSetting(opts.templates_per_stage, opts.coefficients, self.ratio)
 
     # ------------------------------------------------------------------ subclass interface
     def plans(self, model: nn.Module) -> list[BankPlan]:

@@ -220,9 +220,7 @@ class OptimizedRetention(Method):
             "fitness_top1": result.seed_fitness[1],
             **test_eval(),
         }
-        magnitude_model = (
-            copy.deepcopy(model) if o.finetune_baseline else None
-        )
+        magnitude_model = copy.deepcopy(model) if o.finetune_baseline else None
         apply_dense_masked(weights, dense, masks)
         found = {
             "fitness_loss": -result.best_fitness[0],

@@ -47,7 +47,6 @@ from prune_cli.sharing import (
 @METHODS.register("soft_sharing")
 class SoftSharing(SharingMethod):
     name = "soft_sharing"
-    coefficient_kinds = ("scalar",)
 
     def __init__(self, cfg: Mapping[str, Any], ratio: float, seed: int = 0) -> None:
         super().__init__(cfg, ratio, seed)

@@ -30,25 +30,27 @@ from typing import Any
 from torch import nn
 
 from prune_cli.errors import ConfigError
-from prune_cli.methods.base import SharingMethod
+from prune_cli.methods.base import SharingMethod, SharingOptions
 from prune_cli.methods.registry import METHODS
+from prune_cli.options import Bool, OneOf
 from prune_cli.sharing import COEFFICIENT_KINDS, BankPlan, is_shufflenet, shufflenet_plans
 
 
 @METHODS.register("template_reuse")
 class TemplateReuse(SharingMethod):
     name = "template_reuse"
-    coefficient_kinds = COEFFICIENT_KINDS
+
+    class Options(SharingOptions):
+        """``configs/method/template_reuse*.yaml``."""
+
+        coefficients: OneOf(*COEFFICIENT_KINDS) = "scalar"
+        share_depthwise: Bool = False
+
+    opts: Options
 
     def __init__(self, cfg: Mapping[str, Any], ratio: float, seed: int = 0) -> None:
         super().__init__(cfg, ratio, seed)
-        depthwise = self.cfg.get("share_depthwise", False)
-        if not isinstance(depthwise, bool):
-            raise ConfigError(
-                f"bad method.share_depthwise {depthwise!r} for method 'template_reuse'; "
-                "valid: true, false"
-            )
-        self.share_depthwise = depthwise
+        self.share_depthwise = self.opts.share_depthwise
 
     def plans(self, model: nn.Module) -> list[BankPlan]:
         if not is_shufflenet(model):

@@ -21,6 +21,7 @@ are re-raised as the one-line :class:`~prune_cli.errors.UserError` that :func:`e
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import time
@@ -524,6 +525,9 @@ class Pipeline:
 
     # ------------------------------------------------------------------ driver
     def run(self) -> dict[str, Any]:
+        done = self._completed_before()
+        if done is not None:
+            return done
         total = time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -550,6 +554,20 @@ class Pipeline:
         if skipped:
             log.warning("%d unreadable file(s) skipped (metrics.json: data)", skipped)
         return self.metrics
+
+    def _completed_before(self) -> dict[str, Any] | None:
+        """With ``resume``, a run whose ``metrics.json`` already says ``completed`` is not run
+        again (a resumed sweep redoes only its unfinished jobs); its figures are returned."""
+        if _peek(self.cfg, "resume") is not True or not self.metrics_path.is_file():
+            return None
+        try:
+            previous = json.loads(self.metrics_path.read_text())
+        except (OSError, ValueError):
+            return None  # unreadable: run it again
+        if not isinstance(previous, dict) or previous.get("status") != "completed":
+            return None
+        log.info("%s already completed: nothing to resume", self.run_dir)
+        return previous
 
     def _save_final_metrics(self) -> None:
         """Write ``metrics.json`` at the end; when the run already failed (a full disk, say),

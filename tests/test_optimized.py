@@ -369,7 +369,7 @@ def test_recovery_finds_the_small_weight_that_matters() -> None:
     # N = 16 (the second row is zero), ratio 0.75: K = 4; small_ratio 0.25: K_s = 1.
     method = build_method(
         {"name": "optimized", "small_ratio": 0.25, "pool": "all_rest", "population": 8,
-         "generations": 6, "fitness_size": 256, "progress": False},
+         "generations": 6, "fitness_size": 256, "progress": False, "include_linear": True},
         0.75,
     )  # fmt: skip
     result = method.prune(model, PruneContext(data=data, device=CPU, seed=0, input_size=(1, 1, 8)))

@@ -8,7 +8,8 @@ Run directory layout::
     .hydra/            resolved config, overrides (Hydra)
     prune-run.log      the log (Hydra)
     history.csv        one row per epoch of every training stage
-    checkpoints/       trained.pt, pruned.pt, final.pt, and per-epoch *_last.pt for resuming
+    checkpoints/       trained.pt, pruned.pt, final.pt, and per-epoch *_last.pt for resuming;
+                       final.safetensors + final.json, the portable copy (prune_cli.load_pruned)
     metrics.json       written after every stage (status: running -> completed | failed)
 
 The first stage, ``validate``, checks the whole config against its schema
@@ -51,6 +52,7 @@ from prune_cli.metrics.latency import compare_latency
 from prune_cli.metrics.report import netscore_units, stage_metrics, write_metrics_json
 from prune_cli.models import build_model
 from prune_cli.models.traits import stem_and_classifier
+from prune_cli.portable import describe, save_portable
 from prune_cli.pruning import MaskHold
 from prune_cli.schema import validate_config
 
@@ -187,6 +189,7 @@ class Pipeline:
         self.input_size = (self.data.in_channels, self.data.image_size, self.data.image_size)
         model_kwargs = {k: v for k, v in _plain(cfg.model).items() if k != "name"}
         self.model_name = str(cfg.model.name)
+        self.model_options = model_kwargs
         # The same seed gives the same initial weights whatever the method.
         torch.manual_seed(self.seed)
         model = build_model(
@@ -356,12 +359,33 @@ class Pipeline:
                 "info": self.metrics.get("prune_info", {}),
             },
         )
+        if distributed.is_main():  # weights + structure that load_pruned() reads, no pickle
+            self.metrics["portable"] = save_portable(
+                final_path, self.model, self.masks, self._portable_description()
+            )
         # A copy that reloads without prune-cli's classes (the narrower structure included).
         export_cfg = _plain(self.cfg.get("export")) or {}
         formats = [f for f in FORMATS if export_cfg.get(f, False)]
         if formats and distributed.is_main():
             written = export_model(self.model, final_path, self.input_size, formats)
             self.metrics["export"] = written
+
+    def _portable_description(self) -> dict[str, Any]:
+        """What :func:`prune_cli.load_pruned` needs to rebuild the final model (portable.py)."""
+        return describe(
+            model_name=self.model_name,
+            model_options=self.model_options,
+            num_classes=self.data.num_classes,
+            in_channels=self.data.in_channels,
+            image_size=self.data.image_size,
+            dataset=str(self.cfg.dataset.name),
+            method_config=self.metrics["method_config"],
+            ratio=self.method.ratio,
+            seed=self.seed,
+            info=self.metrics.get("prune_info", {}),
+            masks=self.masks,
+            sharing=self.method.sharing_plan(),
+        )
 
     def evaluate(self) -> None:
         tic = time.perf_counter()

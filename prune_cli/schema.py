@@ -145,7 +145,8 @@ def _keep_spelling(original: Any, typed: Any) -> Any:
         return {k: _keep_spelling(original.get(k), v) for k, v in typed.items()}
     if isinstance(original, list) and isinstance(typed, list) and len(original) == len(typed):
         return [_keep_spelling(o, t) for o, t in zip(original, typed)]
-    if is_number(original) and is_number(typed) and original == typed:
+    # Only where a number is expected: an integer key typed as 1.0 takes the typed 1.
+    if is_number(original) and isinstance(typed, float) and original == typed:
         return original
     return typed
 

@@ -48,6 +48,7 @@ from prune_cli.engine.loop import FitResult, FitSettings, StageFiles, evaluate, 
 from prune_cli.errors import ConfigError, explain, one_line
 from prune_cli.export import FORMATS, export_model
 from prune_cli.methods import PruneContext, build_method
+from prune_cli.metrics.deploy import onnxruntime_latency
 from prune_cli.metrics.latency import compare_latency
 from prune_cli.metrics.report import netscore_units, stage_metrics, write_metrics_json
 from prune_cli.models import build_model
@@ -391,7 +392,8 @@ class Pipeline:
         tic = time.perf_counter()
         self.record("final", self.model, per_layer=True)
         lat_cfg = self.cfg.metrics.latency
-        if bool(lat_cfg.enabled):
+        backends = list(lat_cfg.get("backends", ["torch"]))
+        if bool(lat_cfg.enabled) and "torch" in backends:
             sizes = [int(b) for b in lat_cfg.batch_sizes]
             kwargs = {
                 "batch_sizes": sizes,
@@ -407,6 +409,15 @@ class Pipeline:
                 key: round(before[key]["latency_ms"] / after[key]["latency_ms"], 4) for key in after
             }
             self.metrics["latency"] = {"baseline": before, "final": after, "speedup": speedup}
+        if bool(lat_cfg.enabled) and "onnxruntime" in backends:  # the deployed runtime
+            self.metrics.setdefault("latency", {})["onnxruntime"] = onnxruntime_latency(
+                {"baseline": self.baseline_model, "final": self.model},
+                self.input_size,
+                [int(b) for b in lat_cfg.batch_sizes],
+                self.device,
+                int(lat_cfg.warmup),
+                int(lat_cfg.repeats),
+            )
         self._timed("evaluate", time.perf_counter() - tic)
 
     # ------------------------------------------------------------------ driver

@@ -32,6 +32,7 @@ from prune_cli.data import dataset_options
 from prune_cli.errors import ConfigError, one_line
 from prune_cli.methods import METHODS
 from prune_cli.methods.base import Ratio
+from prune_cli.metrics.deploy import LATENCY_BACKENDS
 from prune_cli.options import Bool, Float, Int, OneOf, Options, Text, is_number, parse
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -84,6 +85,10 @@ class LatencyOptions(Options):
     batch_sizes: list[Int(ge=1)] = Field(default_factory=lambda: [1, 64], min_length=1)
     warmup: Int(ge=0) = 3
     repeats: Int(ge=1) = 10
+    #: Where latency is measured: PyTorch eager, and the exported ONNX model in ONNX Runtime.
+    backends: list[OneOf(*LATENCY_BACKENDS)] = Field(
+        default_factory=lambda: list(LATENCY_BACKENDS), min_length=1
+    )
 
 
 class MetricsOptions(Options):

@@ -18,6 +18,8 @@ FAST = [
     "metrics.latency.batch_sizes=[1,4]",
     "metrics.latency.warmup=1",
     "metrics.latency.repeats=2",
+    # ONNX Runtime latency (two ONNX exports per run) is tested in test_deploy.py/test_tracking.py
+    "metrics.latency.backends=[torch]",
 ]
 
 

@@ -40,7 +40,7 @@ from prune_cli.errors import ConfigError, UserError, explain, one_line, unknown_
 log = logging.getLogger("prune_cli")
 
 #: Config groups whose names users type; checked before Hydra composes anything.
-CHECKED_GROUPS = ("model", "dataset", "method", "train", "finetune", "experiment")
+CHECKED_GROUPS = ("model", "dataset", "method", "train", "finetune", "experiment", "logger")
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -76,9 +76,10 @@ def check_overrides(args: list[str]) -> None:
         if key not in CHECKED_GROUPS or "(" in value or not value:
             continue
         choices = group_choices(key)
-        for name in value.split(","):
-            if name.strip() not in choices:
-                raise unknown_choice(key, name.strip(), choices)
+        names = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+        for name in filter(None, (n.strip() for n in names.split(","))):
+            if name not in choices:
+                raise unknown_choice(key, name, choices)
 
 
 def mandatory_keys(group: str, choice: str) -> dict[str, str]:
@@ -135,6 +136,21 @@ def check_model_options(args: list[str]) -> None:
             raise ConfigError(
                 f"{arg}: an option model={chosen[0]} does not list; pass it as +{key}={value}"
             )
+
+
+def several_loggers(args: list[str]) -> list[str]:
+    """``logger=tensorboard,mlflow`` means both trackers for every job, like Hydra's list
+    ``logger=[tensorboard,mlflow]``, with or without ``-m``: Hydra would refuse the comma form
+    in a single run and make it a sweep (one job per tracker, the same experiment run twice)
+    with ``-m``. A sweep over loggers is still possible: ``-m logger=choice(csv,mlflow)``."""
+    out = []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        listed = value.startswith(("[", "'")) or "(" in value  # choice(...): an explicit sweep
+        if key.lstrip("+") == "logger" and "," in value and not listed:
+            arg = f"{key}=[{value}]"
+        out.append(arg)
+    return out
 
 
 def expand_resume(args: list[str]) -> list[str]:
@@ -284,7 +300,7 @@ def main() -> None:
         check_overrides(args)
         check_mandatory(args)
         check_model_options(args)
-        args = expand_resume(args)
+        args = several_loggers(expand_resume(args))
         if torchrun:
             from prune_cli import distributed
 

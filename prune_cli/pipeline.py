@@ -22,6 +22,7 @@ are re-raised as the one-line :class:`~prune_cli.errors.UserError` that :func:`e
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import time
@@ -56,6 +57,7 @@ from prune_cli.models.traits import stem_and_classifier
 from prune_cli.portable import describe, save_portable
 from prune_cli.pruning import MaskHold
 from prune_cli.schema import validate_config
+from prune_cli.tracking import RunInfo, Trackers, build_trackers
 
 log = logging.getLogger("prune_cli")
 
@@ -115,6 +117,7 @@ class Pipeline:
             "timings": {},
         }
         self._inner_fit_seconds = 0.0  # fine-tuning done inside prune(), timed as its own stage
+        self.trackers: Trackers | None = None  # logger=: TensorBoard, MLflow, W&B (tracking.py)
 
     # ------------------------------------------------------------------ helpers
     def _save_metrics(self) -> None:
@@ -140,6 +143,8 @@ class Pipeline:
         if stage not in self.metrics["stages"]:
             self.metrics["stages"].append(stage)
         self._save_metrics()
+        if self.trackers is not None:
+            self.trackers.log_stage(stage, figures)
         log.info(
             "%s: top1 %.2f%%  params %d (nonzero %d)  MACs %d (nonzero %d)  sparsity %.4f  "
             "NetScore %.2f",
@@ -180,6 +185,21 @@ class Pipeline:
         self.seed = self.metrics["seed"] = int(cfg.seed)
         self.units = _plain(cfg.metrics.netscore)
         self.metrics["netscore_units"] = netscore_units(self.units)
+        if distributed.is_main():
+            self._start_tracking()
+
+    def _start_tracking(self) -> None:
+        """Open the trackers of ``logger=`` and log the config; ``metrics.json`` follows how
+        they fare under ``tracking`` (the same dict, updated as they go)."""
+        self.trackers = build_trackers(_plain(self.cfg.get("logger")))
+        self.metrics["tracking"] = self.trackers.records
+        tags = {k: str(self.metrics[k]) for k in ("model", "dataset", "method", "ratio", "seed")}
+        run = RunInfo(self.run_dir, Path(_original_cwd()), _plain(self.cfg), tags)
+        self.trackers.start(run)
+
+    def _log_epoch(self, row: dict[str, Any]) -> None:
+        if self.trackers is not None:
+            self.trackers.log_epoch(str(row["stage"]), row)
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -256,6 +276,9 @@ class Pipeline:
             train=self._train_dense,
         )
         write_history(self.history_csv, "train", trained.history)
+        if trained.summary.get("from_cache"):  # the curves of the training that made the entry
+            for row in trained.history:
+                self._log_epoch(row)
         return trained.summary
 
     def _train_dense(self, files: StageFiles) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -266,7 +289,7 @@ class Pipeline:
             self.data,
             settings,
             device=self.device,
-            files=files,
+            files=dataclasses.replace(files, on_epoch=self._log_epoch),
             hooks=self.method,
             seed=self.seed,
         )
@@ -333,7 +356,12 @@ class Pipeline:
             settings["epochs"] = int(epochs)
         tic = time.perf_counter()
         files = StageFiles(
-            stage, self.ckpt_dir, self.history_csv, self.resume, {"masks": dict(masks)}
+            stage,
+            self.ckpt_dir,
+            self.history_csv,
+            self.resume,
+            {"masks": dict(masks)},
+            on_epoch=self._log_epoch,
         )
         result = fit(
             model,
@@ -444,10 +472,20 @@ class Pipeline:
         finally:
             self._timed("total", time.perf_counter() - total)
             self._save_final_metrics()
+            self._finish_tracking()
         skipped = self.metrics.get("data", {}).get("skipped_files", 0)
         if skipped:
             log.warning("%d unreadable file(s) skipped (metrics.json: data)", skipped)
         return self.metrics
+
+    def _finish_tracking(self) -> None:
+        """Final figures and the run directory to the trackers, then close them; their
+        records go into ``metrics.json`` (written again)."""
+        if self.trackers is None:
+            return
+        self.metrics["tracking"] = self.trackers.finish(self.metrics, self.run_dir)
+        self.trackers = None
+        self._save_final_metrics()
 
     def _save_final_metrics(self) -> None:
         """Write ``metrics.json`` at the end; when the run already failed (a full disk, say),

@@ -6,7 +6,8 @@
 - top level: ``ratio``, ``seed``, ``device``, ``deterministic``, ``pretrained``, ``resume``
   (:class:`RunOptions`);
 - ``train.*`` and ``finetune.*`` (:class:`TrainOptions`, :class:`FinetuneOptions`),
-  ``metrics.*``, ``cache.*``, ``export.*``;
+  ``metrics.*``, ``cache.*``, ``export.*``, ``logger.*``
+  (:class:`~prune_cli.tracking.LoggerOptions`);
 - ``dataset.*`` per dataset family (the options class each one registers in
   :mod:`prune_cli.data`);
 - ``method.*`` per method (the method's ``Options``; a method that declares none is taken as
@@ -34,6 +35,7 @@ from prune_cli.methods import METHODS
 from prune_cli.methods.base import Ratio
 from prune_cli.metrics.deploy import LATENCY_BACKENDS
 from prune_cli.options import Bool, Float, Int, OneOf, Options, Text, is_number, parse
+from prune_cli.tracking import LoggerOptions
 
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("constant", "multistep", "cosine")
@@ -124,6 +126,7 @@ class RunOptions(Options):
     cache: CacheOptions = CacheOptions()
     metrics: MetricsOptions = MetricsOptions()
     export: ExportOptions = ExportOptions()
+    logger: LoggerOptions = LoggerOptions()
     #: The arm of an experiment (configs/experiment/*_arm/*.yaml): a label for the report.
     experiment_arm: Text() | None = None
 

@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "data": 1,
     "metrics": 1,
     "export": 1,
+    "tracking": 1,  # experiment trackers (TensorBoard, MLflow, W&B) the pipeline reports to
     # the toolbox
     "pruning": 2,
     "sharing": 2,

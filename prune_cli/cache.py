@@ -75,6 +75,15 @@ def training_payload(
     }
 
 
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes (keys training that starts from a weights file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @contextlib.contextmanager
 def entry_lock(entry: Path) -> Iterator[None]:
     """Hold an exclusive lock on a cache entry (released even if the holder crashes)."""
@@ -138,18 +147,19 @@ class TrainedCache:
         arch: str,
         device: torch.device,
         train: TrainFn,
+        filename: str = "trained.pt",
     ) -> Trained:
         """Load the trained weights of ``payload`` into ``model``, or train them with ``train``.
 
-        ``run`` is the run's own ``train`` stage (its checkpoint directory, history CSV and
+        ``run`` is the run's own training stage (its checkpoint directory, history CSV and
         ``resume``). With the cache on, training happens (resumably) in the entry and
-        ``run.ckpt_dir/trained.pt`` links to the entry's; with it off, it happens in
-        ``run.ckpt_dir`` and a finished ``trained.pt`` there is reused only with ``resume``.
-        ``arch`` (the model name) is checked against the checkpoint's.
+        ``run.ckpt_dir/<filename>`` links to the entry's ``trained.pt``; with it off, it happens
+        in ``run.ckpt_dir`` (as ``<filename>``) and a finished one there is reused only with
+        ``resume``. ``arch`` (the model name) is checked against the checkpoint's.
         """
         cached = self.enabled
         entry = self.entry(label, payload) if cached else Path(run.ckpt_dir)
-        trained = entry / "trained.pt"
+        trained = entry / ("trained.pt" if cached else filename)
         # Under torchrun only rank 0 takes the lock and decides; a rank waiting on the lock
         # while rank 0 trains would deadlock the gradient all-reduce.
         lock = entry_lock(entry) if cached and distributed.is_main() else contextlib.nullcontext()
@@ -167,7 +177,7 @@ class TrainedCache:
                 )
                 result = _train(model, trained, arch, files, train)
         if cached and distributed.is_main():
-            link_or_copy(trained, Path(run.ckpt_dir) / "trained.pt")
+            link_or_copy(trained, Path(run.ckpt_dir) / filename)
             result.summary["cache_entry"] = str(entry)
         return result
 

@@ -380,6 +380,8 @@ class Pipeline:
             self.metrics["dense_reference"] = {**self.metrics["baseline"], "source": "baseline"}
             self.metrics["stages"].insert(1, "dense_reference")
             self._save_metrics()
+            if self.trackers is not None:
+                self.trackers.log_stage("dense_reference", self.metrics["dense_reference"])
         else:
             model = self._build_plain_model().to(self.device)
             if pretrained is not None:

@@ -495,7 +495,8 @@ class Trackers:
 
     def log_stage(self, stage: str, figures: Mapping[str, Any]) -> None:
         """A stage's figures (``metrics.json[stage]``) as ``<stage>/<key>``; the step is the
-        stage's position in the run (0 = baseline), so stage plots read left to right."""
+        stage's position in the run (0 = baseline, 1 = dense_reference...), so stage plots read
+        left to right."""
         step = self.stage_steps.setdefault(stage, len(self.stage_steps))
         values = {f"{stage}/{k}": v for k, v in numbers(figures, STAGE_KEYS).items()}
         self._call(f"stage {stage}", "log_metrics", values, step)

@@ -90,7 +90,9 @@ def test_tensorboard_and_mlflow_see_the_whole_run(tmp_path: Path) -> None:
             "pruned/params", "final/top1", "latency/onnxruntime_speedup_b2"} <= scalars  # fmt: skip
     assert [e.step for e in events.Scalars("train/train_loss")] == [1, 2]
     assert events.Scalars("final/top1")[0].value == pytest.approx(metrics["final"]["top1"])
-    assert [e.step for e in events.Scalars("final/top1")] == [2]  # baseline 0, pruned 1, final 2
+    # baseline 0, dense_reference 1, pruned 2, final 3
+    assert [e.step for e in events.Scalars("final/top1")] == [3]
+    assert [e.step for e in events.Scalars("dense_reference/top1")] == [1]
 
     # MLflow: params, curves, stage figures, final figures, artifacts, status
     client = MlflowClient(tracking_uri=tracking["mlflow"]["tracking_uri"])

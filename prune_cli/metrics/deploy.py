@@ -3,8 +3,9 @@
 PyTorch eager (:mod:`prune_cli.metrics.latency`) is where a model is trained, rarely where it
 is served; a channel-pruned model that is barely faster in eager mode can be much faster in a
 runtime that fuses and plans the whole graph, and the other way round. So the run also measures
-the ``baseline`` and ``final`` models exported to ONNX (:func:`prune_cli.export.onnx_bytes`) in
-ONNX Runtime (``metrics.latency.backends: [torch, onnxruntime]``):
+the ``dense_reference`` and ``final`` models exported to ONNX
+(:func:`prune_cli.export.onnx_bytes`) in ONNX Runtime
+(``metrics.latency.backends: [torch, onnxruntime]``):
 
 - execution provider: CPU, or CUDA when the run is on a GPU and ONNX Runtime has the CUDA
   provider (the ``onnxruntime-gpu`` package); on a GPU without it the CPU provider is used,
@@ -16,8 +17,9 @@ ONNX Runtime (``metrics.latency.backends: [torch, onnxruntime]``):
   so that a slow phase of a shared machine slows both alike); the median in ms. On CUDA the
   input lives on the device (I/O binding) and each run ends with the stream synchronised.
 
-:func:`onnxruntime_latency` returns ``{"provider", "threads", "version", "baseline": {"b1":
-{"batch", "latency_ms", "throughput"}, ...}, "final": {...}, "speedup": {"b1": ...}}``; when
+:func:`onnxruntime_latency` returns ``{"provider", "threads", "version", "dense_reference":
+{"b1": {"batch", "latency_ms", "throughput"}, ...}, "final": {...}, "speedup": {"b1": ...}}``
+(speedup: the first model's latency / the last one's); when
 the runtime is missing or a model does not export, ``{"skipped": "<reason>"}`` (logged): the run
 itself never fails on a latency measurement.
 """
@@ -106,8 +108,9 @@ def onnxruntime_latency(
     repeats: int = 10,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """Latency of every model exported to ONNX, in ONNX Runtime (module docstring). With
-    ``baseline`` and ``final`` among ``models``, ``speedup`` is their latency ratio."""
+    """Latency of every model exported to ONNX, in ONNX Runtime (module docstring). With two or
+    more ``models``, ``speedup`` is the first one's latency / the last one's (the run passes
+    ``dense_reference`` then ``final``)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -140,8 +143,9 @@ def onnxruntime_latency(
                 "latency_ms": seconds * 1e3,
                 "throughput": b / seconds,
             }
-    if "baseline" in result and "final" in result:
-        before, after = result["baseline"], result["final"]
+    if len(sessions) >= 2:
+        names = list(sessions)
+        before, after = result[names[0]], result[names[-1]]
         result["speedup"] = {
             k: round(before[k]["latency_ms"] / after[k]["latency_ms"], 4) for k in after
         }

@@ -27,6 +27,7 @@ import re
 import sys
 import tempfile
 import traceback
+import warnings
 from pathlib import Path
 
 import hydra
@@ -309,6 +310,9 @@ def main() -> None:
         print(f"prune-run: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     sys.argv = [sys.argv[0], *args]
+    # configs/hydra/launcher/ray.yaml shares its name with hydra-ray-launcher's own config on
+    # purpose (users type hydra/launcher=ray); Hydra's notice about that is noise to them.
+    warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against")
     developer = bool(os.environ.get("HYDRA_FULL_ERROR"))
     # Hydra then re-raises instead of printing its own multi-line report, and we print one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"

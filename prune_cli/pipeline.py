@@ -66,6 +66,8 @@ from prune_cli.schema import validate_config
 from prune_cli.tracking import RunInfo, Trackers, build_trackers
 
 log = logging.getLogger("prune_cli")
+#: Set by a launcher that ran the job otherwise than asked (hydra_plugins/prune_cli_launchers).
+LAUNCHER_NOTE_ENV = "PRUNE_CLI_LAUNCHER_NOTE"
 
 
 def _plain(node: Any) -> Any:
@@ -189,6 +191,7 @@ class Pipeline:
     # ------------------------------------------------------------------ stages
     def validate(self) -> None:
         """Check the whole config (:mod:`prune_cli.schema`) and go on with its typed values."""
+        self._record_launcher()  # first: a run that fails validation still says where it ran
         self.cfg = cfg = validate_config(self.cfg)
         self.resume = bool(cfg.resume)
         self.ratio = self.metrics["ratio"] = cfg.ratio
@@ -197,6 +200,16 @@ class Pipeline:
         self.metrics["netscore_units"] = netscore_units(self.units)
         if distributed.is_main():
             self._start_tracking()
+
+    def _record_launcher(self) -> None:
+        """Which GPUs a launcher gave this run (``hydra/launcher=gpu_pool`` sets one per job),
+        and a launcher's fallback (gpu_pool on a machine without GPUs) as a warning."""
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            self.metrics["cuda_visible_devices"] = visible
+        note = os.environ.get(LAUNCHER_NOTE_ENV)
+        if note:
+            self.warn(note)
 
     def _start_tracking(self) -> None:
         """Open the trackers of ``logger=`` and log the config; ``metrics.json`` follows how

@@ -4,7 +4,8 @@ fresh process, from ``final.safetensors`` + ``final.json`` alone (every ``.pt`` 
 
 Covered: every method that changes the architecture (``network_slimming``, ``l1_filter``,
 ``double_pruning``, ``dynamic_filter`` with filter removal, ``template_reuse``,
-``soft_sharing``) and a masked one (``magnitude``: masks come back as tensors).
+``soft_sharing``, and ``random`` at filter granularity) and a masked one (``magnitude``: masks
+come back as tensors).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ CASES = {
     "l1_filter": ["method=l1_filter"],
     "double_pruning": ["method=double_pruning", "method.slim_finetune_epochs=0"],
     "dynamic_filter": ["method=dynamic_filter"],
+    "random": ["method=random", "method.granularity=filter"],  # the control of l1_filter
     "template_reuse": ["model=shufflenet_v2_x0_5", "method=template_reuse"],
     "soft_sharing": ["method=soft_sharing"],
     "magnitude": ["method=magnitude"],
@@ -105,7 +107,7 @@ def test_a_fresh_process_rebuilds_every_final_model_without_pickle(runs, tmp_pat
     # the cases really change what they should
     structure = {name: json.loads((d / "checkpoints/final.json").read_text())["structure"]
                  for name, (d, _) in runs.items()}  # fmt: skip
-    for name in ("network_slimming", "l1_filter", "double_pruning", "dynamic_filter"):
+    for name in ("network_slimming", "l1_filter", "double_pruning", "dynamic_filter", "random"):
         channels = structure[name]["channels"]
         assert channels and channels["keep"], name
         assert any(k < t for k, t in channels["channels"].values()), name

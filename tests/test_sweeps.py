@@ -223,7 +223,7 @@ def test_ray_launcher_on_a_local_ray_instance(tmp_path: Path) -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "Connecting to existing Ray cluster at address:" in out  # not a private instance
-    assert "_run_job pid=" in out  # the runs' logs come back from Ray's worker processes
+    assert "(run_job_in_launch_dir pid=" in out  # the runs ran in Ray's worker processes
     metrics = sweep_metrics(tmp_path)
     assert sorted(m["ratio"] for m in metrics) == [0.3, 0.6]
     assert all(m["status"] == "completed" for m in metrics)

@@ -36,6 +36,9 @@ from prune_cli.options import Bool, Float, Int, OneOf, Options, Text, is_number,
 
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("constant", "multistep", "cosine")
+#: How the dense model's latency is had (``metrics.latency.dense``): measured once per trained
+#: checkpoint and reused from the cache entry, or in every run interleaved with the final model.
+DENSE_LATENCY = ("reuse", "interleaved")
 
 
 class TrainOptions(Options):
@@ -56,6 +59,7 @@ class TrainOptions(Options):
     channels_last: Bool = True
     eval_batch_size: Int(ge=1) = 256
     select_best: Bool = True
+    compile: Bool = False
 
 
 class FinetuneOptions(TrainOptions):
@@ -84,6 +88,8 @@ class LatencyOptions(Options):
     batch_sizes: list[Int(ge=1)] = Field(default_factory=lambda: [1, 64], min_length=1)
     warmup: Int(ge=0) = 3
     repeats: Int(ge=1) = 10
+    compile: Bool = False
+    dense: OneOf(*DENSE_LATENCY) = "reuse"
 
 
 class MetricsOptions(Options):
@@ -93,6 +99,7 @@ class MetricsOptions(Options):
 
 class CacheOptions(Options):
     enabled: Bool = True
+    figures: Bool = True
     dir: Text("a directory path") = "outputs/cache"
 
 
@@ -145,7 +152,9 @@ def _keep_spelling(original: Any, typed: Any) -> Any:
         return {k: _keep_spelling(original.get(k), v) for k, v in typed.items()}
     if isinstance(original, list) and isinstance(typed, list) and len(original) == len(typed):
         return [_keep_spelling(o, t) for o, t in zip(original, typed)]
-    if is_number(original) and is_number(typed) and original == typed:
+    # An integer option typed as 3.0 becomes 3 (the float would break range(epochs) etc.).
+    same_kind = isinstance(original, int) or isinstance(typed, float)
+    if is_number(original) and is_number(typed) and original == typed and same_kind:
         return original
     return typed
 

@@ -24,7 +24,7 @@ import copy
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from prune_cli.engine.loop import FitResult, FitSettings, StageFiles, evaluate, 
 from prune_cli.errors import ConfigError, explain, one_line
 from prune_cli.export import FORMATS, export_model
 from prune_cli.methods import PruneContext, build_method
-from prune_cli.metrics.latency import compare_latency
+from prune_cli.metrics.latency import compare_latency, latency_setting, measure_latency
 from prune_cli.metrics.report import netscore_units, stage_metrics, write_metrics_json
 from prune_cli.models import build_model
 from prune_cli.models.traits import stem_and_classifier
@@ -112,6 +112,9 @@ class Pipeline:
             "timings": {},
         }
         self._inner_fit_seconds = 0.0  # fine-tuning done inside prune(), timed as its own stage
+        # Where trained.pt lives (a cache entry or the run's checkpoints): the dense model's
+        # figures are stored beside it. None with ``pretrained``.
+        self.trained_entry: Path | None = None
 
     # ------------------------------------------------------------------ helpers
     def _save_metrics(self) -> None:
@@ -128,11 +131,18 @@ class Pipeline:
         )
         return evaluate(model, loader, self.device).as_dict()
 
-    def record(self, stage: str, model: nn.Module, per_layer: bool = False) -> dict[str, Any]:
-        """Evaluate ``model`` on the test split and store its figures as ``metrics[stage]``."""
-        figures = stage_metrics(
-            model, self._test_eval(model), self.input_size, self.units, per_layer=per_layer
-        )
+    def record(
+        self,
+        stage: str,
+        model: nn.Module,
+        per_layer: bool = False,
+        evaluation: Mapping[str, float] | None = None,
+    ) -> dict[str, Any]:
+        """Evaluate ``model`` on the test split (or take ``evaluation``, its test loss/top-1/
+        top-5 measured before) and store its figures as ``metrics[stage]``."""
+        if evaluation is None:
+            evaluation = self._test_eval(model)
+        figures = stage_metrics(model, evaluation, self.input_size, self.units, per_layer=per_layer)
         self.metrics[stage] = figures
         if stage not in self.metrics["stages"]:
             self.metrics["stages"].append(stage)
@@ -205,6 +215,7 @@ class Pipeline:
         self.model = self.method.prepare(model).to(self.device)
         self.metrics["device"] = str(self.device)
         self.metrics["method_config"] = method_cfg
+        self.cache = TrainedCache(bool(cfg.cache.enabled), Path(str(cfg.cache.dir)))
 
     def train(self) -> None:
         """Dense training, shared through the cache, or loading ``pretrained``."""
@@ -226,7 +237,33 @@ class Pipeline:
             self.metrics["train"] = self._train_or_load()
         self._timed("train", time.perf_counter() - tic)
         self.baseline_model = copy.deepcopy(self.model)
-        self.record("baseline", self.model)
+        self.record("baseline", self.model, evaluation=self._dense_test_eval())
+
+    def _dense_figures(
+        self, key: Mapping[str, Any], compute: Callable[[], Mapping[str, Any]]
+    ) -> tuple[dict[str, Any], str]:
+        """Figures of the dense model as trained, through the cache entry's figures
+        (:meth:`TrainedCache.figures`) when there is an entry and ``cache.figures`` is on.
+        Returns them and where they came from: ``cached`` or ``measured``."""
+        if self.trained_entry is None or not bool(self.cfg.cache.figures):
+            return dict(compute()), "measured"
+        got = self.cache.figures(self.trained_entry, key, compute)
+        return got.values, "cached" if got.cached else "measured"
+
+    def _dense_test_eval(self) -> dict[str, float]:
+        """The dense model's test evaluation: once per trained checkpoint and eval setting."""
+        batch_size = int(self.cfg.train.get("eval_batch_size", 256))
+        key = {
+            "kind": "test_eval",
+            "split": "test",
+            "batch_size": batch_size,
+            "device": self.device.type,
+            "world_size": distributed.world_size(),
+        }
+        values, source = self._dense_figures(key, lambda: self._test_eval(self.model))
+        if source == "cached":
+            log.info("baseline: test evaluation reused from the trained-model cache")
+        return values
 
     def _train_or_load(self) -> dict[str, Any]:
         """Dense training through the trained-model cache (:mod:`prune_cli.cache`)."""
@@ -240,7 +277,7 @@ class Pipeline:
             method_training=self.method.training_signature(),
             device_type=self.device.type,
         )
-        cache = TrainedCache(bool(cfg.cache.enabled), Path(str(cfg.cache.dir)))
+        cache = self.cache
         run = StageFiles("train", self.ckpt_dir, self.history_csv, self.resume)
         trained = cache.train_or_load(
             self.model,
@@ -252,6 +289,7 @@ class Pipeline:
             train=self._train_dense,
         )
         write_history(self.history_csv, "train", trained.history)
+        self.trained_entry = trained.entry
         return trained.summary
 
     def _train_dense(self, files: StageFiles) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -368,21 +406,33 @@ class Pipeline:
         self.record("final", self.model, per_layer=True)
         lat_cfg = self.cfg.metrics.latency
         if bool(lat_cfg.enabled):
-            sizes = [int(b) for b in lat_cfg.batch_sizes]
             kwargs = {
-                "batch_sizes": sizes,
+                "batch_sizes": [int(b) for b in lat_cfg.batch_sizes],
                 "device": self.device,
                 "warmup": int(lat_cfg.warmup),
                 "repeats": int(lat_cfg.repeats),
+                "compile": bool(lat_cfg.compile),
             }
-            both = compare_latency(
-                {"baseline": self.baseline_model, "final": self.model}, self.input_size, **kwargs
-            )
-            before, after = both["baseline"], both["final"]
+            if str(lat_cfg.dense) == "interleaved":
+                models = {"baseline": self.baseline_model, "final": self.model}
+                both = compare_latency(models, self.input_size, **kwargs)
+                before, after, source = both["baseline"], both["final"], "interleaved"
+            else:  # reuse: measured once per trained checkpoint and latency setting
+                key = {"kind": "latency", **latency_setting(self.device), **kwargs}
+                key["device"] = str(self.device)
+                before, source = self._dense_figures(
+                    key, lambda: measure_latency(self.baseline_model, self.input_size, **kwargs)
+                )
+                after = measure_latency(self.model, self.input_size, **kwargs)
             speedup = {
                 key: round(before[key]["latency_ms"] / after[key]["latency_ms"], 4) for key in after
             }
-            self.metrics["latency"] = {"baseline": before, "final": after, "speedup": speedup}
+            self.metrics["latency"] = {
+                "baseline": before,
+                "final": after,
+                "speedup": speedup,
+                "dense_source": source,
+            }
         self._timed("evaluate", time.perf_counter() - tic)
 
     # ------------------------------------------------------------------ driver

@@ -81,6 +81,15 @@ def training_payload(
     }
 
 
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes (keys training that starts from a weights file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @contextlib.contextmanager
 def entry_lock(entry: Path) -> Iterator[None]:
     """Hold an exclusive lock on a cache entry (released even if the holder crashes)."""
@@ -112,13 +121,14 @@ def link_or_copy(src: Path, dst: Path) -> None:
 @dataclass
 class Trained:
     """The outcome of :meth:`TrainedCache.train_or_load`: the ``train`` summary of
-    ``metrics.json``, the stage's ``history.csv`` rows, and the directory holding
-    ``trained.pt`` (the cache entry, or the run's checkpoint directory with the cache off), to
-    pass to :meth:`TrainedCache.figures`."""
+    ``metrics.json``, the stage's ``history.csv`` rows, the directory holding the trained
+    checkpoint (the cache entry, or the run's checkpoint directory with the cache off) and the
+    checkpoint file itself, to pass to :meth:`TrainedCache.figures`."""
 
     summary: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     entry: Path | None = None
+    checkpoint: Path | None = None
 
 
 @dataclass
@@ -156,18 +166,19 @@ class TrainedCache:
         arch: str,
         device: torch.device,
         train: TrainFn,
+        filename: str = "trained.pt",
     ) -> Trained:
         """Load the trained weights of ``payload`` into ``model``, or train them with ``train``.
 
-        ``run`` is the run's own ``train`` stage (its checkpoint directory, history CSV and
+        ``run`` is the run's own training stage (its checkpoint directory, history CSV and
         ``resume``). With the cache on, training happens (resumably) in the entry and
-        ``run.ckpt_dir/trained.pt`` links to the entry's; with it off, it happens in
-        ``run.ckpt_dir`` and a finished ``trained.pt`` there is reused only with ``resume``.
-        ``arch`` (the model name) is checked against the checkpoint's.
+        ``run.ckpt_dir/<filename>`` links to the entry's ``trained.pt``; with it off, it happens
+        in ``run.ckpt_dir`` (as ``<filename>``) and a finished one there is reused only with
+        ``resume``. ``arch`` (the model name) is checked against the checkpoint's.
         """
         cached = self.enabled
         entry = self.entry(label, payload) if cached else Path(run.ckpt_dir)
-        trained = entry / "trained.pt"
+        trained = entry / ("trained.pt" if cached else filename)
         # Under torchrun only rank 0 takes the lock and decides; a rank waiting on the lock
         # while rank 0 trains would deadlock the gradient all-reduce.
         lock = entry_lock(entry) if cached and distributed.is_main() else contextlib.nullcontext()
@@ -185,37 +196,42 @@ class TrainedCache:
                 )
                 result = _train(model, trained, arch, files, train)
         if cached and distributed.is_main():
-            link_or_copy(trained, Path(run.ckpt_dir) / "trained.pt")
+            link_or_copy(trained, Path(run.ckpt_dir) / filename)
             result.summary["cache_entry"] = str(entry)
-        result.entry = entry
+        result.entry, result.checkpoint = entry, trained
         return result
 
     def figures(
         self,
-        entry: Path,
+        trained: Path,
         key: Mapping[str, Any],
         compute: Callable[[], Mapping[str, Any]],
     ) -> Figures:
-        """Figures measured on the trained model of ``entry``, computed once and then reused.
+        """Figures measured on the trained model of ``trained``, computed once and then reused.
 
-        ``entry`` is a directory holding ``trained.pt`` (:attr:`Trained.entry`: a cache entry,
-        any entry, or a run's checkpoint directory); ``key`` is plain JSON-able data naming
+        ``trained`` is a trained checkpoint file (:attr:`Trained.checkpoint`: the one of a
+        cache entry, of any entry, or in a run's checkpoint directory with the cache off) or an
+        entry directory (meaning its ``trained.pt``); ``key`` is plain JSON-able data naming
         what is measured and how (e.g. ``{"kind": "test_eval", "split": "test",
         "batch_size": 256, "device": "cpu"}``; for latency the batch sizes, repeats, device
         and its name, threads, compile): a different key is a different measurement.
         ``compute()`` returns the figures (JSON-able) of the model *as trained*: the caller
-        evaluates the model loaded from ``trained.pt``, before any change.
+        evaluates the model loaded from the checkpoint, before any change.
 
-        The figures are stored in ``entry/figures/<hash of key>.json`` with the key and a
-        fingerprint of ``trained.pt`` (size and modification time), written atomically. A
+        The figures are stored beside the checkpoint, in ``figures/<checkpoint name>_<hash of
+        key>.json``, with the key and a fingerprint of the checkpoint (size and modification
+        time), written atomically. A
         missing, unreadable or corrupt file, another key or another checkpoint (retrained
         since) means compute and store again, never an error. Concurrent jobs take the entry's
         lock, so one computes and the others read its result. Under torchrun every rank calls
         this (``compute`` may all-reduce); rank 0 decides and writes.
         """
-        entry = Path(entry)
-        path = entry / "figures" / f"{cache_key(key)}.json"
-        fingerprint = _fingerprint(entry / "trained.pt")
+        trained = Path(trained)
+        if trained.is_dir():
+            trained = trained / "trained.pt"
+        entry = trained.parent
+        path = entry / "figures" / f"{trained.stem}_{cache_key(key)}.json"
+        fingerprint = _fingerprint(trained)
         plain_key = json.loads(json.dumps(key, sort_keys=True, default=str))
         lock = entry_lock(entry) if distributed.is_main() else contextlib.nullcontext()
         with lock:
@@ -233,7 +249,7 @@ class TrainedCache:
 
 
 def _fingerprint(trained: Path) -> dict[str, int] | None:
-    """Size and modification time of ``trained.pt``: a retrained checkpoint invalidates the
+    """Size and modification time of the checkpoint: a retrained checkpoint invalidates the
     figures measured on the old one."""
     try:
         stat = trained.stat()

@@ -21,6 +21,7 @@ are re-raised as the one-line :class:`~prune_cli.errors.UserError` that :func:`e
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import time
@@ -33,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from prune_cli import distributed
-from prune_cli.cache import TrainedCache, training_payload
+from prune_cli.cache import TrainedCache, cache_key, file_sha256, training_payload
 from prune_cli.data import build_dataset
 from prune_cli.engine import (
     fit,
@@ -48,7 +49,12 @@ from prune_cli.errors import ConfigError, explain, one_line
 from prune_cli.export import FORMATS, export_model
 from prune_cli.methods import PruneContext, build_method
 from prune_cli.metrics.latency import compare_latency, latency_setting, measure_latency
-from prune_cli.metrics.report import netscore_units, stage_metrics, write_metrics_json
+from prune_cli.metrics.report import (
+    netscore_units,
+    relative_to_dense,
+    stage_metrics,
+    write_metrics_json,
+)
 from prune_cli.models import build_model
 from prune_cli.models.traits import stem_and_classifier
 from prune_cli.pruning import MaskHold
@@ -70,6 +76,10 @@ def _peek(cfg: DictConfig, key: str) -> Any:
         return None
 
 
+#: How far an achieved pruning rate may be from the one asked for before the run says so.
+RATE_TOLERANCE = 0.01
+
+
 def check_ratio(ratio: Any) -> float:
     """``ratio`` must be a number in [0, 1)."""
     try:
@@ -85,7 +95,7 @@ class Pipeline:
     """One run. ``run()`` executes the stages and returns the ``metrics.json`` content."""
 
     #: The stages ``run()`` calls, in order.
-    STAGES = ("validate", "setup", "train", "prune", "finetune", "evaluate")
+    STAGES = ("validate", "setup", "train", "dense_reference", "prune", "finetune", "evaluate")
 
     def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
         self.cfg = cfg
@@ -112,9 +122,10 @@ class Pipeline:
             "timings": {},
         }
         self._inner_fit_seconds = 0.0  # fine-tuning done inside prune(), timed as its own stage
-        # Where trained.pt lives (a cache entry or the run's checkpoints): the dense model's
-        # figures are stored beside it. None with ``pretrained``.
-        self.trained_entry: Path | None = None
+        # The trained checkpoint of each training stage ("train", "dense_reference"): the
+        # figures measured on the model as trained are cached beside it (TrainedCache.figures).
+        self.trained_at: dict[str, Path] = {}
+        self.dense_checkpoint: Path | None = None  # the dense reference's, when trained here
 
     # ------------------------------------------------------------------ helpers
     def _save_metrics(self) -> None:
@@ -193,118 +204,221 @@ class Pipeline:
         self.ratio = self.metrics["ratio"] = check_ratio(self.ratio)
         self.device = resolve_device(str(cfg.device))
         seed_everything(self.seed, bool(cfg.get("deterministic", False)))
+        method_cfg = _plain(cfg.method)
+        own_ratio = method_cfg.get("ratio")  # null or absent: the run's ratio
+        self.method = build_method(
+            method_cfg, check_ratio(self.ratio if own_ratio is None else own_ratio), self.seed
+        )
+        self._hold_out_for_method()
         self.data = build_dataset(cfg.dataset)
         self.input_size = (self.data.in_channels, self.data.image_size, self.data.image_size)
-        model_kwargs = {k: v for k, v in _plain(cfg.model).items() if k != "name"}
         self.model_name = str(cfg.model.name)
-        # The same seed gives the same initial weights whatever the method.
+        model = self._build_plain_model()
+        self.model = self.method.prepare(model).to(self.device)
+        self.metrics["device"] = str(self.device)
+        self.metrics["method_config"] = method_cfg
+        self.cache = TrainedCache(bool(cfg.cache.enabled), Path(str(cfg.cache.dir)))
+
+    def _hold_out_for_method(self) -> None:
+        """A method that decides on held-out images (``optimized``'s fitness) gets a validation
+        split carved from train (seeded, stratified: ``dataset.val_size``) when the dataset has
+        none configured; training then never sees those images, and the run records it."""
+        wanted = int(self.method.holdout_size())
+        if wanted <= 0 or _peek(self.cfg, "dataset.val_size") not in (0, None):
+            return
+        OmegaConf.update(self.cfg, "dataset.val_size", wanted, force_add=True)
+        self.metrics["data_holdout"] = {
+            "val_size": wanted,
+            "why": f"method {self.method.name!r} decides on images held out of training",
+        }
+        log.info(
+            "%s: %d training images held out as the validation split (dataset.val_size)",
+            self.method.name,
+            wanted,
+        )
+
+    def _build_plain_model(self) -> nn.Module:
+        """The configured architecture, freshly initialised from the run seed (the same seed
+        gives the same initial weights whatever the method)."""
+        model_kwargs = {k: v for k, v in _plain(self.cfg.model).items() if k != "name"}
         torch.manual_seed(self.seed)
-        model = build_model(
+        return build_model(
             self.model_name,
             num_classes=self.data.num_classes,
             in_channels=self.data.in_channels,
             image_size=self.data.image_size,
             **model_kwargs,
         )
-        method_cfg = _plain(cfg.method)
-        own_ratio = method_cfg.get("ratio")  # null or absent: the run's ratio
-        self.method = build_method(
-            method_cfg, check_ratio(self.ratio if own_ratio is None else own_ratio)
+
+    def _pretrained_path(self) -> Path | None:
+        if not self.cfg.get("pretrained"):
+            return None
+        path = Path(str(self.cfg.pretrained)).expanduser()
+        return path if path.is_absolute() else Path(_original_cwd()) / path
+
+    def _load_pretrained(self, model: nn.Module, path: Path, map_state: Any = None) -> dict:
+        return load_pretrained(
+            model,
+            path,
+            expect_arch=self.model_name,
+            map_location=self.device,
+            map_state=map_state,
+            replaceable=stem_and_classifier(model, self.data.num_classes),
         )
-        self.method.seed = self.seed
-        self.model = self.method.prepare(model).to(self.device)
-        self.metrics["device"] = str(self.device)
-        self.metrics["method_config"] = method_cfg
-        self.cache = TrainedCache(bool(cfg.cache.enabled), Path(str(cfg.cache.dir)))
 
     def train(self) -> None:
-        """Dense training, shared through the cache, or loading ``pretrained``."""
+        """Dense training, shared through the cache, or loading ``pretrained``.
+
+        With ``pretrained=`` training is skipped, except for methods that prune *during*
+        training (``trains_from_pretrained``: dynamic_filter), whose training then starts from
+        the pretrained weights (keyed in the cache by the file's digest).
+        """
         tic = time.perf_counter()
-        cfg = self.cfg
-        if cfg.get("pretrained"):
-            path = Path(str(cfg.pretrained)).expanduser()
-            if not path.is_absolute():
-                path = Path(_original_cwd()) / path
-            self.metrics["train"] = load_pretrained(
-                self.model,
-                path,
-                expect_arch=self.model_name,
-                map_location=self.device,
-                map_state=lambda state: self.method.pretrained_state(self.model, state),
-                replaceable=stem_and_classifier(self.model, self.data.num_classes),
-            )
+        pretrained = self._pretrained_path()
+        if pretrained is None:
+            self.metrics["train"] = self._train_or_load(self.model, self.method)
         else:
-            self.metrics["train"] = self._train_or_load()
+            loaded = self._load_pretrained(
+                self.model,
+                pretrained,
+                map_state=lambda state: self.method.pretrained_state(self.model, state),
+            )
+            if self.method.trains_from_pretrained:
+                start = {"pretrained": str(pretrained), "sha256": file_sha256(pretrained)}
+                trained = self._train_or_load(self.model, self.method, start=start)
+                self.metrics["train"] = {**trained, "started_from": loaded}
+                log.info("%s trains from the pretrained weights %s", self.method.name, pretrained)
+            else:
+                self.metrics["train"] = loaded
         self._timed("train", time.perf_counter() - tic)
         self.baseline_model = copy.deepcopy(self.model)
-        self.record("baseline", self.model, evaluation=self._dense_test_eval())
+        evaluation = self._trained_test_eval(self.model, self.trained_at.get("train"))
+        self.record("baseline", self.model, evaluation=evaluation)
 
-    def _dense_figures(
-        self, key: Mapping[str, Any], compute: Callable[[], Mapping[str, Any]]
+    def _trained_figures(
+        self,
+        model: nn.Module,
+        checkpoint: Path | None,
+        key: Mapping[str, Any],
+        compute: Callable[[], Mapping[str, Any]],
     ) -> tuple[dict[str, Any], str]:
-        """Figures of the dense model as trained, through the cache entry's figures
-        (:meth:`TrainedCache.figures`) when there is an entry and ``cache.figures`` is on.
-        Returns them and where they came from: ``cached`` or ``measured``."""
-        if self.trained_entry is None or not bool(self.cfg.cache.figures):
+        """Figures of ``model`` as trained into ``checkpoint``, computed once per checkpoint
+        and ``key`` (:meth:`TrainedCache.figures`: every job of a sweep reuses them) when there
+        is a checkpoint and ``cache.figures`` is on. The key also names the model's structure
+        (a method's re-parameterisation of the same weights is another measurement). Returns
+        the figures and where they came from: ``cached`` or ``measured``."""
+        if checkpoint is None or not bool(self.cfg.cache.figures):
             return dict(compute()), "measured"
-        got = self.cache.figures(self.trained_entry, key, compute)
+        full = {**key, "module": cache_key({"repr": repr(model)})}
+        got = self.cache.figures(checkpoint, full, compute)
         return got.values, "cached" if got.cached else "measured"
 
-    def _dense_test_eval(self) -> dict[str, float]:
-        """The dense model's test evaluation: once per trained checkpoint and eval setting."""
-        batch_size = int(self.cfg.train.get("eval_batch_size", 256))
+    def _trained_test_eval(self, model: nn.Module, checkpoint: Path | None) -> dict[str, float]:
+        """The test evaluation of ``model`` as trained into ``checkpoint``: once per
+        checkpoint and evaluation setting."""
         key = {
             "kind": "test_eval",
             "split": "test",
-            "batch_size": batch_size,
+            "batch_size": int(self.cfg.train.get("eval_batch_size", 256)),
             "device": self.device.type,
             "world_size": distributed.world_size(),
         }
-        values, source = self._dense_figures(key, lambda: self._test_eval(self.model))
+        values, source = self._trained_figures(
+            model, checkpoint, key, lambda: self._test_eval(model)
+        )
         if source == "cached":
-            log.info("baseline: test evaluation reused from the trained-model cache")
+            log.info("test evaluation of %s reused from the trained-model cache", checkpoint)
         return values
 
-    def _train_or_load(self) -> dict[str, Any]:
-        """Dense training through the trained-model cache (:mod:`prune_cli.cache`)."""
+    def _train_or_load(
+        self,
+        model: nn.Module,
+        hooks: Any,
+        *,
+        method_training: dict[str, Any] | None = None,
+        stage: str = "train",
+        filename: str = "trained.pt",
+        start: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Train ``model`` (with the training ``hooks``) through the trained-model cache
+        (:mod:`prune_cli.cache`); ``method_training`` defaults to the method's signature."""
         cfg = self.cfg
+        signature = self.method.training_signature() if method_training is None else method_training
         payload = training_payload(
             model=_plain(cfg.model),
             dataset=_plain(cfg.dataset),
             train=_plain(cfg.train),
             seed=self.seed,
             deterministic=bool(cfg.get("deterministic", False)),
-            method_training=self.method.training_signature(),
+            method_training=signature if start is None else {**signature, "start": start},
             device_type=self.device.type,
         )
         cache = self.cache
-        run = StageFiles("train", self.ckpt_dir, self.history_csv, self.resume)
+        run = StageFiles(stage, self.ckpt_dir, self.history_csv, self.resume)
         trained = cache.train_or_load(
-            self.model,
+            model,
             payload,
             run,
             label=f"{self.model_name}_{cfg.dataset.name}",
             arch=self.model_name,
             device=self.device,
-            train=self._train_dense,
+            train=lambda files: self._train_dense(model, hooks, files),
+            filename=filename,
         )
-        write_history(self.history_csv, "train", trained.history)
-        self.trained_entry = trained.entry
+        write_history(self.history_csv, stage, trained.history)
+        self.trained_at[stage] = trained.checkpoint
         return trained.summary
 
-    def _train_dense(self, files: StageFiles) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Train ``self.model`` with the ``train`` settings and the method's training hooks."""
+    def _train_dense(
+        self, model: nn.Module, hooks: Any, files: StageFiles
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Train ``model`` with the ``train`` settings and the given training hooks."""
         settings = FitSettings.from_cfg(_plain(self.cfg.train))
         result = fit(
-            self.model,
-            self.data,
-            settings,
-            device=self.device,
-            files=files,
-            hooks=self.method,
-            seed=self.seed,
+            model, self.data, settings, device=self.device, files=files, hooks=hooks, seed=self.seed
         )
-        return self._fit_summary(result, self.model, settings.epochs), result.history
+        return self._fit_summary(result, model, settings.epochs), result.history
+
+    def dense_reference(self) -> None:
+        """The dense reference (design.md "Baselines"): the plain dense model of this training
+        setup, the yardstick of every run. When the method does not change training, it is the
+        baseline itself; otherwise (sparsity training, dynamic masks, sharing) the plain model is
+        trained through the cache (shared with ``method=none`` and every method that trains
+        plainly, so a sweep trains it once) or, with ``pretrained=``, loaded from the file.
+        ``baseline_kind`` says what the ``baseline`` stage is."""
+        tic = time.perf_counter()
+        pretrained = self._pretrained_path()
+        trained = pretrained is None or self.method.trains_from_pretrained
+        kind = self.method.baseline_kind(trained)
+        self.metrics["baseline_kind"] = kind
+        if kind == "dense":
+            self.dense_model = self.baseline_model
+            self.dense_checkpoint = self.trained_at.get("train")
+            self.metrics["dense_reference"] = {**self.metrics["baseline"], "source": "baseline"}
+            self.metrics["stages"].insert(1, "dense_reference")
+            self._save_metrics()
+        else:
+            model = self._build_plain_model().to(self.device)
+            if pretrained is not None:
+                self._load_pretrained(model, pretrained)
+                source = f"pretrained: {pretrained}"
+            else:
+                summary = self._train_or_load(
+                    model,
+                    None,
+                    method_training={},
+                    stage="dense_reference",
+                    filename="dense_reference.pt",
+                )
+                self.metrics["dense_reference_train"] = summary
+                source = "trained plainly" + (" (cache)" if summary.get("cache_entry") else "")
+            self.dense_model = model
+            self.dense_checkpoint = self.trained_at.get("dense_reference")
+            evaluation = self._trained_test_eval(model, self.dense_checkpoint)
+            self.record("dense_reference", model, evaluation=evaluation)
+            self.metrics["dense_reference"]["source"] = source
+            self._save_metrics()
+        self._timed("dense_reference", time.perf_counter() - tic)
 
     def prune(self) -> None:
         tic = time.perf_counter()
@@ -317,17 +431,20 @@ class Pipeline:
             input_size=self.input_size,
             finetune=self._finetune_callback,
             record=self.record,
+            latency=bool(self.cfg.metrics.latency.enabled),
         )
         if self.resume and pruned_path.is_file():
             ckpt = load_checkpoint(pruned_path, self.device)
             self.model = self.method.restore(self.model, ckpt, str(pruned_path)).to(self.device)
             self.masks = dict(ckpt.get("masks", {}))
             self.metrics["prune_info"] = ckpt.get("info", {})
+            self._check_prune_info(self.metrics["prune_info"])
             log.info("pruned model loaded from %s (resume)", pruned_path)
         else:
             result = self.method.prune(self.model, ctx)
             self.model, self.masks = result.model.to(self.device), result.masks
             self.metrics["prune_info"] = result.info
+            self._check_prune_info(result.info)
             save_checkpoint(
                 pruned_path,
                 {
@@ -341,6 +458,31 @@ class Pipeline:
         # stages; timings.prune is the pruning work alone.
         self._timed("prune", time.perf_counter() - tic - self._inner_fit_seconds)
         self.record("pruned", self.model)
+
+    def warn(self, message: str) -> None:
+        """A run that does something other than asked says so, in the log and in
+        ``metrics.json`` (``warnings``), which the report shows."""
+        log.warning(message)
+        warnings = self.metrics.setdefault("warnings", [])
+        if message not in warnings:
+            warnings.append(message)
+        self._save_metrics()
+
+    def _check_prune_info(self, info: Mapping[str, Any]) -> None:
+        """The method's own warnings, and every rate it achieved more than
+        :data:`RATE_TOLERANCE` (or one counted unit, if larger) away from the rate asked for
+        (``prune_info.rates``)."""
+        for message in info.get("warnings") or []:
+            self.warn(message)
+        for what, rate in (info.get("rates") or {}).items():
+            gap = float(rate["achieved"]) - float(rate["target"])
+            # one unit of what is counted may be more than a point (a layer of 24 filters)
+            tolerance = max(RATE_TOLERANCE, 1.0 / max(1, int(rate.get("total") or 1)))
+            if abs(gap) > tolerance:
+                self.warn(
+                    f"{self.method.name}: {what} pruned {rate['achieved']:.4f}, not the "
+                    f"{rate['target']:.4f} asked for ({100 * gap:+.1f} points)"
+                )
 
     def _finetune_callback(
         self,
@@ -403,7 +545,10 @@ class Pipeline:
 
     def evaluate(self) -> None:
         tic = time.perf_counter()
-        self.record("final", self.model, per_layer=True)
+        final = self.record("final", self.model, per_layer=True)
+        self.metrics["relative_to_dense"] = relative_to_dense(
+            final, self.metrics["dense_reference"]
+        )
         lat_cfg = self.cfg.metrics.latency
         if bool(lat_cfg.enabled):
             kwargs = {
@@ -414,21 +559,26 @@ class Pipeline:
                 "compile": bool(lat_cfg.compile),
             }
             if str(lat_cfg.dense) == "interleaved":
-                models = {"baseline": self.baseline_model, "final": self.model}
+                # Against the plain dense reference (no mask re-parameterisation, no
+                # templates), each repeat timing both models in turn.
+                models = {"dense_reference": self.dense_model, "final": self.model}
                 both = compare_latency(models, self.input_size, **kwargs)
-                before, after, source = both["baseline"], both["final"], "interleaved"
-            else:  # reuse: measured once per trained checkpoint and latency setting
+                before, after, source = both["dense_reference"], both["final"], "interleaved"
+            else:  # reuse: the dense latency measured once per trained checkpoint and setting
                 key = {"kind": "latency", **latency_setting(self.device), **kwargs}
                 key["device"] = str(self.device)
-                before, source = self._dense_figures(
-                    key, lambda: measure_latency(self.baseline_model, self.input_size, **kwargs)
+                before, source = self._trained_figures(
+                    self.dense_model,
+                    self.dense_checkpoint,
+                    key,
+                    lambda: measure_latency(self.dense_model, self.input_size, **kwargs),
                 )
                 after = measure_latency(self.model, self.input_size, **kwargs)
             speedup = {
                 key: round(before[key]["latency_ms"] / after[key]["latency_ms"], 4) for key in after
             }
             self.metrics["latency"] = {
-                "baseline": before,
+                "dense_reference": before,
                 "final": after,
                 "speedup": speedup,
                 "dense_source": source,
@@ -437,6 +587,9 @@ class Pipeline:
 
     # ------------------------------------------------------------------ driver
     def run(self) -> dict[str, Any]:
+        done = self._completed_before()
+        if done is not None:
+            return done
         total = time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -463,6 +616,20 @@ class Pipeline:
         if skipped:
             log.warning("%d unreadable file(s) skipped (metrics.json: data)", skipped)
         return self.metrics
+
+    def _completed_before(self) -> dict[str, Any] | None:
+        """With ``resume``, a run whose ``metrics.json`` already says ``completed`` is not run
+        again (a resumed sweep redoes only its unfinished jobs); its figures are returned."""
+        if _peek(self.cfg, "resume") is not True or not self.metrics_path.is_file():
+            return None
+        try:
+            previous = json.loads(self.metrics_path.read_text())
+        except (OSError, ValueError):
+            return None  # unreadable: run it again
+        if not isinstance(previous, dict) or previous.get("status") != "completed":
+            return None
+        log.info("%s already completed: nothing to resume", self.run_dir)
+        return previous
 
     def _save_final_metrics(self) -> None:
         """Write ``metrics.json`` at the end; when the run already failed (a full disk, say),

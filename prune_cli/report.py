@@ -12,17 +12,24 @@ Written into ``--out`` (default: the first PATH), each through a temporary file 
 - ``summary.csv``: one row per run, all figures (columns in :data:`CSV_COLUMNS`);
 - ``summary.md``: the same runs in a readable table, then the NetScore table: mean ± sd over
   seeds for every model x dataset x method x ratio (plus ``variant``, below);
-- ``accuracy_vs_sparsity.png``, ``accuracy_vs_macs.png``, ``netscore_vs_ratio.png``: one line per
-  method (per model/dataset/method when several), mean ± sd bands when a point has several seeds.
+- ``accuracy_vs_removed.png``, ``accuracy_vs_macs.png``, ``netscore_vs_ratio.png``: one line per
+  method (per model/dataset/method when several), mean ± sd bands when a point has several seeds,
+  and the dense reference as a star.
 
 Definitions (those of ``metrics.json``, README "What a run writes"): "before" is the ``baseline``
-stage (the trained dense model), "after" the ``final`` stage (pruned and fine-tuned); accuracies
-are top-1 on the test split in percent; ``params``/``macs`` are the dense counts and
-``*_nonzero`` the counts of non-zero weights; ``sparsity`` is the fraction of zero conv + linear
-weights; NetScore (methods.md §2.3) = ``20·log10(top1² / (√(params/p_unit)·√(MACs/m_unit)))``,
+stage (the trained model the method pruned, ``baseline_kind`` says what it is: the dense model,
+or a sparsity-trained, masked or shared one), "after" the ``final`` stage (pruned and
+fine-tuned), "dense" the ``dense_reference`` stage (the plain dense model of the same training
+setup); accuracies are top-1 on the test split in percent; ``params``/``macs`` are the dense
+counts and ``*_nonzero`` the counts of non-zero weights; ``sparsity`` is the fraction of zero conv
++ linear weights *of the final model itself* (about 0 for a physically narrowed model), so methods
+are compared with ``weights_removed`` (the fraction of the dense reference's conv + linear weights
+removed or zero) and ``params_vs_dense``/``macs_vs_dense`` (nonzero counts over the dense
+reference's); NetScore (methods.md §2.3) = ``20·log10(top1² / (√(params/p_unit)·√(MACs/m_unit)))``,
 ``netscore`` with the counting mode the run was configured with (``netscore_count``), both modes
 in ``netscore_dense``/``netscore_nonzero``, and the units in ``params_unit``/``macs_unit``;
-``speedup_bN`` is baseline latency / final latency at batch size N.
+``speedup_bN`` is the dense reference's latency / the final model's at batch size N;
+``warnings`` lists what a run did other than asked (a skipped stage, a missed rate).
 
 ``variant`` names the command-line overrides (other than model, dataset, method, ratio, seed)
 whose values differ between the runs of a report, e.g. ``method.scope=layerwise``, so that two
@@ -62,6 +69,8 @@ CSV_COLUMNS = [
     "seed",
     "status",
     "error",
+    "baseline_kind",
+    "top1_dense",
     "top1_before",
     "top1_after",
     "top1_change",
@@ -71,6 +80,11 @@ CSV_COLUMNS = [
     "macs",
     "macs_nonzero",
     "sparsity",
+    "weights_removed",
+    "params_vs_dense",
+    "macs_vs_dense",
+    "params_dense_ref",
+    "macs_dense_ref",
     "netscore",
     "netscore_dense",
     "netscore_nonzero",
@@ -83,11 +97,12 @@ CSV_COLUMNS = [
     "prune_s",
     "finetune_s",
     "total_s",
+    "warnings",
     "run_dir",
 ]
 #: Overrides that are columns of their own, or say nothing about the experiment.
 _NOT_VARIANT = ("model", "dataset", "method", "ratio", "seed", "resume", "pretrained", "device")
-PLOTS = ("accuracy_vs_sparsity.png", "accuracy_vs_macs.png", "netscore_vs_ratio.png")
+PLOTS = ("accuracy_vs_removed.png", "accuracy_vs_macs.png", "netscore_vs_ratio.png")
 
 
 class ReportError(Exception):
@@ -238,6 +253,10 @@ def make_rows(runs: Sequence[Run]) -> tuple[list[dict[str, Any]], list[str]]:
         m = run.metrics
         base = m.get("baseline") or {}
         final = m.get("final") or {}
+        # Runs written before the dense reference existed: their baseline was the dense model
+        # for every method that does not change training; say where the figures came from.
+        dense = m.get("dense_reference") or base
+        rel = m.get("relative_to_dense") or {}
         units = m.get("netscore_units") or {}
         timings = m.get("timings") or {}
         before, after = _num(base.get("top1")), _num(final.get("top1"))
@@ -250,6 +269,8 @@ def make_rows(runs: Sequence[Run]) -> tuple[list[dict[str, Any]], list[str]]:
             "seed": m.get("seed"),
             "status": run.status,
             "error": run.error or "",
+            "baseline_kind": m.get("baseline_kind", "unknown (older run)"),
+            "top1_dense": _num(dense.get("top1")),
             "top1_before": before,
             "top1_after": after,
             "top1_change": None if before is None or after is None else round(after - before, 4),
@@ -259,6 +280,11 @@ def make_rows(runs: Sequence[Run]) -> tuple[list[dict[str, Any]], list[str]]:
             "macs": final.get("macs"),
             "macs_nonzero": final.get("macs_nonzero"),
             "sparsity": _num(final.get("sparsity")),
+            "weights_removed": _num(rel.get("weights_removed")),
+            "params_vs_dense": _num(rel.get("params")),
+            "macs_vs_dense": _num(rel.get("macs")),
+            "params_dense_ref": dense.get("params"),
+            "macs_dense_ref": dense.get("macs"),
             "netscore": _num(final.get("netscore")),
             "netscore_dense": _num(final.get("netscore_dense")),
             "netscore_nonzero": _num(final.get("netscore_nonzero")),
@@ -271,6 +297,7 @@ def make_rows(runs: Sequence[Run]) -> tuple[list[dict[str, Any]], list[str]]:
             "prune_s": _num(timings.get("prune")),
             "finetune_s": _num(timings.get("finetune")),
             "total_s": _num(timings.get("total")),
+            "warnings": "; ".join(m.get("warnings") or []),
             "run_dir": str(run.path),
         }
         for key, value in ((m.get("latency") or {}).get("speedup") or {}).items():
@@ -326,7 +353,13 @@ def netscore_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         done = [r for r in members if r["status"] == DONE]
         entry: dict[str, Any] = dict(zip(("model", "dataset", "method", "variant", "ratio"), key))
         entry["runs"], entry["total"] = len(done), len(members)
-        for col in ("netscore", "netscore_dense", "netscore_nonzero", "top1_after", "sparsity"):
+        for col in (
+            "netscore",
+            "netscore_dense",
+            "netscore_nonzero",
+            "top1_after",
+            "weights_removed",
+        ):
             entry[col] = mean_sd(r[col] for r in done)
         units = {(r["params_unit"], r["macs_unit"], r["netscore_count"]) for r in done}
         entry["units"] = "; ".join(f"{p}, {m}, headline {c}" for p, m, c in sorted(units))
@@ -403,33 +436,36 @@ def render_markdown(
     )
     lines += [
         "",
-        "Top-1 on the test split (%), before = trained dense model, after = pruned + "
-        "fine-tuned. Params and MACs of the final model as nonzero / dense. NetScore = "
-        "20·log10(top1² / (√(params/p_unit)·√(MACs/m_unit))) from nonzero and dense counts, "
-        "units per run in `summary.csv` (`params_unit`, `macs_unit`). Speedup = baseline "
-        "latency / final latency at batch size N.",
+        "Top-1 on the test split (%): dense = the dense reference (plain dense training of "
+        "the same setup), before = the trained model the method pruned (`baseline_kind` in "
+        "`summary.csv`: the dense model, or a sparsity-trained, masked or shared one), after = "
+        "pruned + fine-tuned. Removed = fraction of the dense reference's conv + linear weights "
+        "removed or zero; params and MACs of the final model as nonzero / dense counts. "
+        "NetScore = 20·log10(top1² / (√(params/p_unit)·√(MACs/m_unit))) from nonzero and dense "
+        "counts, units per run in `summary.csv` (`params_unit`, `macs_unit`). Speedup = dense "
+        "reference latency / final latency at batch size N.",
         "",
         "## Runs",
         "",
     ]
     header = ["model", "dataset", "method"]
     header += ["variant"] if has_variant else []
-    header += ["ratio", "seed", "status", "top1 before", "top1 after", "Δ top1"]
-    header += ["params M (nz/dense)", "MACs M (nz/dense)", "sparsity %"]
+    header += ["ratio", "seed", "status", "top1 dense", "top1 before", "top1 after", "Δ top1"]
+    header += ["params M (nz/dense)", "MACs M (nz/dense)", "removed %"]
     header += ["NetScore nz", "NetScore dense", "units"]
     header += [f"speedup {c.removeprefix('speedup_')}" for c in speedups] + ["error"]
     body = []
     for r in rows:
         cells = [_fmt(r["model"]), _fmt(r["dataset"]), _fmt(r["method"])]
         cells += [r["variant"] or "–"] if has_variant else []
-        sparsity = None if r["sparsity"] is None else 100.0 * r["sparsity"]
+        removed = None if r["weights_removed"] is None else 100.0 * r["weights_removed"]
         units = f"{r['params_unit']}, {r['macs_unit']}" if r["params_unit"] else "–"
-        cells += [_fmt_ratio(r["ratio"]), _fmt(r["seed"]), r["status"]]
+        cells += [_fmt_ratio(r["ratio"]), _fmt(r["seed"]), r["status"], _fmt(r["top1_dense"])]
         cells += [_fmt(r["top1_before"]), _fmt(r["top1_after"]), _fmt(r["top1_change"])]
         cells += [
             f"{_fmt_count(r['params_nonzero'], 1e6, '')} / {_fmt_count(r['params'], 1e6, '')}",
             f"{_fmt_count(r['macs_nonzero'], 1e6, '')} / {_fmt_count(r['macs'], 1e6, '')}",
-            _fmt(sparsity),
+            _fmt(removed),
             _fmt(r["netscore_nonzero"]),
             _fmt(r["netscore_dense"]),
             units,
@@ -437,6 +473,12 @@ def render_markdown(
         cells += [_fmt(r.get(c)) for c in speedups] + [r["error"] or ""]
         body.append(cells)
     lines += _md_table(header, body)
+    warned = [r for r in rows if r.get("warnings")]
+    if warned:
+        lines += ["", "## Warnings", "", "What these runs did other than asked:", ""]
+        for r in warned:
+            what = f"{r['model']}/{r['dataset']}/{r['method']} ratio {_fmt_ratio(r['ratio'])}"
+            lines.append(f"- {what} seed {_fmt(r['seed'])}: {r['warnings']}")
     lines += [
         "",
         "## NetScore by model × dataset × method × ratio",
@@ -447,12 +489,12 @@ def render_markdown(
     ]
     header = ["model", "dataset", "method"] + (["variant"] if has_variant else [])
     header += ["ratio", "runs", "NetScore", "NetScore nz", "NetScore dense", "top1 after"]
-    header += ["sparsity %", "units"]
+    header += ["removed %", "units"]
     body = []
     for e in table:
         cells = [_fmt(e["model"]), _fmt(e["dataset"]), _fmt(e["method"])]
         cells += [e["variant"] or "–"] if has_variant else []
-        sp_mean, sp_sd, _ = e["sparsity"]
+        sp_mean, sp_sd, _ = e["weights_removed"]
         cells += [_fmt_ratio(e["ratio"]), f"{e['runs']}/{e['total']}"]
         cells += [_fmt_ms(*e[c][:2]) for c in ("netscore", "netscore_nonzero", "netscore_dense")]
         cells += [_fmt_ms(*e["top1_after"][:2])]
@@ -489,6 +531,29 @@ def _save_figure(fig: Any, path: Path) -> None:
         raise
 
 
+def dense_points(done: Sequence[dict[str, Any]], x_key: str) -> list[tuple[str, float, float]]:
+    """The dense reference of every model/dataset among the completed rows ``done``, as plot
+    points ``(label, x, top1)``: top-1 of the ``dense_reference`` stage (mean over runs), at 0
+    weights removed or at the dense reference's MACs (millions) — never at a pruned model's
+    figures, and never a masked or shared baseline's."""
+    setups = sorted({(r["model"], r["dataset"]) for r in done}, key=str)
+    points = []
+    for model, dataset in setups:
+        members = [r for r in done if (r["model"], r["dataset"]) == (model, dataset)]
+        acc = mean_sd(r["top1_dense"] for r in members)[0]
+        if acc is None:
+            continue
+        if x_key == "weights_removed":
+            x: float | None = 0.0
+        else:
+            x = mean_sd(r["macs_dense_ref"] for r in members)[0]
+            x = None if x is None else x / 1e6
+        if x is not None:
+            label = f"dense {model}/{dataset}" if len(setups) > 1 else "dense reference"
+            points.append((label, x, acc))
+    return points
+
+
 def write_plots(rows: Sequence[dict[str, Any]], out: Path) -> list[str]:
     """The three PNG plots (module docstring); returns the file names written.
 
@@ -512,27 +577,10 @@ def write_plots(rows: Sequence[dict[str, Any]], out: Path) -> list[str]:
     units = sorted({f"{r['params_unit']}, {r['macs_unit']}" for r in done if r["params_unit"]})
     counts = sorted({str(r["netscore_count"]) for r in done if r["netscore_count"]})
 
-    def baselines(x_key: str) -> list[tuple[str, float, float]]:
-        """Mean dense (baseline) point per model/dataset: (label, x, top1)."""
-        points = []
-        for model, dataset in sorted(setups, key=str):
-            members = [r for r in done if (r["model"], r["dataset"]) == (model, dataset)]
-            acc = mean_sd(r["top1_before"] for r in members)[0]
-            if acc is None:
-                continue
-            if x_key == "sparsity":
-                x = 0.0
-            else:  # the dense model's MACs: the baseline stage's count equals the final dense
-                x = mean_sd(r["macs"] for r in members)[0]
-                x = None if x is None else x / 1e6
-            if x is not None:
-                points.append((f"dense {model}/{dataset}" if several else "dense baseline", x, acc))
-        return points
-
     specs = [
-        ("accuracy_vs_sparsity.png", "sparsity", 100.0, "top1_after",
-         "sparsity of conv + linear weights (%)", "top-1 after fine-tuning (%)",
-         "Accuracy vs. sparsity"),
+        ("accuracy_vs_removed.png", "weights_removed", 100.0, "top1_after",
+         "dense reference's conv + linear weights removed or zero (%)",
+         "top-1 after fine-tuning (%)", "Accuracy vs. weights removed"),
         ("accuracy_vs_macs.png", "macs_nonzero", 1e-6, "top1_after",
          "MACs of one image, nonzero weights only (millions)", "top-1 after fine-tuning (%)",
          "Accuracy vs. MACs"),
@@ -560,7 +608,7 @@ def write_plots(rows: Sequence[dict[str, Any]], out: Path) -> list[str]:
                 hi = [y + (sd or 0.0) for _, y, sd in points]
                 ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
         if y_key == "top1_after":
-            for label, x, acc in baselines(x_key):
+            for label, x, acc in dense_points(done, x_key):
                 ax.scatter([x], [acc], marker="*", s=140, color="black", zorder=5, label=label)
         if left_out:
             ax.text(

@@ -22,6 +22,7 @@ coverage of torchvision (77 of 85 models; ShuffleNetV2 at every width and the Sw
     OMP_NUM_THREADS=2 python scripts/bench_coverage.py                    # everything (~1 h)
     python scripts/bench_coverage.py --models torchvision-densenet121 resnet56 --ratio 0.5
     python scripts/bench_coverage.py --out docs/coverage.md               # also write the table
+    python scripts/bench_coverage.py --rows rows.jsonl --out docs/coverage.md  # resumable
 """
 
 from __future__ import annotations
@@ -187,6 +188,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _read_rows(path: Path) -> dict[str, dict]:
+    """Rows of an earlier (interrupted) run, by model; a torn last line is ignored."""
+    rows: dict[str, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            rows[row["model"]] = row
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+")
@@ -194,6 +208,12 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=1800)
     parser.add_argument("--skip-huge", action="store_true")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--rows",
+        type=Path,
+        help="append each model's row here (JSON lines); models already "
+        "there are not run again, so an interrupted benchmark resumes",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--reload", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -208,8 +228,13 @@ def main() -> None:
     names = args.models or all_models()
     if args.skip_huge:
         names = [n for n in names if n.split("-")[-1] not in HUGE]
+    done_rows = _read_rows(args.rows) if args.rows is not None else {}
     rows = []
     for name in names:
+        if name in done_rows:
+            rows.append(done_rows[name])
+            print(table([done_rows[name]]).splitlines()[-1], flush=True)
+            continue
         cmd = [sys.executable, __file__, "--worker", "--models", name, "--ratio", str(args.ratio)]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
@@ -223,6 +248,9 @@ def main() -> None:
             row = {"model": name, "error": f"timeout after {args.timeout}s"}
         rows.append(row)
         print(table([row]).splitlines()[-1], flush=True)
+        if args.rows is not None:
+            with args.rows.open("a") as f:
+                f.write(json.dumps(row) + "\n")
     tv = [r for r in rows if r["model"].startswith("torchvision-")]
     ours = [r for r in rows if not r["model"].startswith("torchvision-")]
     summary = (

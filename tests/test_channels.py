@@ -18,6 +18,7 @@ from torch import nn
 
 from prune_cli.errors import ConfigError
 from prune_cli.export import export_torchscript, load_torchscript
+from prune_cli.methods import PruneContext, build_method
 from prune_cli.metrics.counting import count_macs, count_params
 from prune_cli.models import build_model
 from prune_cli.models.shufflenet import ShuffleUnit
@@ -319,3 +320,20 @@ def test_global_scope_counts_channels_over_all_groups() -> None:
     pruned = channel_prune(dense, FilterNorm(mean=True), 0.4, input_size=INPUT, scope="global")
     total = pruned.info["channels_total"]
     assert total - pruned.info["channels_kept"] == math.floor(0.4 * total)
+
+
+def test_random_filter_control_removes_what_l1_filter_removes_at_random() -> None:
+    """``random`` with ``granularity: filter`` is l1_filter's control (methods.md §6): the same
+    groups and counts, channels chosen from the seed instead of by norm."""
+    ctx = PruneContext(data=None, device=torch.device("cpu"), seed=0, input_size=INPUT)
+    dense = registered("resnet20")
+    l1 = build_method({"name": "l1_filter"}, 0.5).prune(copy.deepcopy(dense), ctx)
+    cfg = {"name": "random", "granularity": "filter", "scope": "layerwise"}
+    rand = build_method(cfg, 0.5, seed=3).prune(copy.deepcopy(dense), ctx)
+    again = build_method(cfg, 0.5, seed=3).prune(copy.deepcopy(dense), ctx)
+    other = build_method(cfg, 0.5, seed=4).prune(copy.deepcopy(dense), ctx)
+    assert rand.info["channels"] == l1.info["channels"]  # the same kept counts per group
+    assert rand.info["keep"] == again.info["keep"]  # the seed fixes the choice
+    assert rand.info["keep"] != other.info["keep"] and rand.info["keep"] != l1.info["keep"]
+    assert rand.info["importance"] == "random" and rand.masks == {}
+    assert count_params(rand.model)[0] == count_params(l1.model)[0]

@@ -45,7 +45,7 @@ def test_default_run_writes_complete_metrics(default_run: Path) -> None:
         "resnet20", "shapes", "magnitude", 0.6, 0)  # fmt: skip
     for stage in ("baseline", "pruned", "final"):
         assert set(m[stage]) >= STAGE_KEYS, stage
-    assert m["stages"] == ["baseline", "pruned", "final"]
+    assert m["stages"] == ["baseline", "dense_reference", "pruned", "final"]
     assert {"train", "prune", "finetune", "evaluate", "total"} <= set(m["timings"])
     assert m["netscore_units"]["params_unit"] == "M-params"
     assert m["netscore_units"]["macs_unit"] == "G-MACs"
@@ -95,7 +95,7 @@ def test_sweep_trains_the_dense_model_once(tmp_path: Path) -> None:
     assert len(figures) == 2 and all(f.endswith(".json") for f in figures)
     sources = sorted(m["latency"]["dense_source"] for m in metrics)
     assert sources == ["cached", "cached", "cached", "measured"]
-    assert len({json.dumps(m["latency"]["baseline"]) for m in metrics}) == 1
+    assert len({json.dumps(m["latency"]["dense_reference"]) for m in metrics}) == 1
 
 
 def test_bad_ratio_in_a_sweep_fails_alone(tmp_path: Path) -> None:
@@ -169,6 +169,12 @@ def test_resume_a_run_directory(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "run"
     first = json.loads((run / "metrics.json").read_text())
+    # resume=true on a completed run (a resumed sweep) does nothing and keeps its results
+    args = (*FAST, "cache.enabled=false", "hydra.run.dir=run", "resume=true")
+    proc = prune_run(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text()) == first
+    assert "already completed: nothing to resume" in (run / "prune-run.log").read_text()
     # Pretend the run died during fine-tuning: final results are gone.
     (run / "checkpoints" / "final.pt").unlink()
     (run / "metrics.json").unlink()

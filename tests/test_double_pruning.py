@@ -149,7 +149,14 @@ def test_end_to_end_reports_every_stage_and_resumes(tmp_path: Path) -> None:
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "completed"
-    assert metrics["stages"] == ["baseline", "slimmed", "slimmed_finetuned", "pruned", "final"]
+    assert metrics["stages"] == [
+        "baseline",
+        "dense_reference",
+        "slimmed",
+        "slimmed_finetuned",
+        "pruned",
+        "final",
+    ]
     base, slimmed, final = metrics["baseline"], metrics["slimmed"], metrics["final"]
     assert slimmed["params"] < base["params"] and slimmed["macs"] < base["macs"]
     assert final["params"] == slimmed["params"]  # magnitude pruning zeroes, does not remove

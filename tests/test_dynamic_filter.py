@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from cli_helpers import FAST, prune_run
 from torch import nn
 
+from prune_cli.engine.checkpoint import load_checkpoint
 from prune_cli.errors import ConfigError
 from prune_cli.methods import PruneContext, build_method
 from prune_cli.methods.dynamic_filter import filter_counts, repo_sparsity
@@ -267,6 +268,28 @@ def test_ortho_hand_values_and_gradient() -> None:
     assert ortho(nn.Sequential(lin)).item() == pytest.approx(9.0)
 
 
+@pytest.mark.parametrize(("rows", "cols"), [(2, 5), (5, 2), (3, 3)])
+def test_ortho_and_srip_on_non_square_weights(rows: int, cols: int) -> None:
+    """``ortho`` (the repository's reg_ortho) uses the fan-in Gram W^T W: on a wide matrix
+    (rows < cols) it is rank-deficient and sigma >= 1 whatever the weights; ``srip`` uses the
+    smaller Gram and is 0 for orthonormal rows (wide) or columns (tall)."""
+    gen = torch.Generator().manual_seed(3)
+    q = torch.linalg.qr(torch.randn(max(rows, cols), min(rows, cols), generator=gen))[0]
+    w = q if rows >= cols else q.t()  # orthonormal columns (tall) or rows (wide)
+    assert w.shape == (rows, cols)
+    fan_in = srip_sigma(w, torch.Generator().manual_seed(0), "fan_in").abs().item()
+    smaller = srip_sigma(w, torch.Generator().manual_seed(0), "smaller").abs().item()
+    assert smaller == pytest.approx(0.0, abs=1e-5)
+    if rows < cols:
+        assert fan_in == pytest.approx(1.0, abs=1e-4)  # the floor: eigenvalue -1 of W^T W - I
+    else:
+        assert fan_in == pytest.approx(0.0, abs=1e-5)
+    # a scaled wide matrix: srip sees sigma(W W^T - I) = s^2 - 1 exactly
+    if rows < cols:
+        sigma = srip_sigma(2 * w, torch.Generator().manual_seed(0), "smaller").item()
+        assert sigma == pytest.approx(3.0, rel=1e-4)
+
+
 # ----------------------------------------------------------------------------- prune / export
 def test_unstructured_mode_prunes_exact_weight_fraction(tiny_net: nn.Module) -> None:
     m = method(rate=0.5, type="unstructured")
@@ -331,12 +354,38 @@ def test_fully_pruned_layer_keeps_one_zero_filter(tiny_net: nn.Module) -> None:
     assert torch.allclose(model(x), expected, atol=1e-5)
 
 
-def test_prune_without_training_updates_masks_once(tiny_net: nn.Module) -> None:
+def test_prune_without_training_updates_masks_once_and_says_so(tiny_net: nn.Module) -> None:
     m = method(rate=0.5, scope="layerwise", remove_filters=False)
     result = m.prune(m.prepare(tiny_net), ctx())
     assert result.info["masks_from"] == "one-shot at prune"
+    assert "no mask update ran during training" in result.info["warnings"][0]
     assert result.info["filters_pruned"] == 4 + 8
     assert set(result.masks) == {"conv1.weight", "conv2.weight"}
+
+
+@pytest.mark.parametrize(("epochs", "ramp"), [(3, 2), (4, 2), (8, 5), (300, 225)])
+def test_cubic_schedule_reaches_its_rate_within_the_configured_run(
+    tiny_net: nn.Module, epochs: int, ramp: int
+) -> None:
+    """stop_epoch (225) beyond the run: the cubic ramp scales to the repository's 225/300 of
+    the run and the masks end at the rate, updating every freq steps as training would."""
+    m = method(rate=0.6, schedule="cubic", freq=2, mask_bn=False, remove_filters=False)
+    net = m.prepare(tiny_net)
+    steps = 4
+    m.on_fit_start(net, epochs, steps)
+    assert m.ramp_epochs == ramp
+    # halfway up the ramp: s = r - r (1 - 1/2)^3
+    assert m.target_sparsity(ramp * steps // 2) == pytest.approx(0.6 - 0.6 * 0.125)
+    for epoch in range(min(epochs, 4)):  # the first epochs, as fit() calls the hook
+        for i in range(steps):
+            m.before_step(net, epoch * steps + i, epoch)
+    if epochs <= 4:
+        result = m.prune(net, ctx())
+        rate = result.info["rates"]["filters"]
+        assert rate["target"] == 0.6 and rate["total"] == 24
+        assert abs(rate["achieved"] - 0.6) <= 1 / 24  # floor(0.6 * 24) = 14 of 24 filters
+        assert result.info["filters_pruned"] == math.floor(0.6 * 24)
+        assert result.info["masks_from"] == "training" and not result.info["warnings"]
 
 
 def test_config_errors_are_one_line() -> None:
@@ -391,7 +440,10 @@ def test_a_plain_dense_checkpoint_loads_into_the_masked_model() -> None:
     assert method.pretrained_state(masked, masked.state_dict()).keys() == state.keys()
 
 
-def test_prune_run_dynamic_filter_from_a_pretrained_dense_model(tmp_path: Path) -> None:
+def test_prune_run_dynamic_filter_trains_from_a_pretrained_dense_model(tmp_path: Path) -> None:
+    """DPF prunes during training: with pretrained= its training starts from the weights (the
+    masks move with feedback), it is not silently replaced by one-shot filter pruning; the
+    pretrained dense model is the dense reference."""
     torch.manual_seed(0)
     dense = build_model("resnet20", num_classes=10, in_channels=3, image_size=32)
     torch.save({"model": dense.state_dict(), "arch": "resnet20"}, tmp_path / "dense.pt")
@@ -401,9 +453,16 @@ def test_prune_run_dynamic_filter_from_a_pretrained_dense_model(tmp_path: Path) 
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert m["status"] == "completed" and m["train"]["pretrained"].endswith("dense.pt")
+    assert m["status"] == "completed"
+    assert m["train"]["started_from"]["pretrained"].endswith("dense.pt")
+    assert m["train"]["epochs"] == 1 and m["train"]["from_cache"] is False
     info = m["prune_info"]
+    assert info["masks_from"] == "training"
     assert info["filters_pruned"] == math.floor(0.5 * info["filters_total"])
+    assert m["baseline_kind"].startswith("masked")
+    ref = m["dense_reference"]
+    assert ref["source"].startswith("pretrained") and ref["params"] == count_params(dense)[0]
+    assert "warnings" not in m
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -428,8 +487,16 @@ def test_prune_run_dynamic_filter_end_to_end(tmp_path: Path) -> None:
     # physically smaller, and the residual-stream filters held at zero through fine-tuning
     assert m["final"]["params"] < m["baseline"]["params"]
     assert m["final"]["macs"] < m["baseline"]["macs"]
-    assert m["final"]["sparsity"] > 0
     assert m["method_config"]["reg"] == "cov"
+    # A filter masked in one producer of a residual stream whose channel another producer
+    # still uses cannot be removed: it stays, masked, and fine-tuning keeps it exactly zero.
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "final.pt")
+    stream = [k for k in ckpt["masks"] if k.endswith(("conv2.weight", "downsample.0.weight"))]
+    assert stream, "some residual-stream producer keeps masked filters"
+    for key, mask in ckpt["masks"].items():
+        weight = ckpt["model"][key]
+        assert not weight[~mask].any(), key
+        assert not mask.any() or weight[mask].any(), key  # the kept filters did train
 
 
 # ----------------------------------------------------------------- experiments, scripts

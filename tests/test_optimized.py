@@ -197,6 +197,7 @@ def prune_tiny(data: DatasetBundle, ratio: float = 0.6, **cfg: object) -> tuple[
     torch.manual_seed(0)
     model = TinyNet()
     options = {"population": 4, "generations": 2, "iterations": 2, "fitness_size": 64}
+    options["include_linear"] = True  # the tests below search the linear layer too
     options.update({"progress": False, **cfg})
     method = build_method({"name": "optimized", **options}, ratio)
     return model, method.prune(model, ctx_for(data))
@@ -235,7 +236,9 @@ def test_mask_keeps_exactly_the_budget_and_the_large_set(shapes: DatasetBundle, 
     for k, p in weights.items():  # the model holds W ⊙ M
         assert torch.equal(p.detach(), dense[k] * result.masks[k])
     assert result.info["K"] == sum(int(m.sum()) for m in result.masks.values())
+    # no held-out split in this bundle: fitness on training images, and the run says so
     assert result.info["fitness_split"] == "train"
+    assert "fitness measured on training images" in result.info["warnings"][0]
 
 
 @pytest.mark.parametrize("scope", ["global", "layerwise"])
@@ -366,7 +369,7 @@ def test_recovery_finds_the_small_weight_that_matters() -> None:
     # N = 16 (the second row is zero), ratio 0.75: K = 4; small_ratio 0.25: K_s = 1.
     method = build_method(
         {"name": "optimized", "small_ratio": 0.25, "pool": "all_rest", "population": 8,
-         "generations": 6, "fitness_size": 256, "progress": False},
+         "generations": 6, "fitness_size": 256, "progress": False, "include_linear": True},
         0.75,
     )  # fmt: skip
     result = method.prune(model, PruneContext(data=data, device=CPU, seed=0, input_size=(1, 1, 8)))
@@ -376,6 +379,30 @@ def test_recovery_finds_the_small_weight_that_matters() -> None:
     assert info["weights_changed"] == 1
     assert info["optimized"]["fitness_loss"] < info["magnitude"]["fitness_loss"]
     assert info["optimized"]["test_loss"] < info["magnitude"]["test_loss"]
+
+
+def test_held_out_fitness_images_are_not_training_images() -> None:
+    """What the pipeline does for fitness_split=holdout (dataset.val_size = fitness_size on a
+    dataset without a val split): the fitness images are the val split, disjoint from train."""
+    data = build_dataset(
+        {"name": "shapes", "train_size": 96, "test_size": 64, "seed": 0, "val_size": 32}
+    )
+    batches, source = fitness_batches(data, 2048, 16, CPU, seed=0)
+    assert source == "val" and sum(len(y) for _, y in batches) == 32
+    train = {bytes(img.numpy()) for img in data.splits["train"].images}
+    val = [bytes(img.numpy()) for img in data.splits["val"].images]
+    assert len(train) == 64 and not any(v in train for v in val)
+    # in-sample on purpose: the training images
+    _, source = fitness_batches(data, 2048, 16, CPU, seed=0, in_sample=True)
+    assert source == "train"
+
+
+def test_optimized_and_magnitude_prune_the_same_pool_by_default() -> None:
+    opt = build_method({"name": "optimized"}, 0.5)
+    mag = build_method({"name": "magnitude"}, 0.5)
+    assert opt.opts.include_linear is mag.opts.include_linear is False
+    assert opt.holdout_size() == opt.opts.fitness_size == 2048
+    assert build_method({"name": "optimized", "fitness_split": "train"}, 0.5).holdout_size() == 0
 
 
 def test_end_to_end_run_reports_the_magnitude_comparison(tmp_path: Path) -> None:
@@ -396,6 +423,12 @@ def test_end_to_end_run_reports_the_magnitude_comparison(tmp_path: Path) -> None
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["status"] == "completed" and m["method"] == "optimized"
     info = m["prune_info"]
+    # fitness on 32 images held out of training (carved from train before training: shapes
+    # has no val split), never on the images the model was trained on
+    assert m["data_holdout"]["val_size"] == 32
+    assert info["fitness_split"] == "val" and info["fitness_images"] == 32
+    assert m["train"]["selected_on"] == "val"
+    assert not info["warnings"] and "warnings" not in m
     assert info["search"] == "ga" and "not public" in info["design"]
     for key in ("fitness_loss", "fitness_top1", "test_loss", "test_top1"):
         assert key in info["magnitude"] and key in info["optimized"]

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from prune_cli.report import build_report, find_run_dirs, mean_sd, netscore_table
+from prune_cli.report import (
+    build_report,
+    dense_points,
+    find_run_dirs,
+    make_rows,
+    mean_sd,
+    netscore_table,
+    read_run,
+)
 
 UNITS = {"params_unit": "M-params", "macs_unit": "G-MACs", "count": "nonzero", "formula": "f"}
 
@@ -181,7 +189,7 @@ def test_overrides_that_vary_become_a_variant(tmp_path: Path) -> None:
 def test_plots_are_pngs_and_nothing_temporary_is_left(sweep: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     result = build_report([sweep], out)
-    names = ["accuracy_vs_sparsity.png", "accuracy_vs_macs.png", "netscore_vs_ratio.png"]
+    names = ["accuracy_vs_removed.png", "accuracy_vs_macs.png", "netscore_vs_ratio.png"]
     assert result["files"] == ["summary.csv", "summary.md", *names]
     for name in names:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -220,3 +228,50 @@ def test_cli_lists_runs_that_did_not_complete(sweep: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("11 runs (8 completed, 1 corrupt, 1 failed, 1 unfinished)")
     assert "failed: " in proc.stdout and "8_job: NonFiniteLossError" in proc.stdout
+
+
+def _structured_run(root: Path, name: str, method: str, baseline_top1: float, kind: str) -> Path:
+    """A run whose final model is narrower than its dense reference and whose baseline is not
+    the dense model (sparsity-trained, masked, shared): the report must use the reference."""
+    run = make_run(root, name, method=method, ratio=0.5, top1=85.0)
+    m = json.loads((run / "metrics.json").read_text())
+    m["baseline"] = {**stage(baseline_top1, 0.0, 700_000, 700_000_000, 70.0), "params": 700_000,
+                     "macs": 700_000_000}  # fmt: skip
+    m["baseline_kind"] = kind
+    m["dense_reference"] = {**stage(91.0, 0.0, 1_000_000, 1_000_000_000, 80.0),
+                            "weights": 990_000, "source": "trained plainly (cache)"}  # fmt: skip
+    m["final"] = {**stage(85.0, 0.0, 400_000, 250_000_000, 60.0), "params": 400_000,
+                  "macs": 250_000_000, "weights_nonzero": 396_000}  # fmt: skip
+    m["relative_to_dense"] = {"weights_removed": 0.6, "params": 0.4, "macs": 0.25}
+    m["warnings"] = ["double_pruning: slimming skipped (no BN): magnitude pruning only"]
+    (run / "metrics.json").write_text(json.dumps(m))
+    return run
+
+
+def test_dense_point_is_the_dense_reference_not_a_pruned_or_masked_baseline(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "s"
+    _structured_run(root, "dpf", "dynamic_filter", 80.0, "masked: filters pruned ...")
+    _structured_run(root, "share", "soft_sharing", 84.0, "shared: convs generated ...")
+    rows, _ = make_rows([read_run(p) for p in find_run_dirs([root])])
+    for r in rows:
+        assert r["top1_dense"] == 91.0 and r["top1_before"] in (80.0, 84.0)
+        assert r["macs_dense_ref"] == 1_000_000_000 and r["macs"] == 250_000_000
+        assert r["weights_removed"] == 0.6 and r["params_vs_dense"] == 0.4
+        assert r["baseline_kind"].split(":")[0] in ("masked", "shared")
+    # One dense point at the dense reference's MACs (1000 M), not at the final MACs (250 M)
+    # nor at a baseline's (700 M); at 0 weights removed on the other plot.
+    assert dense_points(rows, "macs_nonzero") == [("dense reference", 1000.0, 91.0)]
+    assert dense_points(rows, "weights_removed") == [("dense reference", 0.0, 91.0)]
+    build_report([root], plots=False)
+    md = (root / "summary.md").read_text()
+    assert "## Warnings" in md and "slimming skipped (no BN)" in md
+    assert "slimming skipped" in read_csv(root / "summary.csv")[0]["warnings"]
+
+
+def test_older_runs_without_a_dense_reference_fall_back_to_their_baseline(sweep: Path) -> None:
+    rows, _ = make_rows([read_run(p) for p in find_run_dirs([sweep])])
+    done = [r for r in rows if r["status"] == "completed"]
+    assert {r["top1_dense"] for r in done} == {92.0}
+    assert {r["baseline_kind"] for r in done} == {"unknown (older run)"}

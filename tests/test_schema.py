@@ -85,8 +85,15 @@ def test_every_experiment_config_validates(experiment: str) -> None:
     "group", ["dataset", "model", "train", "finetune"], ids=lambda g: f"every-{g}"
 )
 def test_every_group_config_validates(group: str) -> None:
+    # the generic model sources have mandatory keys (model.arch, model._target_): give them one
+    mandatory = {
+        "torchvision": ["model.arch=resnet18"],
+        "timm": ["model.arch=resnet18"],
+        "custom": ["model._target_=pkg.mod.factory"],
+    }
     for name in group_choices(group):
-        validate_config(composed(f"{group}={name}"))
+        extra = mandatory.get(name, []) if group == "model" else []
+        validate_config(composed(f"{group}={name}", *extra))
 
 
 def test_every_dataset_family_declares_its_keys() -> None:

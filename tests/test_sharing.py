@@ -425,7 +425,12 @@ def test_cli_template_reuse_trains_shared_model_and_reloads_from_cache(tmp_path:
     first = prune_run(*args, "hydra.run.dir=first", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     m = json.loads((tmp_path / "first" / "metrics.json").read_text())
-    assert m["status"] == "completed" and m["stages"] == ["baseline", "pruned", "final"]
+    assert m["status"] == "completed" and m["stages"] == [
+        "baseline",
+        "dense_reference",
+        "pruned",
+        "final",
+    ]
     info = m["prune_info"]
     # x0.5, 10 classes: 352,042 params; k=2 replaces 91,008 1x1 weights by 2 * 12,096 templates
     # (24^2 + 48^2 + 96^2 = 12,096) and 26 layers * 2 coefficients
@@ -435,7 +440,9 @@ def test_cli_template_reuse_trains_shared_model_and_reloads_from_cache(tmp_path:
     assert info["materialize"]["logits_equal"] is True
     assert "finetune" not in m  # prunes = False: nothing to fine-tune
     history = (tmp_path / "first" / "history.csv").read_text().splitlines()[1:]
-    assert {row.split(",")[0] for row in history} == {"train"}
+    # the shared model trains from scratch; the plain dense model it is compared with, too
+    assert {row.split(",")[0] for row in history} == {"train", "dense_reference"}
+    assert m["dense_reference"]["source"] != "baseline"
     # a second run with the same settings loads the cached trained (shared) checkpoint
     second = prune_run(*args, "metrics.latency.enabled=false", "hydra.run.dir=second", cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]

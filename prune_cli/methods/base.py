@@ -143,6 +143,8 @@ class PruneContext:
     input_size: tuple[int, int, int]
     finetune: Callable[..., nn.Module] | None = None
     record: Callable[[str, nn.Module], Any] | None = None
+    #: ``metrics.latency.enabled``: whether a method may spend time measuring latency.
+    latency: bool = True
 
     def evaluate(self, model: nn.Module, split: str = "test", batch_size: int = 256) -> EvalResult:
         """Mean cross-entropy and top-1/top-5 of ``model`` on ``split`` of the run's data (eval
@@ -198,6 +200,24 @@ class Method(TrainHooks):
         trained checkpoint.
         """
         return {}
+
+    def baseline_kind(self, trained: bool = True) -> str:
+        """What the trained model this method prunes *is*, for ``metrics.json``
+        (``baseline_kind``): ``dense`` when the method does not change training (it then equals
+        the dense reference) or when no training ran (``trained=False``: ``pretrained=``
+        weights); methods that change training or the architecture say how."""
+        if not trained or not self.training_signature():
+            return "dense"
+        return "trained with " + self.name
+
+    def holdout_size(self) -> int:
+        """Training images this method needs held out as a validation split when the dataset
+        configures none (0: none); the pipeline carves them from train before training."""
+        return 0
+
+    #: Does ``pretrained=`` start this method's *training* (instead of skipping it)? True for
+    #: methods that prune during training (dynamic_filter): without training they would not run.
+    trains_from_pretrained: ClassVar[bool] = False
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
         raise NotImplementedError
@@ -276,6 +296,9 @@ class SharingMethod(Method):
         self.summary = self.setting.share(model, plans, self.seed)
         return model
 
+    def baseline_kind(self, trained: bool = True) -> str:
+        return "shared: convs generated from template banks (not the dense model)"
+
     def training_signature(self) -> dict[str, Any]:
         templates: Any = self.summary.templates if self.summary else self.setting.templates
         return {
@@ -297,6 +320,7 @@ class SharingMethod(Method):
             input_size=ctx.input_size,
             device=ctx.device,
             seed=ctx.seed,
+            latency=ctx.latency,
         )
         info: dict[str, Any] = {
             "sharing": self.plan_description(),

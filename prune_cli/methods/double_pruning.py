@@ -23,7 +23,6 @@ activation, e.g. SqueezeNet) cannot be slimmed: steps 2-3 are skipped, said in t
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,14 +38,12 @@ from prune_cli.methods.base import (
 )
 from prune_cli.methods.registry import METHODS
 from prune_cli.options import Bool, Float, Int, OneOf
-from prune_cli.pruning import count_pruned, magnitude_masks
+from prune_cli.pruning import count_pruned, magnitude_masks, rate_check
 from prune_cli.pruning.channels import channel_prune, load_pruned
 from prune_cli.pruning.groups import ChannelRemovalError
 from prune_cli.pruning.importance import BNScale
 from prune_cli.pruning.masks import SCOPES
 from prune_cli.pruning.regularizers import BNSparsity
-
-log = logging.getLogger("prune_cli")
 
 
 @METHODS.register("double_pruning")
@@ -84,6 +81,9 @@ class DoublePruning(Method):
     def after_backward(self, model: nn.Module) -> None:
         self.sparsity.after_backward(model)
 
+    def baseline_kind(self, trained: bool = True) -> str:
+        return self.sparsity.baseline_kind() if trained else "dense"
+
     # ------------------------------------------------------------------ pruning
     def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
         try:
@@ -96,8 +96,10 @@ class DoublePruning(Method):
                 **self.opts.channel_settings(),
             )
         except ChannelRemovalError as exc:
-            log.warning("%s: slimming skipped, magnitude pruning only", exc)
-            info = {"slimming": f"skipped: {exc}"}
+            info = {
+                "slimming": f"skipped: {exc}",
+                "warnings": [f"double_pruning: slimming skipped ({exc}): magnitude pruning only"],
+            }
         else:
             model, info = pruned.model.to(ctx.device), pruned.info
             info["slimming"] = "done"
@@ -114,6 +116,7 @@ class DoublePruning(Method):
             model, self.weight_ratio, opts.weight_scope, opts.mode, opts.include_linear
         )
         zeros, total = count_pruned(masks)
+        info.setdefault("rates", {})["weights"] = rate_check(masks, self.weight_ratio)
         info.update(
             {
                 "channel_ratio": self.channel_ratio,

@@ -51,6 +51,7 @@ physical removal drops; ``prune_info.removal_exact`` says which.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -85,6 +86,8 @@ log = logging.getLogger("prune_cli")
 
 PRUNE_TYPES = ("structured", "unstructured")
 SCHEDULES = ("constant", "cubic")
+#: The repository's cubic ramp: 225 of 300 epochs (used to scale it to shorter runs).
+CUBIC_RAMP_FRACTION = 225 / 300
 
 
 def repo_sparsity(model: nn.Module) -> tuple[int, int, float]:
@@ -149,11 +152,13 @@ class DynamicFilter(Method):
         self.remove_filters = opts.remove_filters
         self.reg_options = {"include_diag": opts.cov_include_diag, **opts.zhu.model_dump()}
         self.steps_per_epoch: int | None = None
+        self.ramp_epochs = self.stop_epoch
         self.updates = 0  # mask recomputations so far (this process)
         self._epoch: int | None = None
         self._i = -1
         self._bn: dict[str, str] = {}
-        self._generator = torch.Generator().manual_seed(self.seed)
+        # Created at first use: the run seed is final only once the pipeline has built us.
+        self._generator: torch.Generator | None = None
 
     # ------------------------------------------------------------------ training
     def training_signature(self) -> dict[str, Any]:
@@ -189,6 +194,12 @@ class DynamicFilter(Method):
                     attach_mask(bn, pname, self.feedback)
         return model
 
+    #: ``pretrained=`` weights start DPF's training: its masks only move while training runs.
+    trains_from_pretrained = True
+
+    def baseline_kind(self, trained: bool = True) -> str:
+        return "masked: filters pruned dynamically during training (DPF)"
+
     def pretrained_state(
         self, model: nn.Module, state: Mapping[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
@@ -206,6 +217,24 @@ class DynamicFilter(Method):
 
     def on_fit_start(self, model: nn.Module, epochs: int, steps_per_epoch: int) -> None:
         self.steps_per_epoch = int(steps_per_epoch)
+        self.ramp_epochs = self.cubic_ramp_epochs(int(epochs))
+        if self.schedule == "cubic" and self.ramp_epochs != self.stop_epoch:
+            log.info(
+                "dynamic_filter: cubic schedule reaches rate %.4g after %d of %d epochs "
+                "(stop_epoch %d is beyond this run: scaled as the repository's 225/300)",
+                self.rate,
+                self.ramp_epochs,
+                epochs,
+                self.stop_epoch,
+            )
+
+    def cubic_ramp_epochs(self, epochs: int) -> int:
+        """Epochs over which the cubic schedule rises to ``rate``: ``stop_epoch`` when the run
+        is longer, else the repository's proportion (225 of 300 epochs) of this run, so that a
+        short run still reaches its rate (and keeps updating at it until the end)."""
+        if self.stop_epoch < epochs:
+            return self.stop_epoch
+        return max(0, math.ceil(epochs * CUBIC_RAMP_FRACTION) - 1)
 
     def should_update(self, i: int, epoch: int) -> bool:
         """Recompute masks before iteration ``i`` (0-based, within ``epoch``)?"""
@@ -217,7 +246,7 @@ class DynamicFilter(Method):
             return self.rate
         if self.steps_per_epoch is None:
             raise RuntimeError("the cubic schedule needs on_fit_start (steps per epoch)")
-        return cubic_sparsity(self.rate, step, self.stop_epoch * self.steps_per_epoch)
+        return cubic_sparsity(self.rate, step, self.ramp_epochs * self.steps_per_epoch)
 
     def before_step(self, model: nn.Module, step: int, epoch: int) -> None:
         # The loop numbers iterations globally; the repository's rule uses the index within the
@@ -256,6 +285,8 @@ class DynamicFilter(Method):
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         """``odecay * reg(model)`` (``None`` for ``reg=none``)."""
+        if self._generator is None:
+            self._generator = torch.Generator().manual_seed(self.seed)
         options = {**self.reg_options, "generator": self._generator}
         value = regularizer(self.reg, model, **options)
         return None if value is None else self.odecay * value
@@ -281,11 +312,17 @@ class DynamicFilter(Method):
             raise RuntimeError("dynamic_filter.prune needs the model returned by prepare()")
         never_updated = all(bool(c.weight_mask.all()) for _, c in convs)
         masks_from = "training"
+        warnings = []
         if never_updated and self.rate > 0:
-            # No mask was computed during training (pretrained=, or too few iterations): prune
-            # once at the final rate from the trained weights.
+            # No mask was computed during training (fewer iterations than method.freq): prune
+            # once at the final rate from the trained weights, and say so.
             self.update_masks(model, self.rate)
             masks_from = "one-shot at prune"
+            warnings.append(
+                "dynamic_filter: no mask update ran during training (fewer than method.freq "
+                f"= {self.freq} iterations per epoch?); filters pruned once at rate {self.rate} "
+                "after training instead of dynamically"
+            )
         pruned_filters, total_filters = filter_counts(model)
         denom, zeros, pct = repo_sparsity(model)
         info: dict[str, Any] = {
@@ -298,12 +335,18 @@ class DynamicFilter(Method):
             "reg": self.reg,
             "odecay": self.odecay,
             "masks_from": masks_from,
+            "cubic_ramp_epochs": self.ramp_epochs if self.schedule == "cubic" else None,
             "filters_pruned": pruned_filters,
             "filters_total": total_filters,
             "repo_sparsity_percent": round(pct, 4),
             "repo_sparsity_zeros": zeros,
             "repo_sparsity_denominator": denom,
         }
+        achieved, total = self._achieved(model)
+        info["rates"] = {
+            self._rate_unit(): {"target": self.rate, "achieved": achieved, "total": total}
+        }
+        info["warnings"] = warnings
         masks = export_masks(model)
         if self.type == "structured" and self.remove_filters:
             model, masks, removal = self._remove_filters(model, masks, ctx)
@@ -311,6 +354,19 @@ class DynamicFilter(Method):
             info["removal_exact"] = self.mask_bn
         masks = {n: m for n, m in masks.items() if not bool(m.all())}
         return PruneResult(model=model, masks=masks, info=info)
+
+    def _rate_unit(self) -> str:
+        return "filters" if self.type == "structured" else "weights"
+
+    def _achieved(self, model: nn.Module) -> tuple[float, int]:
+        """The fraction of filters (structured) or conv weights (unstructured) masked now, and
+        how many there are."""
+        if self.type == "structured":
+            pruned, total = filter_counts(model)
+        else:
+            masks = [c.weight_mask for _, c in masked_convs(model)]
+            pruned, total = sum(int((m == 0).sum()) for m in masks), sum(m.numel() for m in masks)
+        return (round(pruned / total, 6) if total else 0.0), total
 
     def _remove_filters(
         self, model: nn.Module, masks: dict[str, torch.Tensor], ctx: PruneContext

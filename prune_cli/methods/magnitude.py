@@ -13,7 +13,7 @@ from torch import nn
 from prune_cli.methods.base import Method, MethodOptions, PruneContext, PruneResult
 from prune_cli.methods.registry import METHODS
 from prune_cli.options import Bool, OneOf
-from prune_cli.pruning import THRESHOLD_MODES, magnitude_masks
+from prune_cli.pruning import THRESHOLD_MODES, magnitude_masks, rate_check
 from prune_cli.pruning.masks import SCOPES
 
 
@@ -33,4 +33,5 @@ class MagnitudePruning(Method):
     def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
         scope, mode = self.opts.scope, self.opts.mode
         masks = magnitude_masks(model, self.ratio, scope, mode, self.opts.include_linear)
-        return PruneResult(model=model, masks=masks, info={"scope": scope, "mode": mode})
+        info = {"scope": scope, "mode": mode, "rates": {"weights": rate_check(masks, self.ratio)}}
+        return PruneResult(model=model, masks=masks, info=info)

@@ -75,6 +75,9 @@ class NetworkSlimming(Method):
         """``γ.grad += λ·sign(γ)`` for every BatchNorm2d (methods.md §3 step 1)."""
         self.sparsity.after_backward(model)
 
+    def baseline_kind(self, trained: bool = True) -> str:
+        return self.sparsity.baseline_kind() if trained else "dense"
+
     # ------------------------------------------------------------------ pruning
     def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
         pruned = channel_prune(

@@ -36,7 +36,7 @@ from prune_cli.errors import ConfigError
 from prune_cli.methods.base import Method, MethodOptions, PruneContext, PruneResult
 from prune_cli.methods.registry import METHODS
 from prune_cli.options import Bool, Float, Int, OneOf, Options, Text
-from prune_cli.pruning import prunable_weights
+from prune_cli.pruning import prunable_weights, rate_check
 from prune_cli.pruning.masks import SCOPES
 from prune_cli.pruning.retention import (
     GENES,
@@ -103,7 +103,7 @@ class OptimizedRetention(Method):
         pool: OneOf(*POOLS) = "next"
         pool_factor: Float(ge=1) = 4.0
         scope: OneOf(*SCOPES) = "global"
-        include_linear: Bool = True
+        include_linear: Bool = False
         layers: list[Text("a parameter-name prefix")] | None = None
         gene: OneOf(*GENES) = "weight"
         search: OneOf(*SEARCHES) = "ga"
@@ -115,6 +115,7 @@ class OptimizedRetention(Method):
         pso: PSOOptions = PSOOptions()
         sa: SAOptions = SAOptions()
         fitness_size: Int(ge=1) = 2048
+        fitness_split: OneOf("holdout", "train") = "holdout"
         fitness_batch_size: Int(ge=1) = 512
         reuse_prefix: Bool = True
         prefix_limit_mb: Float(ge=0) = 2048.0
@@ -136,6 +137,11 @@ class OptimizedRetention(Method):
             return self
 
     opts: Options
+
+    def holdout_size(self) -> int:
+        """``fitness_split: holdout``: ``fitness_size`` training images held out of training
+        (when the dataset has no validation split), so that fitness is measured out of sample."""
+        return self.opts.fitness_size if self.opts.fitness_split == "holdout" else 0
 
     def search_config(self) -> GAConfig | PSOConfig | SAConfig:
         """The dataclass of the chosen search, from ``population``/``generations``/
@@ -184,7 +190,15 @@ class OptimizedRetention(Method):
                 layout.counts["genes"],
                 GENOME_WARN,
             )
-        batches, source = fitness_batches(ctx.data, fitness_size, fitness_bs, ctx.device, self.seed)
+        batches, source = fitness_batches(
+            ctx.data, fitness_size, fitness_bs, ctx.device, self.seed, o.fitness_split == "train"
+        )
+        warnings = []
+        if o.fitness_split == "holdout" and source != "val":
+            warnings.append(
+                "optimized: no held-out split to measure fitness on (the dataset has no val "
+                "split): fitness measured on training images"
+            )
         fitness = MaskedFitness(
             model,
             weights,
@@ -259,6 +273,8 @@ class OptimizedRetention(Method):
             "magnitude": magnitude,
             "optimized": found,
             "fitness_loss_gain": magnitude["fitness_loss"] - found["fitness_loss"],
+            "rates": {"weights": rate_check(masks, self.ratio)},
+            "warnings": warnings,
         }
         if "test_top1" in found:
             info["test_top1_gain"] = round(found["test_top1"] - magnitude["test_top1"], 4)

@@ -157,6 +157,17 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def prunable_counts(model: nn.Module, include_linear: bool = True) -> tuple[int, int]:
+    r"""``(entries, nonzero entries)`` of the prunable weights (conv + linear ``weight``\ s, the
+    effective masked tensor for ``torch.nn.utils.prune``)."""
+    entries = nonzero = 0
+    for _, module in prunable_layers(model, include_linear):
+        weight = module.weight.detach()
+        entries += weight.numel()
+        nonzero += int(torch.count_nonzero(weight))
+    return entries, nonzero
+
+
 def sparsity(model: nn.Module, include_linear: bool = True) -> tuple[float, dict[str, float]]:
     """``(global, per_layer)`` fraction of zero entries among prunable weights; see module doc.
 

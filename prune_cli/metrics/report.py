@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from prune_cli.io import atomic_write_text
-from prune_cli.metrics.counting import count_macs, count_params, sparsity
+from prune_cli.metrics.counting import count_macs, count_params, prunable_counts, sparsity
 from prune_cli.metrics.netscore import netscore, unit_label
 
 COUNT_MODES = ("dense", "nonzero")
@@ -45,6 +45,7 @@ def stage_metrics(
     params, params_nz = count_params(model)
     macs = count_macs(model, input_size)
     global_sparsity, layer_sparsity = sparsity(model)
+    weights, weights_nz = prunable_counts(model)
     top1 = float(evaluation["top1"])
     out: dict[str, Any] = {
         "top1": round(top1, 4),
@@ -55,6 +56,8 @@ def stage_metrics(
         "macs": macs.dense,
         "macs_nonzero": macs.nonzero,
         "sparsity": round(global_sparsity, 6),
+        "weights": weights,
+        "weights_nonzero": weights_nz,
         "netscore_dense": _netscore_or_none(top1, params, macs.dense, units),
         "netscore_nonzero": _netscore_or_none(top1, params_nz, macs.nonzero, units),
     }
@@ -62,6 +65,33 @@ def stage_metrics(
     if per_layer:
         out["layer_sparsity"] = {k: round(v, 6) for k, v in layer_sparsity.items()}
     return out
+
+
+def relative_to_dense(final: Mapping[str, Any], dense: Mapping[str, Any]) -> dict[str, Any]:
+    """Figures that compare across methods, all against the dense reference (README):
+
+    - ``weights_removed``: fraction of the dense reference's prunable weights (conv + linear)
+      that the final model no longer has, physically removed or zero:
+      ``1 - final.weights_nonzero / dense.weights`` (structured and unstructured alike);
+    - ``params``, ``macs``: the final model's nonzero params / MACs over the dense reference's;
+    - ``params_structure``, ``macs_structure``: the same with every entry of the final model
+      counted (what physical removal alone bought).
+    """
+
+    def ratio(a: Any, b: Any) -> float | None:
+        return round(float(a) / float(b), 6) if a is not None and b else None
+
+    removed = ratio(final.get("weights_nonzero"), dense.get("weights"))
+    return {
+        "weights_removed": None if removed is None else round(1.0 - removed, 6),
+        "params": ratio(final.get("params_nonzero"), dense.get("params")),
+        "macs": ratio(final.get("macs_nonzero"), dense.get("macs")),
+        "params_structure": ratio(final.get("params"), dense.get("params")),
+        "macs_structure": ratio(final.get("macs"), dense.get("macs")),
+        "top1_change": None
+        if final.get("top1") is None or dense.get("top1") is None
+        else round(float(final["top1"]) - float(dense["top1"]), 4),
+    }
 
 
 def netscore_units(units: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from prune_cli.pruning.masks import (
     magnitude_masks,
     masks_from_scores,
     prunable_weights,
+    rate_check,
 )
 from prune_cli.pruning.threshold import THRESHOLD_MODES, keep_mask, n_to_remove
 
@@ -28,4 +29,5 @@ __all__ = [
     "masks_from_scores",
     "n_to_remove",
     "prunable_weights",
+    "rate_check",
 ]

@@ -141,6 +141,11 @@ def channel_prune(
         "keep": {n: torch.nonzero(k).reshape(-1).tolist() for n, k in cut.items()},
         "input_size": [int(v) for v in input_size],
     }
+    if scope != "zeros":
+        total = info["channels_total"]
+        removed = total - info["channels_kept"]
+        achieved = round(removed / total, 6) if total else 0.0
+        info["rates"] = {"channels": {"target": ratio, "achieved": achieved, "total": total}}
     return Pruned(new, info, sliced)
 
 

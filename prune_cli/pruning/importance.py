@@ -17,6 +17,7 @@ out of the result is not pruned. How a **group** is scored from its members:
   squeeze-and-excitation gates are not producers); ``mean=True`` divides by the number of
   weights summed, which makes groups with filters of different sizes comparable in one global
   ranking.
+- :class:`RandomChannels` (``random`` with ``granularity: filter``): the control, seeded scores.
 - :class:`MaskedFilters` (dynamic_filter's removal): 0 for a channel whose filter is masked to
   zero in every producer, 1 otherwise (a channel some producer still uses is never removed).
 
@@ -132,6 +133,20 @@ class MaskedFilters:
                 alive[list(m.channels)] |= used[list(m.positions)]
             scores[g.name] = alive.float()
         return scores
+
+
+@dataclass(frozen=True)
+class RandomChannels:
+    """The control of the channel criteria (methods.md §6): uniform random scores from
+    ``seed``, drawn group by group in the groups' order, so a seed fixes the channels chosen."""
+
+    seed: int = 0
+    name: str = "random"
+    needs: str = ""
+
+    def __call__(self, model: nn.Module, groups: Sequence[ChannelGroup]) -> dict[str, torch.Tensor]:
+        gen = torch.Generator().manual_seed(self.seed)
+        return {g.name: torch.rand(g.size, generator=gen) for g in groups}
 
 
 # ----------------------------------------------------------------------------- weight level

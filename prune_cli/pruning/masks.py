@@ -76,6 +76,14 @@ def count_pruned(masks: Mapping[str, torch.Tensor]) -> tuple[int, int]:
     return zeros, sum(m.numel() for m in masks.values())
 
 
+def rate_check(masks: Mapping[str, torch.Tensor], target: float) -> dict[str, float]:
+    """``{"target", "achieved", "total"}`` for ``metrics.json``'s ``prune_info.rates``: the
+    fraction of the masks' ``total`` entries removed against the rate asked for."""
+    zeros, total = count_pruned(masks)
+    achieved = round(zeros / total, 6) if total else 0.0
+    return {"target": float(target), "achieved": achieved, "total": total}
+
+
 class MaskHold(TrainHooks):
     """Keeps pruned weights at exactly zero during fine-tuning.
 

@@ -25,8 +25,14 @@ repository's masks were ``nn.Parameter``s.
 - ``cov``: the corrected, differentiable covariance penalty over every conv kernel slice.
 - ``decorr_zhu``: Zhu, Zhou & Li (IJCAI 2018) as in henry-eigen/Decorr_Reg ``ssr.py``:
   ``lam*||W||_F + eta*R_s + gamma*R_c`` per conv layer.
-- ``ortho``: SRIP (Bansal et al. 2018), the repository's unused ``reg_ortho``: one power-iteration
-  estimate of ``sigma_max(W^T W - I)`` per weight with >= 2 dimensions, squared and summed.
+- ``ortho``: the repository's unused ``reg_ortho``, *inspired by* SRIP: one power-iteration
+  estimate of ``sigma_max(W^T W - I)`` per weight with >= 2 dimensions, ``W`` reshaped to
+  ``(out, in*kh*kw)``, squared and summed. ``W^T W`` is the fan-in Gram, of rank <= out: on a wide
+  layer (out < in*kh*kw) it has an eigenvalue -1 whatever the weights, so each such layer
+  contributes a floor of 1.
+- ``srip``: SRIP as Bansal et al. (2018) define it, on the *smaller* Gram matrix
+  (``W W^T - I`` when out < in*kh*kw, else ``W^T W - I``), which is 0 exactly when the smaller
+  side is orthonormal: no floor.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from torch import nn
 from prune_cli.engine.hooks import TrainHooks
 from prune_cli.errors import ConfigError
 
-REGULARIZERS = ("none", "cov_faithful", "cov", "decorr_zhu", "ortho")
+REGULARIZERS = ("none", "cov_faithful", "cov", "decorr_zhu", "ortho", "srip")
 
 #: Slimming's λ by model family (methods.md §3): plain CNNs and residual networks.
 LAMBDA_PLAIN = 1e-4
@@ -111,6 +117,11 @@ class BNSparsity(TrainHooks):
     def signature(self) -> dict[str, Any]:
         """What sparsity training changes about training (for the trained-model cache key)."""
         return {"bn_l1_lambda": self.lam, "bn_init": self.bn_init}
+
+    def baseline_kind(self) -> str:
+        """How the trained model differs from plain dense training (``metrics.json``)."""
+        init = "" if self.bn_init is None else f", BN gamma initialised to {self.bn_init}"
+        return f"sparsity-trained: L1 {self.lam:g} on BN gamma{init}"
 
     def after_backward(self, model: nn.Module) -> None:
         if self._gammas is None or self._gammas[0] != id(model):
@@ -259,28 +270,37 @@ def decorr_zhu(
 
 
 # ----------------------------------------------------------------------------- ortho
-def srip_sigma(weight: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One power-iteration estimate of ``sigma_max(M)``, ``M = W^T W - I`` (SRIP, ``reg_ortho``).
+def srip_sigma(
+    weight: torch.Tensor, generator: torch.Generator | None = None, gram: str = "fan_in"
+) -> torch.Tensor:
+    """One power-iteration estimate of ``sigma_max(M)``, ``M = G - I`` with the Gram matrix
+    ``G`` of ``W`` reshaped to ``(rows = out, cols = W[0].numel())``.
 
-    ``W`` is reshaped to ``(rows, cols = W[0].numel())``. With a random unit ``u``:
+    ``gram="fan_in"`` (the repository's ``reg_ortho``): ``G = W^T W`` (cols x cols);
+    ``gram="smaller"`` (SRIP): the smaller of ``W W^T`` and ``W^T W``. With a random unit ``u``:
     ``v = normalize(M^T u)``, ``u = normalize(M v)``, ``sigma = u . (M v)``. Exact when ``M`` is a
-    multiple of the identity; 0 for orthonormal columns.
+    multiple of the identity; 0 for an orthonormal Gram.
     """
     cols = weight[0].numel()
     w = weight.reshape(-1, cols)
-    m = w.t() @ w - torch.eye(cols, device=w.device, dtype=w.dtype)
-    u = torch.randn(cols, generator=generator, dtype=w.dtype)
+    if gram == "smaller" and w.shape[0] < cols:
+        w = w.t()
+    n = w.shape[1]
+    m = w.t() @ w - torch.eye(n, device=w.device, dtype=w.dtype)
+    u = torch.randn(n, generator=generator, dtype=w.dtype)
     u = F.normalize(u.to(w.device), dim=0, eps=1e-12)
     v = F.normalize(m.t() @ u, dim=0, eps=1e-12)
     u = F.normalize(m @ v, dim=0, eps=1e-12)
     return torch.dot(u, m @ v)
 
 
-def ortho(model: nn.Module, generator: torch.Generator | None = None) -> torch.Tensor:
+def ortho(
+    model: nn.Module, generator: torch.Generator | None = None, gram: str = "fan_in"
+) -> torch.Tensor:
     """``sum sigma^2`` of :func:`srip_sigma` over every parameter with >= 2 dimensions."""
     total = _zero(model)
     for _, w in _weights(model):
-        total = total + srip_sigma(w, generator) ** 2
+        total = total + srip_sigma(w, generator, gram) ** 2
     return total
 
 
@@ -289,7 +309,7 @@ def regularizer(name: str, model: nn.Module, **options: Any) -> torch.Tensor | N
     """``reg(model)`` for ``method.reg = name`` (``None`` for ``none``).
 
     ``options``: ``include_diag`` (cov); ``lam``, ``eta``, ``gamma``, ``tau`` (decorr_zhu);
-    ``generator`` (ortho). Unknown names raise ``ValueError`` (the method validates the name).
+    ``generator`` (ortho, srip). Unknown names raise ``ValueError`` (the method validates the name).
     """
     if name == "none":
         return None
@@ -301,5 +321,7 @@ def regularizer(name: str, model: nn.Module, **options: Any) -> torch.Tensor | N
         keys = ("lam", "eta", "gamma", "tau")
         return decorr_zhu(model, **{k: float(options[k]) for k in keys if k in options})
     if name == "ortho":
-        return ortho(model, options.get("generator"))
+        return ortho(model, options.get("generator"), "fan_in")
+    if name == "srip":
+        return ortho(model, options.get("generator"), "smaller")
     raise ValueError(f"unknown regularizer {name!r}; choose one of: {', '.join(REGULARIZERS)}")

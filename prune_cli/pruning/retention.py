@@ -188,15 +188,21 @@ def build_layout(
 
 # ---------------------------------------------------------------------------- fitness data
 def fitness_batches(
-    data: Any, size: int, batch_size: int, device: torch.device, seed: int
+    data: Any,
+    size: int,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    in_sample: bool = False,
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str]:
     """The fitness images as normalized tensors on ``device``, and the split they came from.
 
-    ``val`` when the dataset has one, else ``train`` (images the model was trained on, but
-    never the test split). At most ``size`` images, a subset drawn with ``seed`` when the split
-    is larger, in split order; no augmentation.
+    ``val`` (images held out of training) when the dataset has one, else ``train`` (images the
+    model was trained on); ``in_sample=True`` takes ``train`` on purpose. Never the test split.
+    At most ``size`` images, a subset drawn with ``seed`` when the split is larger, in split
+    order; no augmentation.
     """
-    split = "val" if data.has_split("val") else "train"
+    split = "val" if data.has_split("val") and not in_sample else "train"
     part = data.splits[split]
     n = min(int(size), len(part))
     if n < 1:

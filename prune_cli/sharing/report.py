@@ -35,8 +35,10 @@ def sharing_report(
     input_size: tuple[int, int, int],
     device: torch.device,
     seed: int,
+    latency: bool = True,
 ) -> dict[str, Any]:
-    """The figures of a shared ``model`` (after :meth:`TemplateSetting.share` gave ``summary``).
+    """The figures of a shared ``model`` (after :meth:`TemplateSetting.share` gave ``summary``);
+    ``latency=False`` (``metrics.latency.enabled=false``) leaves out the latency measurement.
 
     Raises RuntimeError when materialising changes the architecture (parameter count) or the
     logits: sharing must change how weights are stored, nothing else.
@@ -62,7 +64,7 @@ def sharing_report(
         "macs_unshared": macs_plain,
         "macs_note": MACS_NOTE,
         "materialize": {**materialized, **_logits_check(model, plain, input_size, device, seed)},
-        "latency_b1_ms": _latency_b1(model, plain, input_size, device),
+        "latency_b1_ms": _latency_b1(model, plain, input_size, device) if latency else None,
     }
     if materialized["runtime_params"] != summary.params_unshared:
         raise RuntimeError(

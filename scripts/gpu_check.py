@@ -7,17 +7,18 @@
   round of each counts. Target: runner / bare >= 0.97.
 - ``compile``: the same runner loop through ``torch.compile`` and without: compile time (the
   first steps) and steady images/s.
-- ``latency``: dense ResNet-56 against the same model with half of its channels removed
-  (L1 filter criterion, coupled groups), measured interleaved
+- ``latency``: dense ResNet-56 (ResNet-20 in ``--quick``) against the same model with half of
+  its channels removed (L1 filter criterion, coupled groups), measured interleaved
   (:func:`prune_cli.metrics.latency.compare_latency`), eager and compiled.
 - ``ddp``: run under ``torchrun --nproc_per_node=1``: a DistributedDataParallel ResNet-20 (NCCL
   on CUDA, gloo on CPU) trained for a few steps through the runner loop, an all-reduce checked,
   images/s against the same steps without DDP.
 
 On a machine without CUDA, ``--quick`` (what ``gpu_check.sh`` passes there) runs every section
-on the CPU with small sizes and compiles with the ``aot_eager`` backend (it traces and
-differentiates like inductor but generates no code), so that the whole script runs in seconds:
-the test suite runs it that way so that it cannot rot. Its numbers are not a measurement.
+on the CPU with small sizes (ResNet-20 only) and compiles with the ``eager`` backend (Dynamo
+captures the graphs as for inductor, but no code is generated: inductor's C++ build takes
+minutes on a small CPU), so that the whole script runs in seconds: the test suite runs it that
+way (``gpu_check.sh --cpu``) so that it cannot rot. Its numbers are not a measurement.
 """
 
 from __future__ import annotations
@@ -52,9 +53,11 @@ def settings(quick: bool) -> dict:
     """Sizes of every section: full on a GPU, tiny for the CPU fallback."""
     if quick:
         return {"models": ["resnet20"], "batch": 8, "steps": 2, "rounds": 1,
-                "latency_batches": [1, 4], "repeats": 2, "backend": "aot_eager"}  # fmt: skip
+                "latency_model": "resnet20", "latency_batches": [1, 4], "repeats": 2,
+                "backend": "eager"}  # fmt: skip
     return {"models": ["resnet20", "resnet56"], "batch": 256, "steps": 40, "rounds": 3,
-            "latency_batches": [1, 256], "repeats": 20, "backend": "inductor"}  # fmt: skip
+            "latency_model": "resnet56", "latency_batches": [1, 256], "repeats": 20,
+            "backend": "inductor"}  # fmt: skip
 
 
 def synchronize(device: torch.device) -> None:
@@ -173,15 +176,16 @@ def _runner_epoch(model, batches, opt, device, cl, forward, epoch: int) -> int:
 
 
 def section_latency(device: torch.device, s: dict) -> None:
-    dense = build_model("resnet56", num_classes=10, in_channels=3, image_size=32).to(device)
+    arch = s["latency_model"]
+    dense = build_model(arch, num_classes=10, in_channels=3, image_size=32).to(device)
     size = (3, 32, 32)
     pruned = channel_prune(copy.deepcopy(dense).cpu(), FilterNorm(), 0.5, input_size=size,
                            scope="layerwise", grouping="coupled").model.to(device)  # fmt: skip
     mac_x = count_macs(dense, size).dense / count_macs(pruned, size).dense
-    print(f"resnet56 dense vs channels halved (coupled groups): MACs / {mac_x:.2f}")
+    print(f"{arch} dense vs channels halved (coupled groups): MACs / {mac_x:.2f}")
     for compiled in (False, True):
         if compiled and s["backend"] != "inductor":
-            print("  compiled latency: skipped in --quick (aot_eager generates no faster code)")
+            print(f"  compiled latency: skipped in --quick ({s['backend']} generates no code)")
             continue
         models = {"dense": dense, "pruned": pruned}
         both = compare_latency(models, size, s["latency_batches"], device, warmup=3,

@@ -4,13 +4,16 @@
 # training throughput of ResNet-20/56 (runner vs bare loop, bf16 autocast + channels_last +
 # data on the GPU), torch.compile on and off, pruned-vs-dense latency, and DDP with NCCL at
 # world size 1 through torchrun. Sections and what they print: scripts/gpu_check.py.
-# Without CUDA it runs the CPU fallback (small sizes, gloo, aot_eager compile) in seconds; the
-# test suite runs it that way (tests/test_gpu_check.py). Run from the repository root, with
-# the environment prune-cli is installed in (PYTHON=... to choose the interpreter).
+# Without CUDA (or with --cpu) it runs the CPU fallback (small sizes, gloo, Dynamo-only compile)
+# in seconds; the test suite runs it that way (tests/test_gpu_check.py). Run it with the
+# environment prune-cli is installed in (PYTHON=... to choose the interpreter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
-if "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+if [[ "${1:-}" == "--cpu" ]]; then
+  QUICK=(--quick --device cpu)
+  echo "gpu_check: --cpu: CPU fallback (small sizes; numbers are not a measurement)"
+elif "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
   QUICK=()
   echo "gpu_check: CUDA found"
 else

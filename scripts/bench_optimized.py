@@ -10,23 +10,92 @@ outputs of the unchanged prefix are replayed, once with and once without the rep
     python scripts/bench_optimized.py                       # CPU, small settings
     python scripts/bench_optimized.py --device cuda --fitness-size 2048 --population 20 \\
         --generations 30 --searches ga,pso,sa
+
+``--compare`` (issue 15) runs instead, side by side at the same number of generations, the
+search as it was before issue 15 (``fitness_size`` 2048, the fitness on the model itself:
+no BatchNorm folding, no channels_last) and with the method's current defaults, and prints
+seconds per generation, the final fitness on each search's own fitness images, and - the same
+yardstick for both - the loss and top-1 of both final masks on one common set of 2048 fitness
+images (the before search's) and on the test split (before fine-tuning), beside the dense
+training time of the model searched (the run's budget: search cost <= dense training):
+
+    python scripts/bench_optimized.py --compare --generations 3 --val-size 2048
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+import prune_cli.methods.optimized as optimized_module
 from prune_cli.data import build_dataset
 from prune_cli.engine import StageFiles, fit, load_checkpoint, load_state_into, resolve_device
 from prune_cli.engine.loop import evaluate
 from prune_cli.methods import PruneContext, build_method
 from prune_cli.models import build_model
+from prune_cli.pruning.retention import MaskedFitness, fitness_batches
+
+#: The defaults before issue 15 that the current defaults replace (``--compare``).
+BEFORE = {"fitness_size": 2048, "fitness_batch_size": 512, "population": 20}
+
+
+@torch.no_grad()
+def loss_top1(model: torch.nn.Module, batches) -> tuple[float, float]:
+    """Mean CE and top-1 of ``model`` (eval mode) on ``batches``."""
+    model.eval()
+    loss, correct, n = 0.0, 0, 0
+    for x, y in batches:
+        logits = model(x).float()
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        n += len(y)
+    return loss / n, 100.0 * correct / n
+
+
+def compare(model, data, ctx, args, train_seconds: float) -> None:
+    """Before issue 15 vs the current defaults, at ``--generations`` generations."""
+    common = fitness_batches(data, 2048, 512, ctx.device, args.seed)[0]
+    test = [(x, y) for x, y in data.loader("test", 512, train=False, device=ctx.device)]
+    defaults = optimized_module.OptimizedRetention.Options()
+    print(f"generations {args.generations} for both; dense training took {train_seconds:.1f} s")
+    print(f"{'search':<8} {'images':>6} {'pop':>4} {'evals':>6} {'s/gen':>8} {'search s':>9} "
+          f"{'own loss':>9} {'common loss':>12} {'common top1':>12} {'test loss':>10} "
+          f"{'test top1':>10}")  # fmt: skip
+    for label, over, fold in (("before", BEFORE, False), ("after", {}, True)):
+        cfg = {
+            "name": "optimized",
+            "generations": args.generations,
+            "patience": max(args.generations, 1),  # equal generations: no early stop here
+            "progress": False,
+            **over,
+        }
+        real = optimized_module.MaskedFitness
+        optimized_module.MaskedFitness = functools.partial(MaskedFitness, fold=fold)
+        try:
+            method = build_method(cfg, args.ratio, args.seed)
+            tic = time.perf_counter()
+            result = method.prune(copy.deepcopy(model), ctx)
+            seconds = time.perf_counter() - tic
+        finally:
+            optimized_module.MaskedFitness = real
+        info = result.info
+        c_loss, c_top1 = loss_top1(result.model, common)
+        t_loss, t_top1 = loss_top1(result.model, test)
+        print(f"{label:<8} {info['fitness_images']:>6} "
+              f"{over.get('population', defaults.population):>4} {info['evaluations']:>6} "
+              f"{info['seconds_per_generation']:>8.2f} {seconds:>9.1f} "
+              f"{info['optimized']['fitness_loss']:>9.4f} {c_loss:>12.4f} {c_top1:>12.2f} "
+              f"{t_loss:>10.4f} {t_top1:>10.2f}")  # fmt: skip
+    mag = info["magnitude"]
+    print(f"magnitude mask (the seed): test loss {mag.get('test_loss', float('nan')):.4f}, "
+          f"test top1 {mag.get('test_top1', float('nan')):.2f}")  # fmt: skip
 
 
 def main() -> None:
@@ -35,6 +104,9 @@ def main() -> None:
     ap.add_argument("--dataset", default="shapes")
     ap.add_argument("--train-size", type=int, default=5000)
     ap.add_argument("--test-size", type=int, default=1000)
+    ap.add_argument("--val-size", type=int, default=0,
+                    help="images held out of training (the fitness split; a run holds out "
+                         "fitness_size)")  # fmt: skip
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--pretrained", default=None)
     ap.add_argument("--device", default="auto")
@@ -47,11 +119,18 @@ def main() -> None:
     ap.add_argument("--fitness-size", type=int, default=512)
     ap.add_argument("--layers", default="layer3,fc", help="late layers for the replay variant")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compare", action="store_true",
+                    help="before issue 15 vs the current defaults (module docstring)")  # fmt: skip
     args = ap.parse_args()
 
     device = resolve_device(args.device)
     data = build_dataset(
-        {"name": args.dataset, "train_size": args.train_size, "test_size": args.test_size}
+        {
+            "name": args.dataset,
+            "train_size": args.train_size,
+            "test_size": args.test_size,
+            "val_size": args.val_size,
+        }
     )
     torch.manual_seed(args.seed)
     model = build_model(
@@ -67,6 +146,7 @@ def main() -> None:
         train_cfg = {"epochs": args.epochs, "batch_size": 128, "lr": 0.1, "schedule": "cosine"}
         with tempfile.TemporaryDirectory() as tmp:
             fit(model, data, train_cfg, device=device, files=StageFiles("train", Path(tmp)))
+    train_seconds = time.perf_counter() - tic
     test = data.loader("test", 256, train=False, device=device)
     dense = evaluate(model, test, device)
     print(
@@ -80,6 +160,9 @@ def main() -> None:
         seed=args.seed,
         input_size=(data.in_channels, data.image_size, data.image_size),
     )
+    if args.compare:
+        compare(model, data, ctx, args, train_seconds)
+        return
     runs = [(s, None, True) for s in args.searches.split(",") if s]
     if args.layers:  # the same late-layer search with and without the prefix replay
         runs += [("ga", args.layers.split(","), True), ("ga", args.layers.split(","), False)]

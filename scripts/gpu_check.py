@@ -246,11 +246,18 @@ def main() -> None:
                     help="all: train, compile, latency (ddp needs torchrun)")  # fmt: skip
     ap.add_argument("--device", default="auto", help="auto | cuda | cpu")
     ap.add_argument("--quick", action="store_true", help="CPU fallback sizes (seconds)")
+    ap.add_argument("--backend", default=None, help="torch.compile backend (inductor, eager ...)")
+    ap.add_argument("--batch", type=int, default=None, help="training batch size")
+    ap.add_argument("--steps", type=int, default=None, help="training steps per round")
+    ap.add_argument("--rounds", type=int, default=None, help="timed rounds per loop")
     args = ap.parse_args()
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
     s = settings(args.quick)
+    for key in ("backend", "batch", "steps", "rounds"):  # e.g. inductor on a CPU: --backend
+        if getattr(args, key) is not None:
+            s[key] = getattr(args, key)
     names = ["train", "compile", "latency"] if args.section == "all" else [args.section]
     if device.type == "cuda" and args.section != "ddp":
         print(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}")

@@ -27,6 +27,8 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import math
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -36,11 +38,19 @@ import torch.nn.functional as F
 
 import prune_cli.methods.optimized as optimized_module
 from prune_cli.data import build_dataset
-from prune_cli.engine import StageFiles, fit, load_checkpoint, load_state_into, resolve_device
-from prune_cli.engine.loop import evaluate
+from prune_cli.engine import (
+    StageFiles,
+    TrainHooks,
+    fit,
+    load_checkpoint,
+    load_state_into,
+    resolve_device,
+)
+from prune_cli.engine.loop import evaluate, train_one_epoch
+from prune_cli.engine.optim import build_optimizer
 from prune_cli.methods import PruneContext, build_method
 from prune_cli.models import build_model
-from prune_cli.pruning.retention import MaskedFitness, fitness_batches
+from prune_cli.pruning.retention import MaskedFitness, fitness_batches, folded_eval_copy
 
 #: The defaults before issue 15 that the current defaults replace (``--compare``).
 BEFORE = {"fitness_size": 2048, "fitness_batch_size": 512, "population": 20}
@@ -59,8 +69,70 @@ def loss_top1(model: torch.nn.Module, batches) -> tuple[float, float]:
     return loss / n, 100.0 * correct / n
 
 
+def cost_projection(model, data, ctx, rounds: int = 3) -> None:
+    """Search cost over dense training cost of the default run (ResNet-20 on ``shapes``: 5000
+    training images less the held-out fitness images, 4 epochs of batch 128, each epoch
+    evaluated on the 1000 test and the held-out images), before issue 15 and now, from unit
+    costs measured interleaved in this process (so that a busy machine slows both alike): one
+    training step, and one fitness evaluation of 512 images on the model itself (before) and on
+    its BatchNorm-folded channels_last copy (now). The search is counted at its maximum, every
+    generation run (no early stop): GA evaluations = population + generations x (population -
+    elitism)."""
+    dev = ctx.device
+    x, y = next(iter(data.loader("train", 128, train=True, device=dev, seed=0)))
+    images = torch.cat([x] * 4)[:512]
+    net = copy.deepcopy(model)
+    opt = build_optimizer(net, {"lr": 0.01, "momentum": 0.9})
+    weights = {n: p for n, p in model.named_parameters() if p.dim() == 4}
+    folded, _, what = folded_eval_copy(model, weights, images, dev.type == "cpu")
+    images_cl = images.contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        train_one_epoch(net, [(x, y)], opt, TrainHooks(), device=dev, on_check=lambda *a: None)
+
+    @torch.no_grad()
+    def plain() -> None:
+        model.eval()
+        model(images)
+
+    @torch.no_grad()
+    def fold() -> None:
+        folded(images_cl)
+
+    units: dict[str, list[float]] = {"step": [], "plain": [], "fold": []}
+    for fn in (step, plain, fold):  # warm-up
+        fn()
+    for _ in range(rounds):
+        for key, fn in (("step", step), ("plain", plain), ("fold", fold)):
+            tic = time.perf_counter()
+            fn()
+            units[key].append(time.perf_counter() - tic)
+    t = {k: statistics.median(v) for k, v in units.items()}
+    spread = {k: max(v) / min(v) for k, v in units.items()}
+    print(f"unit costs (median of {rounds}, interleaved; max/min in brackets): train step of "
+          f"128 {t['step']:.3f} s [{spread['step']:.2f}], fitness of 512 images on the model "
+          f"{t['plain']:.3f} s [{spread['plain']:.2f}], on the folded copy {t['fold']:.3f} s "
+          f"[{spread['fold']:.2f}] ({what})")  # fmt: skip
+    defaults = optimized_module.OptimizedRetention.Options()
+    for label, images_fit, pop, gens, per_eval in (
+        ("before", 2048, 20, 30, 4 * t["plain"]),
+        ("now", defaults.fitness_size, defaults.population, defaults.generations,
+         defaults.fitness_size / 512 * t["fold"]),
+    ):  # fmt: skip
+        steps = math.ceil((5000 - images_fit) / 128)
+        train = 4 * steps * t["step"] + 4 * (1000 + images_fit) / 512 * t["plain"]
+        evals = pop + gens * (pop - defaults.ga.elitism)
+        search = evals * per_eval
+        print(f"  {label:<6} {images_fit} fitness images, population {pop}, {gens} generations: "
+              f"training ~{train:.0f} s, search <= {evals} evaluations ~{search:.0f} s, "
+              f"search / training {search / train:.2f}")  # fmt: skip
+
+
 def compare(model, data, ctx, args, train_seconds: float) -> None:
     """Before issue 15 vs the current defaults, at ``--generations`` generations."""
+    cost_projection(model, data, ctx)
+    if args.generations <= 0:
+        return
     common = fitness_batches(data, 2048, 512, ctx.device, args.seed)[0]
     test = [(x, y) for x, y in data.loader("test", 512, train=False, device=ctx.device)]
     defaults = optimized_module.OptimizedRetention.Options()

@@ -124,6 +124,7 @@ def trained_entry(tmp_path: Path) -> tuple[TrainedCache, Path]:
     got = cache.train_or_load(TinyNet(), payload(), run, label="tiny_shapes", arch="tiny",
                               device=CPU, train=Trainer(TinyNet()))  # fmt: skip
     assert got.entry == tmp_path / "cache" / f"tiny_shapes_{cache_key(payload())}"
+    assert got.checkpoint == got.entry / "trained.pt"
     return cache, got.entry
 
 
@@ -175,6 +176,20 @@ def test_corrupt_or_stale_figures_are_measured_again_never_an_error(tmp_path: Pa
     os.utime(trained, ns=(1, 1))
     got = cache.figures(entry, key, Measure(5.0))
     assert got.cached is False and got.values["top1"] == 5.0
+
+
+def test_figures_of_two_checkpoints_in_one_directory_are_kept_apart(tmp_path: Path) -> None:
+    # with the cache off, trained.pt and dense_reference.pt lie side by side in checkpoints/
+    ckpt_dir = tmp_path / "checkpoints"
+    ckpt_dir.mkdir()
+    for name in ("trained.pt", "dense_reference.pt"):
+        torch.save({"model": {}}, ckpt_dir / name)
+    cache, key = TrainedCache(False, tmp_path / "unused"), {"kind": "test_eval"}
+    assert cache.figures(ckpt_dir / "trained.pt", key, Measure(1.0)).values["top1"] == 1.0
+    other = cache.figures(ckpt_dir / "dense_reference.pt", key, Measure(2.0))
+    assert other.cached is False and other.values["top1"] == 2.0
+    assert cache.figures(ckpt_dir / "trained.pt", key, Measure(3.0)).values["top1"] == 1.0
+    assert cache.figures(ckpt_dir, key, Measure(4.0)).values["top1"] == 1.0  # dir: trained.pt
 
 
 def test_figures_of_an_unwritable_entry_are_measured_and_not_cached(tmp_path: Path) -> None:

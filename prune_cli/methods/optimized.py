@@ -108,9 +108,9 @@ class OptimizedRetention(Method):
         gene: OneOf(*GENES) = "weight"
         search: OneOf(*SEARCHES) = "ga"
         population: Int(ge=1) = 20
-        generations: Int(ge=0) = 8
-        iterations: Int(ge=0) = 8
-        patience: Int(ge=1) = 4
+        generations: Int(ge=0) = 6
+        iterations: Int(ge=0) = 6
+        patience: Int(ge=1) = 3
         ga: GAOptions = GAOptions()
         pso: PSOOptions = PSOOptions()
         sa: SAOptions = SAOptions()

@@ -457,7 +457,9 @@ class Pipeline:
         # A method's inner fine-tunes (double_pruning's slimmed_finetuned) are timed as their own
         # stages; timings.prune is the pruning work alone.
         self._timed("prune", time.perf_counter() - tic - self._inner_fit_seconds)
+        tic = time.perf_counter()
         self.record("pruned", self.model)
+        self._timed("evaluate_pruned", time.perf_counter() - tic)
 
     def warn(self, message: str) -> None:
         """A run that does something other than asked says so, in the log and in

@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from prune_cli import distributed
-from prune_cli.cache import TrainedCache, file_sha256, training_payload
+from prune_cli.cache import TrainedCache, cache_key, file_sha256, training_payload
 from prune_cli.data import build_dataset
 from prune_cli.engine import (
     fit,
@@ -51,7 +51,7 @@ from prune_cli.errors import ConfigError, explain, one_line
 from prune_cli.export import FORMATS, export_model
 from prune_cli.methods import PruneContext, build_method
 from prune_cli.metrics.deploy import onnxruntime_latency
-from prune_cli.metrics.latency import compare_latency
+from prune_cli.metrics.latency import compare_latency, latency_setting, measure_latency
 from prune_cli.metrics.report import (
     netscore_units,
     relative_to_dense,
@@ -130,6 +130,10 @@ class Pipeline:
         }
         self._inner_fit_seconds = 0.0  # fine-tuning done inside prune(), timed as its own stage
         self.trackers: Trackers | None = None  # logger=: TensorBoard, MLflow, W&B (tracking.py)
+        # The trained checkpoint of each training stage ("train", "dense_reference"): the
+        # figures measured on the model as trained are cached beside it (TrainedCache.figures).
+        self.trained_at: dict[str, Path] = {}
+        self.dense_checkpoint: Path | None = None  # the dense reference's, when trained here
 
     # ------------------------------------------------------------------ helpers
     def _save_metrics(self) -> None:
@@ -146,11 +150,18 @@ class Pipeline:
         )
         return evaluate(model, loader, self.device).as_dict()
 
-    def record(self, stage: str, model: nn.Module, per_layer: bool = False) -> dict[str, Any]:
-        """Evaluate ``model`` on the test split and store its figures as ``metrics[stage]``."""
-        figures = stage_metrics(
-            model, self._test_eval(model), self.input_size, self.units, per_layer=per_layer
-        )
+    def record(
+        self,
+        stage: str,
+        model: nn.Module,
+        per_layer: bool = False,
+        evaluation: Mapping[str, float] | None = None,
+    ) -> dict[str, Any]:
+        """Evaluate ``model`` on the test split (or take ``evaluation``, its test loss/top-1/
+        top-5 measured before) and store its figures as ``metrics[stage]``."""
+        if evaluation is None:
+            evaluation = self._test_eval(model)
+        figures = stage_metrics(model, evaluation, self.input_size, self.units, per_layer=per_layer)
         self.metrics[stage] = figures
         if stage not in self.metrics["stages"]:
             self.metrics["stages"].append(stage)
@@ -243,6 +254,7 @@ class Pipeline:
         self.model = self.method.prepare(model).to(self.device)
         self.metrics["device"] = str(self.device)
         self.metrics["method_config"] = method_cfg
+        self.cache = TrainedCache(bool(cfg.cache.enabled), Path(str(cfg.cache.dir)))
 
     def _hold_out_for_method(self) -> None:
         """A method that decides on held-out images (``optimized``'s fitness) gets a validation
@@ -317,7 +329,43 @@ class Pipeline:
                 self.metrics["train"] = loaded
         self._timed("train", time.perf_counter() - tic)
         self.baseline_model = copy.deepcopy(self.model)
-        self.record("baseline", self.model)
+        evaluation = self._trained_test_eval(self.model, self.trained_at.get("train"))
+        self.record("baseline", self.model, evaluation=evaluation)
+
+    def _trained_figures(
+        self,
+        model: nn.Module,
+        checkpoint: Path | None,
+        key: Mapping[str, Any],
+        compute: Callable[[], Mapping[str, Any]],
+    ) -> tuple[dict[str, Any], str]:
+        """Figures of ``model`` as trained into ``checkpoint``, computed once per checkpoint
+        and ``key`` (:meth:`TrainedCache.figures`: every job of a sweep reuses them) when there
+        is a checkpoint and ``cache.figures`` is on. The key also names the model's structure
+        (a method's re-parameterisation of the same weights is another measurement). Returns
+        the figures and where they came from: ``cached`` or ``measured``."""
+        if checkpoint is None or not bool(self.cfg.cache.figures):
+            return dict(compute()), "measured"
+        full = {**key, "module": cache_key({"repr": repr(model)})}
+        got = self.cache.figures(checkpoint, full, compute)
+        return got.values, "cached" if got.cached else "measured"
+
+    def _trained_test_eval(self, model: nn.Module, checkpoint: Path | None) -> dict[str, float]:
+        """The test evaluation of ``model`` as trained into ``checkpoint``: once per
+        checkpoint and evaluation setting."""
+        key = {
+            "kind": "test_eval",
+            "split": "test",
+            "batch_size": int(self.cfg.train.get("eval_batch_size", 256)),
+            "device": self.device.type,
+            "world_size": distributed.world_size(),
+        }
+        values, source = self._trained_figures(
+            model, checkpoint, key, lambda: self._test_eval(model)
+        )
+        if source == "cached":
+            log.info("test evaluation of %s reused from the trained-model cache", checkpoint)
+        return values
 
     def _train_or_load(
         self,
@@ -342,7 +390,7 @@ class Pipeline:
             method_training=signature if start is None else {**signature, "start": start},
             device_type=self.device.type,
         )
-        cache = TrainedCache(bool(cfg.cache.enabled), Path(str(cfg.cache.dir)))
+        cache = self.cache
         run = StageFiles(stage, self.ckpt_dir, self.history_csv, self.resume)
         trained = cache.train_or_load(
             model,
@@ -358,6 +406,7 @@ class Pipeline:
         if trained.summary.get("from_cache"):  # the curves of the training that made the entry
             for row in trained.history:
                 self._log_epoch({**row, "stage": stage})
+        self.trained_at[stage] = trained.checkpoint
         return trained.summary
 
     def _train_dense(
@@ -390,6 +439,7 @@ class Pipeline:
         self.metrics["baseline_kind"] = kind
         if kind == "dense":
             self.dense_model = self.baseline_model
+            self.dense_checkpoint = self.trained_at.get("train")
             self.metrics["dense_reference"] = {**self.metrics["baseline"], "source": "baseline"}
             self.metrics["stages"].insert(1, "dense_reference")
             self._save_metrics()
@@ -411,7 +461,9 @@ class Pipeline:
                 self.metrics["dense_reference_train"] = summary
                 source = "trained plainly" + (" (cache)" if summary.get("cache_entry") else "")
             self.dense_model = model
-            self.record("dense_reference", model)
+            self.dense_checkpoint = self.trained_at.get("dense_reference")
+            evaluation = self._trained_test_eval(model, self.dense_checkpoint)
+            self.record("dense_reference", model, evaluation=evaluation)
             self.metrics["dense_reference"]["source"] = source
             self._save_metrics()
         self._timed("dense_reference", time.perf_counter() - tic)
@@ -453,7 +505,9 @@ class Pipeline:
         # A method's inner fine-tunes (double_pruning's slimmed_finetuned) are timed as their own
         # stages; timings.prune is the pruning work alone.
         self._timed("prune", time.perf_counter() - tic - self._inner_fit_seconds)
+        tic = time.perf_counter()
         self.record("pruned", self.model)
+        self._timed("evaluate_pruned", time.perf_counter() - tic)
 
     def warn(self, message: str) -> None:
         """A run that does something other than asked says so, in the log and in
@@ -574,20 +628,29 @@ class Pipeline:
         lat_cfg = self.cfg.metrics.latency
         backends = list(lat_cfg.get("backends", ["torch"]))
         if bool(lat_cfg.enabled) and "torch" in backends:
-            sizes = [int(b) for b in lat_cfg.batch_sizes]
             kwargs = {
-                "batch_sizes": sizes,
+                "batch_sizes": [int(b) for b in lat_cfg.batch_sizes],
                 "device": self.device,
                 "warmup": int(lat_cfg.warmup),
                 "repeats": int(lat_cfg.repeats),
+                "compile": bool(lat_cfg.compile),
             }
-            # Against the plain dense reference (no mask re-parameterisation, no templates).
-            both = compare_latency(
-                {"dense_reference": self.dense_model, "final": self.model},
-                self.input_size,
-                **kwargs,
-            )
-            before, after = both["dense_reference"], both["final"]
+            if str(lat_cfg.dense) == "interleaved":
+                # Against the plain dense reference (no mask re-parameterisation, no
+                # templates), each repeat timing both models in turn.
+                models = {"dense_reference": self.dense_model, "final": self.model}
+                both = compare_latency(models, self.input_size, **kwargs)
+                before, after, source = both["dense_reference"], both["final"], "interleaved"
+            else:  # reuse: the dense latency measured once per trained checkpoint and setting
+                key = {"kind": "latency", **latency_setting(self.device), **kwargs}
+                key["device"] = str(self.device)
+                before, source = self._trained_figures(
+                    self.dense_model,
+                    self.dense_checkpoint,
+                    key,
+                    lambda: measure_latency(self.dense_model, self.input_size, **kwargs),
+                )
+                after = measure_latency(self.model, self.input_size, **kwargs)
             speedup = {
                 key: round(before[key]["latency_ms"] / after[key]["latency_ms"], 4) for key in after
             }
@@ -595,17 +658,47 @@ class Pipeline:
                 "dense_reference": before,
                 "final": after,
                 "speedup": speedup,
+                "dense_source": source,
             }
         if bool(lat_cfg.enabled) and "onnxruntime" in backends:  # the deployed runtime
-            self.metrics.setdefault("latency", {})["onnxruntime"] = onnxruntime_latency(
-                {"dense_reference": self.dense_model, "final": self.model},
-                self.input_size,
-                [int(b) for b in lat_cfg.batch_sizes],
-                self.device,
-                int(lat_cfg.warmup),
-                int(lat_cfg.repeats),
-            )
+            self.metrics.setdefault("latency", {})["onnxruntime"] = self._onnxruntime_latency()
         self._timed("evaluate", time.perf_counter() - tic)
+
+    def _onnxruntime_latency(self) -> dict[str, Any]:
+        """The dense reference and the final model in ONNX Runtime: interleaved, or (the
+        default, ``metrics.latency.dense=reuse``) the dense one once per trained checkpoint,
+        like PyTorch eager's."""
+        lat_cfg = self.cfg.metrics.latency
+        args = {
+            "input_size": self.input_size,
+            "batch_sizes": [int(b) for b in lat_cfg.batch_sizes],
+            "device": self.device,
+            "warmup": int(lat_cfg.warmup),
+            "repeats": int(lat_cfg.repeats),
+        }
+        if str(lat_cfg.dense) == "interleaved":
+            both = {"dense_reference": self.dense_model, "final": self.model}
+            return {**onnxruntime_latency(both, **args), "dense_source": "interleaved"}
+        key = {"kind": "onnxruntime", **latency_setting(self.device), **args}
+        key.update(device=str(self.device), input_size=list(self.input_size))
+        dense, source = self._trained_figures(
+            self.dense_model,
+            self.dense_checkpoint,
+            key,
+            lambda: onnxruntime_latency({"dense_reference": self.dense_model}, **args),
+        )
+        final = onnxruntime_latency({"final": self.model}, **args)
+        if "skipped" in dense or "skipped" in final:
+            return final if "skipped" in final else dense
+        before, after = dense["dense_reference"], final["final"]
+        return {
+            **final,
+            "dense_reference": before,
+            "speedup": {
+                k: round(before[k]["latency_ms"] / after[k]["latency_ms"], 4) for k in after
+            },
+            "dense_source": source,
+        }
 
     # ------------------------------------------------------------------ driver
     def run(self) -> dict[str, Any]:

@@ -39,6 +39,9 @@ from prune_cli.tracking import LoggerOptions
 
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("constant", "multistep", "cosine")
+#: How the dense model's latency is had (``metrics.latency.dense``): measured once per trained
+#: checkpoint and reused from the cache entry, or in every run interleaved with the final model.
+DENSE_LATENCY = ("reuse", "interleaved")
 
 
 class TrainOptions(Options):
@@ -59,6 +62,7 @@ class TrainOptions(Options):
     channels_last: Bool = True
     eval_batch_size: Int(ge=1) = 256
     select_best: Bool = True
+    compile: Bool = False
 
 
 class FinetuneOptions(TrainOptions):
@@ -91,6 +95,8 @@ class LatencyOptions(Options):
     backends: list[OneOf(*LATENCY_BACKENDS)] = Field(
         default_factory=lambda: list(LATENCY_BACKENDS), min_length=1
     )
+    compile: Bool = False
+    dense: OneOf(*DENSE_LATENCY) = "reuse"
 
 
 class MetricsOptions(Options):
@@ -100,6 +106,7 @@ class MetricsOptions(Options):
 
 class CacheOptions(Options):
     enabled: Bool = True
+    figures: Bool = True
     dir: Text("a directory path") = "outputs/cache"
 
 
@@ -153,7 +160,8 @@ def _keep_spelling(original: Any, typed: Any) -> Any:
         return {k: _keep_spelling(original.get(k), v) for k, v in typed.items()}
     if isinstance(original, list) and isinstance(typed, list) and len(original) == len(typed):
         return [_keep_spelling(o, t) for o, t in zip(original, typed)]
-    # Only where a number is expected: an integer key typed as 1.0 takes the typed 1.
+    # Only where a number is expected: an integer key typed as 1.0 takes the typed 1 (a float
+    # would break range(epochs) etc.).
     if is_number(original) and isinstance(typed, float) and original == typed:
         return original
     return typed

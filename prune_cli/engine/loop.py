@@ -198,7 +198,7 @@ def train_one_epoch(
     for i, (images, labels) in enumerate(batches):
         hooks.before_step(model, epoch * steps_per_epoch + i, epoch)
         with autocast_context(device, amp):
-            logits = (forward or model)(_channels_last(images, channels_last))
+            logits = (model if forward is None else forward)(_channels_last(images, channels_last))
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
             extra = hooks.extra_loss(model)
             total = loss if extra is None else loss + extra
@@ -225,7 +225,8 @@ class FitSettings:
 
     ``optim`` holds the node for :mod:`prune_cli.engine.optim`, which reads and validates its
     keys (lr, momentum, nesterov, weight_decay, schedule, milestones, gamma, warmup_epochs).
-    ``amp`` and ``channels_last`` are requests: they take effect on CUDA only.
+    ``amp`` and ``channels_last`` are requests: they take effect on CUDA only. ``compile``
+    trains through ``torch.compile`` of the model (see :func:`fit`).
     """
 
     epochs: int
@@ -235,6 +236,7 @@ class FitSettings:
     amp: bool = False
     channels_last: bool = False
     select_best: bool = True
+    compile: bool = False
     optim: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -250,6 +252,7 @@ class FitSettings:
             amp=bool(cfg.get("amp", False)),
             channels_last=bool(cfg.get("channels_last", False)),
             select_best=bool(cfg.get("select_best", True)),
+            compile=bool(cfg.get("compile", False)),
             optim=dict(cfg),
         )
 
@@ -329,6 +332,11 @@ def fit(
     loaded and training continues after its last completed epoch. ``seed`` seeds the shuffle
     and augmentation of the training batches. Each epoch is evaluated on the validation split
     (the test split when there is none: then "best" is chosen on test and labelled so).
+
+    With ``compile`` the training forward runs through ``torch.compile`` of the model this
+    call gets (of its DDP wrapper in a distributed run), so a model changed in structure since
+    the last stage is compiled afresh; the hooks, the evaluation and the checkpoints use the
+    model itself (state-dict keys without ``_orig_mod.``).
     """
     settings = FitSettings.from_cfg(cfg)
     trainer = _build_trainer(model, data, settings, device, hooks or TrainHooks(), seed)
@@ -337,8 +345,7 @@ def fit(
     if result.best_epoch is not None and files.best.is_file():
         result.best_path = files.best
     trainer.hooks.on_fit_start(model, settings.epochs, len(trainer.train_loader))
-    if distributed.is_distributed():
-        trainer.forward = distributed.wrap_ddp(model, device)
+    trainer.forward = _training_forward(model, device, settings.compile)
     model.train()
     for epoch in range(start_epoch, settings.epochs):
         tic = time.perf_counter()
@@ -362,6 +369,19 @@ def fit(
         write_history(files.history_csv, files.stage, result.history)
     distributed.barrier()  # rank 0's checkpoints are on disk before any rank reads them
     return result
+
+
+def _training_forward(model: nn.Module, device: torch.device, compile: bool) -> nn.Module | None:
+    """What computes the training logits: the DDP wrapper of ``model`` in a distributed run,
+    compiled when asked (DDP first, then compile: the order PyTorch documents); None for
+    ``model`` itself."""
+    forward = distributed.wrap_ddp(model, device) if distributed.is_distributed() else model
+    if compile:
+        # Static shapes: the last, smaller batch of an epoch gets its own graph once instead
+        # of turning every graph dynamic (slower kernels); both are reused every epoch.
+        forward = torch.compile(forward, dynamic=False)
+        log.info("training through torch.compile (the first steps compile)")
+    return None if forward is model else forward
 
 
 def _build_trainer(

@@ -135,18 +135,17 @@ class DoublePruning(Method):
 
         model, masks, scheduled = self.scheduled(model, ctx, prune_to, self.weight_ratio)
         info.update(scheduled)
-        zeros, total = count_pruned(masks)
-        if masks:
-            info.setdefault("rates", {})["weights"] = rate_check(masks, self.weight_ratio)
         info.update(
             {
                 "channel_ratio": self.channel_ratio,
                 "weight_ratio": self.weight_ratio,
                 "weight_scope": opts.weight_scope,
-                "weights_pruned": zeros,
-                "weights_total": total,
             }
         )
+        if masks:  # (gradual: the weights are pruned during fine-tuning, counted then)
+            zeros, total = count_pruned(masks)
+            info.setdefault("rates", {})["weights"] = rate_check(masks, self.weight_ratio)
+            info.update({"weights_pruned": zeros, "weights_total": total})
         return PruneResult(model=model, masks=masks, info=info)
 
     def restore(self, model: nn.Module, checkpoint: Mapping[str, Any], source: str) -> nn.Module:

@@ -273,7 +273,8 @@ class Method(TrainHooks):
         """Prune ``model`` to ``ratio`` by the schedule with the method's step ``prune_to``:
         once (``oneshot``), in rounds (``iterative``), or not now (``gradual``: the masks come
         during fine-tuning, :meth:`finetune_hooks`). Returns the model, its masks and
-        ``info`` (``schedule``: what ran; ``rates``: the weights' rate, oneshot and iterative)."""
+        ``info`` (``schedule``: what ran, for iterative and gradual; empty for one shot, whose
+        info stays what it was before schedules existed)."""
         if self.schedule == "gradual":
             info = {
                 "schedule": {"name": "gradual", "ratio": ratio, "pruned_during": "finetune"},

@@ -61,7 +61,7 @@ from prune_cli.metrics.report import (
 from prune_cli.models import build_model
 from prune_cli.models.traits import stem_and_classifier
 from prune_cli.portable import describe, save_portable
-from prune_cli.pruning import MaskHold
+from prune_cli.pruning import MaskHold, rate_check
 from prune_cli.schema import validate_config
 from prune_cli.tracking import RunInfo, Trackers, build_trackers
 
@@ -245,6 +245,7 @@ class Pipeline:
         self.method = build_method(
             method_cfg, check_ratio(self.ratio if own_ratio is None else own_ratio), self.seed
         )
+        self.method.check_finetune(int(cfg.finetune.epochs))  # gradual prunes while fine-tuning
         self._hold_out_for_method()
         self.data = build_dataset(cfg.dataset)
         self.input_size = (self.data.in_channels, self.data.image_size, self.data.image_size)
@@ -480,6 +481,7 @@ class Pipeline:
             finetune=self._finetune_callback,
             record=self.record,
             latency=bool(self.cfg.metrics.latency.enabled),
+            run_dir=self.run_dir,
         )
         if self.resume and pruned_path.is_file():
             ckpt = load_checkpoint(pruned_path, self.device)
@@ -488,6 +490,13 @@ class Pipeline:
             self.metrics["prune_info"] = ckpt.get("info", {})
             self._check_prune_info(self.metrics["prune_info"])
             log.info("pruned model loaded from %s (resume)", pruned_path)
+        elif not self.method.produces_model:  # an analysis (sensitivity): no pruned model
+            result = self.method.prune(self.model, ctx)
+            self.masks = {}
+            self.metrics["analysis"] = result.info.get("analysis", self.method.name)
+            self.metrics[self.metrics["analysis"]] = result.info
+            self._timed("prune", time.perf_counter() - tic)
+            return
         else:
             result = self.method.prune(self.model, ctx)
             self.model, self.masks = result.model.to(self.device), result.masks
@@ -505,6 +514,8 @@ class Pipeline:
         # A method's inner fine-tunes (double_pruning's slimmed_finetuned) are timed as their own
         # stages; timings.prune is the pruning work alone.
         self._timed("prune", time.perf_counter() - tic - self._inner_fit_seconds)
+        if "schedule" in self.metrics["prune_info"]:
+            self.metrics["schedule"] = self.metrics["prune_info"]["schedule"]
         tic = time.perf_counter()
         self.record("pruned", self.model)
         self._timed("evaluate_pruned", time.perf_counter() - tic)
@@ -552,8 +563,10 @@ class Pipeline:
         masks: Mapping[str, torch.Tensor],
         stage: str,
         epochs: int | None = None,
-    ) -> None:
-        """Fine-tune with the ``finetune`` settings (``epochs`` overrides), holding ``masks``."""
+        hooks: Any = None,
+    ) -> FitResult:
+        """Fine-tune with the ``finetune`` settings (``epochs`` overrides), holding ``masks``
+        (or with ``hooks`` that hold masks of their own: a gradual schedule's)."""
         settings = _plain(self.cfg.finetune)
         if epochs is not None:
             settings["epochs"] = int(epochs)
@@ -572,16 +585,29 @@ class Pipeline:
             settings,
             device=self.device,
             files=files,
-            hooks=MaskHold(model, masks) if masks else None,
+            hooks=hooks if hooks is not None else (MaskHold(model, masks) if masks else None),
             seed=self.seed + 1,
         )
         self.metrics[stage] = self._fit_summary(result, model, int(settings["epochs"]))
         self._timed(stage, time.perf_counter() - tic)
+        return result
+
+    def _skip(self, stage: str, reason: str) -> None:
+        """A stage that does not apply to this run, recorded with its reason."""
+        self.metrics.setdefault("skipped_stages", {})[stage] = reason
+        log.info("%s skipped: %s", stage, reason)
+        self._save_metrics()
 
     def finetune(self) -> None:
+        if not self.method.produces_model:
+            self._skip("finetune", f"{self.method.name} is an analysis: no pruned model")
+            return
         final_path = self.ckpt_dir / "final.pt"
         if self.method.prunes and int(self.cfg.finetune.epochs) > 0:
-            self._fit_stage(self.model, self.masks, "finetune")
+            schedule = self.method.finetune_hooks(self.model, self.masks)
+            result = self._fit_stage(self.model, self.masks, "finetune", hooks=schedule)
+            if schedule is not None:
+                self._gradual_done(schedule, result)
         save_checkpoint(
             final_path,
             {
@@ -619,7 +645,26 @@ class Pipeline:
             sharing=self.method.sharing_plan(),
         )
 
+    def _gradual_done(self, schedule: Any, result: FitResult) -> None:
+        """After a gradual schedule: its masks are the run's, its points go to
+        ``metrics.json`` (``schedule``: every update; per epoch the target, the sparsity reached
+        and the evaluation top-1 of that epoch), and its rate is checked."""
+        self.masks = dict(schedule.masks or {})
+        summary = schedule.summary()
+        by_epoch = {int(row["epoch"]): row for row in result.history}
+        for point in summary["epochs"]:
+            row = by_epoch.get(int(point["epoch"]), {})
+            point["eval_split"] = row.get("eval_split")
+            point["eval_top1"] = row.get("eval_top1")
+        self.metrics["schedule"] = {**self.metrics.get("schedule", {}), **summary}
+        info = self.metrics["prune_info"]
+        info["rates"] = {**info.get("rates", {}), "weights": rate_check(self.masks, schedule.ratio)}
+        self._check_prune_info({"rates": {"weights": info["rates"]["weights"]}})
+
     def evaluate(self) -> None:
+        if not self.method.produces_model:
+            self._skip("evaluate", f"{self.method.name} is an analysis: no pruned model")
+            return
         tic = time.perf_counter()
         final = self.record("final", self.model, per_layer=True)
         self.metrics["relative_to_dense"] = relative_to_dense(

@@ -14,7 +14,14 @@ Written into ``--out`` (default: the first PATH), each through a temporary file 
   seeds for every model x dataset x method x ratio (plus ``variant``, below);
 - ``accuracy_vs_removed.png``, ``accuracy_vs_macs.png``, ``netscore_vs_ratio.png``: one line per
   method (per model/dataset/method when several), mean ± sd bands when a point has several seeds,
-  and the dense reference as a star.
+  and the dense reference as a star;
+- ``schedule_trajectory.png`` (when some run followed an ``iterative`` or ``gradual`` schedule):
+  accuracy against the parameters removed along the schedule, one line per run through its
+  rounds (iterative: ``round_k``, ``round_k_finetuned``, then ``pruned`` and ``final``) or its
+  epochs (gradual: the sparsity reached and the evaluation top-1 at each epoch end).
+
+Analysis runs (``method=sensitivity``: ``analysis`` in ``metrics.json``) produce no pruned
+model: they are listed with their ``analysis`` column and kept out of the figures and plots.
 
 Definitions (those of ``metrics.json``, README "What a run writes"): "before" is the ``baseline``
 stage (the trained model the method pruned, ``baseline_kind`` says what it is: the dense model,
@@ -98,6 +105,8 @@ CSV_COLUMNS = [
     "prune_s",
     "finetune_s",
     "total_s",
+    "schedule",
+    "analysis",
     "warnings",
     "run_dir",
 ]
@@ -298,6 +307,8 @@ def make_rows(runs: Sequence[Run]) -> tuple[list[dict[str, Any]], list[str]]:
             "prune_s": _num(timings.get("prune")),
             "finetune_s": _num(timings.get("finetune")),
             "total_s": _num(timings.get("total")),
+            "schedule": (m.get("schedule") or {}).get("name", "oneshot"),
+            "analysis": m.get("analysis") or "",
             "warnings": "; ".join(m.get("warnings") or []),
             "run_dir": str(run.path),
         }
@@ -354,7 +365,7 @@ def netscore_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         groups[_group_key(row)].append(row)
     out = []
     for key, members in groups.items():
-        done = [r for r in members if r["status"] == DONE]
+        done = [r for r in members if _plotted(r)]
         entry: dict[str, Any] = dict(zip(("model", "dataset", "method", "variant", "ratio"), key))
         entry["runs"], entry["total"] = len(done), len(members)
         for col in (
@@ -444,6 +455,16 @@ def render_markdown(
     lines.append(
         f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + "."
     )
+    analyses = [r for r in rows if r.get("analysis")]
+    if analyses:
+        kinds = ", ".join(sorted({r["analysis"] for r in analyses}))
+        lines += [
+            "",
+            f"{len(analyses)} analysis run(s) ({kinds}"
+            "): no pruned model, not a compression result; their tables and plots are in their "
+            "run directories (e.g. `sensitivity.csv`, `sensitivity.png`), and they are left out "
+            "of the figures below.",
+        ]
     lines += [
         "",
         "Top-1 on the test split (%): dense = the dense reference (plain dense training of "
@@ -578,8 +599,8 @@ def write_plots(rows: Sequence[dict[str, Any]], out: Path) -> list[str]:
     matplotlib.use("Agg")  # files only: no display needed, safe in jobs and CI
     import matplotlib.pyplot as plt
 
-    done = [r for r in rows if r["status"] == DONE]
-    left_out = len(rows) - len(done)
+    done = [r for r in rows if _plotted(r)]
+    left_out = sum(1 for r in rows if r["status"] != DONE)
     setups = {(r["model"], r["dataset"]) for r in done}
     several = len(setups) > 1
     series: dict[str, dict[Any, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
@@ -638,6 +659,78 @@ def write_plots(rows: Sequence[dict[str, Any]], out: Path) -> list[str]:
     return written
 
 
+def _plotted(row: dict[str, Any]) -> bool:
+    """A completed run with a pruned model (analysis runs have none)."""
+    return row["status"] == DONE and not row.get("analysis")
+
+
+def schedule_trajectory(metrics: dict[str, Any]) -> list[tuple[float, float]]:
+    """``(parameters removed or zero vs the dense reference, top-1 %)`` along a run's schedule:
+    the dense reference, then the stages of every iterative round, or the epoch points of a
+    gradual schedule (top-1 on their evaluation split), then ``final``; empty for one shot."""
+    schedule = metrics.get("schedule") or {}
+    dense = metrics.get("dense_reference") or metrics.get("baseline") or {}
+    total = _num(dense.get("params"))
+    if not schedule or not total or schedule.get("name") == "oneshot":
+        return []
+
+    def point(stage: str) -> tuple[float, float] | None:
+        fig = metrics.get(stage) or {}
+        nonzero, top1 = _num(fig.get("params_nonzero")), _num(fig.get("top1"))
+        return None if nonzero is None or top1 is None else (1.0 - nonzero / total, top1)
+
+    points = [point("dense_reference")]
+    if schedule.get("name") == "iterative":
+        points += [point(s) for entry in schedule.get("points", []) for s in entry["stages"]]
+    else:
+        pool = _num(
+            (((metrics.get("prune_info") or {}).get("rates") or {}).get("weights") or {}).get(
+                "total"
+            )
+        )
+        for entry in schedule.get("epochs", []):
+            achieved, top1 = _num(entry.get("achieved")), _num(entry.get("eval_top1"))
+            if pool and achieved is not None and top1 is not None:
+                points.append((achieved * pool / total, top1))
+        points.append(point("final"))
+    return [p for p in points if p is not None]
+
+
+def write_schedule_plot(
+    runs: Sequence[Run], rows: Sequence[dict[str, Any]], out: Path
+) -> list[str]:
+    """``schedule_trajectory.png`` when some completed run has a schedule (else nothing)."""
+    labels = {r["run_dir"]: r for r in rows}
+    lines = []
+    for run in runs:
+        row = labels.get(str(run.path))
+        if row is None or not _plotted(row):
+            continue
+        points = schedule_trajectory(run.metrics)
+        if len(points) > 1:
+            label = f"{_series_label(row, False)} seed {row['seed']}"
+            lines.append((label, points))
+    if not lines:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, points in sorted(lines):
+        ax.plot([100 * x for x, _ in points], [y for _, y in points], marker="o", label=label)
+    ax.set_xlabel("parameters removed or zero vs the dense reference (%)")
+    ax.set_ylabel("top-1 (%): test at stages, evaluation split at gradual epoch ends")
+    ax.set_title("Accuracy along the schedule")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    name = "schedule_trajectory.png"
+    _save_figure(fig, out / name)
+    plt.close(fig)
+    return [name]
+
+
 def _has_repeats(series: dict[str, dict[Any, list[dict[str, Any]]]]) -> bool:
     return any(len(m) > 1 for by_ratio in series.values() for m in by_ratio.values())
 
@@ -664,7 +757,7 @@ def build_report(paths: Sequence[Path], out: Path | None = None, plots: bool = T
     rows, columns = make_rows(runs)
     table = netscore_table(rows)
     files = ["summary.csv", "summary.md"]
-    names = write_plots(rows, out) if plots else []
+    names = write_plots(rows, out) + write_schedule_plot(runs, rows, out) if plots else []
     write_csv(out / "summary.csv", rows, columns)
     atomic_write_text(
         out / "summary.md", render_markdown(rows, columns, table, [Path(p) for p in paths], names)

@@ -15,6 +15,7 @@ from prune_cli.methods import (  # noqa: F401
     none,
     optimized,
     random,
+    sensitivity,
     soft_sharing,
     template_reuse,
 )

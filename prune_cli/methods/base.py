@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import torch
@@ -53,8 +54,18 @@ from prune_cli.engine.checkpoint import load_state_into
 from prune_cli.engine.hooks import TrainHooks
 from prune_cli.engine.loop import EvalResult, evaluate
 from prune_cli.errors import ConfigError
+from prune_cli.methods.registry import METHODS
 from prune_cli.options import Float, Int, OneOf, Options, Text, Valid, parse
 from prune_cli.pruning.groups import GROUPINGS
+from prune_cli.pruning.schedules import (
+    SCHEDULES,
+    STEPS,
+    GradualPruning,
+    PruneTo,
+    check_window,
+    round_ratios,
+    run_rounds,
+)
 from prune_cli.pruning.threshold import THRESHOLD_MODES
 from prune_cli.sharing import (
     BankPlan,
@@ -94,6 +105,22 @@ class MethodOptions(Options):
 
     name: Text("a method name") | None = None
     ratio: Ratio | None = None
+
+
+class ScheduleOptions(MethodOptions):
+    """Keys of the methods that follow a sparsity schedule (:mod:`prune_cli.pruning.schedules`):
+    ``schedule`` (``oneshot``, ``iterative``: ``rounds`` of prune-then-fine-tune with ``linear``
+    or ``geometric`` ``steps``; ``gradual``: Zhu & Gupta's cubic ramp from ``initial`` to the
+    ratio over fine-tuning epochs ``[start, end]`` (``end`` null: the last), the masks updated
+    every ``frequency`` steps)."""
+
+    schedule: OneOf(*SCHEDULES) = "oneshot"
+    rounds: Int(ge=1) = 3
+    steps: OneOf(*STEPS) = "linear"
+    initial: Ratio = 0.0
+    start: Float(ge=0) = 0.0
+    end: Float(gt=0) | None = None
+    frequency: Int(ge=1) = 100
 
 
 class ChannelOptions(MethodOptions):
@@ -145,6 +172,8 @@ class PruneContext:
     record: Callable[[str, nn.Module], Any] | None = None
     #: ``metrics.latency.enabled``: whether a method may spend time measuring latency.
     latency: bool = True
+    #: The run directory, for methods that write files of their own (sensitivity analysis).
+    run_dir: Path | None = None
 
     def evaluate(self, model: nn.Module, split: str = "test", batch_size: int = 256) -> EvalResult:
         """Mean cross-entropy and top-1/top-5 of ``model`` on ``split`` of the run's data (eval
@@ -161,6 +190,9 @@ class Method(TrainHooks):
     prunes: ClassVar[bool] = True
     #: The method's options (a :class:`MethodOptions` subclass), or None if not declared yet.
     Options: ClassVar[type[MethodOptions] | None] = None
+    #: False for analyses (``sensitivity``): no pruned model comes out, so the pipeline skips
+    #: fine-tuning and the final evaluation and records why.
+    produces_model: ClassVar[bool] = True
 
     def __init__(self, cfg: Mapping[str, Any], ratio: float, seed: int = 0) -> None:
         if not 0.0 <= float(ratio) < 1.0:
@@ -175,6 +207,7 @@ class Method(TrainHooks):
     def parse_options(cls, cfg: Mapping[str, Any]) -> MethodOptions | None:
         """``cfg`` validated against :attr:`Options` (one-line :class:`ConfigError`), or None
         when the method declares no options (its config is then taken as it is)."""
+        check_schedule(cls, cfg)
         if cls.Options is None:
             return None
         return parse(
@@ -222,6 +255,80 @@ class Method(TrainHooks):
     def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ schedules
+    @property
+    def schedule(self) -> str:
+        """``method.schedule`` (``oneshot`` for methods without schedules)."""
+        value = getattr(self.opts, "schedule", "oneshot")
+        return value if value in SCHEDULES else "oneshot"
+
+    def check_finetune(self, epochs: int) -> None:
+        """One-line ConfigError when the schedule cannot run with ``finetune.epochs``."""
+        if self.schedule == "gradual":
+            check_window(self.opts.start, self.opts.end, epochs)
+
+    def scheduled(
+        self, model: nn.Module, ctx: PruneContext, prune_to: PruneTo, ratio: float
+    ) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
+        """Prune ``model`` to ``ratio`` by the schedule with the method's step ``prune_to``:
+        once (``oneshot``), in rounds (``iterative``), or not now (``gradual``: the masks come
+        during fine-tuning, :meth:`finetune_hooks`). Returns the model, its masks and
+        ``info`` (``schedule``: what ran, for iterative and gradual; empty for one shot, whose
+        info stays what it was before schedules existed)."""
+        if self.schedule == "gradual":
+            info = {
+                "schedule": {"name": "gradual", "ratio": ratio, "pruned_during": "finetune"},
+            }
+            return model, {}, info
+        if self.schedule == "oneshot":
+            model, masks, _ = prune_to(model, ratio, {})
+            return model, masks, {}
+        opts = self.opts
+        ratios = round_ratios(ratio, opts.rounds, opts.steps)
+        model, masks, rounds = run_rounds(
+            model, ratios, prune_to, record=ctx.record, finetune=ctx.finetune
+        )
+        info = {
+            "schedule": {
+                "name": "iterative",
+                "rounds": opts.rounds,
+                "steps": opts.steps,
+                "ratios": [round(r, 6) for r in ratios],
+                "points": rounds,
+                "finetune_epochs_per_round": "finetune.epochs",
+            }
+        }
+        return model, masks, info
+
+    def gradual_scores(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The scores gradual pruning ranks weights by (lowest pruned first); methods that
+        support ``schedule: gradual`` define it."""
+        raise ConfigError(f"method {self.name!r} does not support method.schedule=gradual")
+
+    def gradual_pool(self) -> tuple[float, str, str]:
+        """``(ratio, scope, mode)`` of the gradual schedule's weights."""
+        return self.ratio, "global", "exact"
+
+    def finetune_hooks(
+        self, model: nn.Module, masks: Mapping[str, torch.Tensor]
+    ) -> GradualPruning | None:
+        """Hooks that replace the pipeline's mask holding during fine-tuning (``gradual``:
+        :class:`GradualPruning`, whose ``masks`` are the final masks), or None."""
+        if self.schedule != "gradual":
+            return None
+        ratio, scope, mode = self.gradual_pool()
+        opts = self.opts
+        return GradualPruning(
+            self.gradual_scores,
+            ratio,
+            initial=opts.initial,
+            start=opts.start,
+            end=opts.end,
+            frequency=opts.frequency,
+            scope=scope,
+            mode=mode,
+        )
+
     def restore(self, model: nn.Module, checkpoint: Mapping[str, Any], source: str) -> nn.Module:
         """Rebuild the pruned model from a checkpoint written after :meth:`prune` (for resume).
 
@@ -236,6 +343,30 @@ class Method(TrainHooks):
         """The parameter-sharing plan :meth:`prepare` applied (templates and layers per bank),
         recorded in portable checkpoints; None for methods that share nothing."""
         return None
+
+
+def check_schedule(cls: type[Method], cfg: Mapping[str, Any]) -> None:
+    """``method.schedule`` iterative or gradual for a method without schedules: one line
+    naming the method, the value and the methods that have them."""
+    value = cfg.get("schedule")
+    options = cls.Options
+    if value not in ("iterative", "gradual"):
+        return
+    if options is not None and issubclass(options, ScheduleOptions):
+        refused = getattr(cls, "refuses_schedule", None)
+        reason = refused(cfg) if refused is not None else None
+        if reason:
+            raise ConfigError(f"method {cls.name!r} cannot run method.schedule={value}: {reason}")
+        return
+    having = [
+        n
+        for n in METHODS.names()
+        if (o := METHODS.get(n).Options) is not None and issubclass(o, ScheduleOptions)
+    ]
+    raise ConfigError(
+        f"method {cls.name!r} has no method.schedule={value}; methods with schedules: "
+        + ", ".join(having)
+    )
 
 
 class SharingOptions(MethodOptions):

@@ -15,6 +15,10 @@ pruning (Han et al. 2015); its order and hyper-parameters are not public, so thi
    pipeline records as ``pruned``;
 5. the pipeline's fine-tuning with those weights held at zero, recorded as ``final``.
 
+``method.schedule`` applies to the weight stage (step 4): ``iterative`` prunes the weights in
+``rounds`` rounds with fine-tuning between them, ``gradual`` prunes them during the pipeline's
+fine-tuning (Zhu & Gupta); slimming (steps 2-3) runs once either way.
+
 ``channel_ratio`` and ``weight_ratio`` default to the top-level ``ratio`` (tied mode,
 ``p_c = p_w = ratio``). A model with no channel group slimming can rank (no BN followed by an
 activation, e.g. SqueezeNet) cannot be slimmed: steps 2-3 are skipped, said in the log, and
@@ -26,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from prune_cli.methods.base import (
@@ -35,22 +40,29 @@ from prune_cli.methods.base import (
     PruneContext,
     PruneResult,
     Ratio,
+    ScheduleOptions,
 )
 from prune_cli.methods.registry import METHODS
 from prune_cli.options import Bool, Float, Int, OneOf
-from prune_cli.pruning import count_pruned, magnitude_masks, rate_check
+from prune_cli.pruning import (
+    apply_masks,
+    count_pruned,
+    prunable_weights,
+    rate_check,
+)
 from prune_cli.pruning.channels import channel_prune, restore_channels
 from prune_cli.pruning.groups import ChannelRemovalError
-from prune_cli.pruning.importance import BNScale
+from prune_cli.pruning.importance import BNScale, weight_scores
 from prune_cli.pruning.masks import SCOPES
 from prune_cli.pruning.regularizers import BNSparsity
+from prune_cli.pruning.schedules import nested_masks
 
 
 @METHODS.register("double_pruning")
 class DoublePruning(Method):
     name = "double_pruning"
 
-    class Options(ChannelOptions):
+    class Options(ChannelOptions, ScheduleOptions):
         """``configs/method/double_pruning.yaml``; ``mode`` applies to both stages."""
 
         channel_ratio: Ratio | None = None
@@ -85,6 +97,13 @@ class DoublePruning(Method):
         return self.sparsity.baseline_kind() if trained else "dense"
 
     # ------------------------------------------------------------------ pruning
+    def gradual_scores(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        weights = prunable_weights(model, self.opts.include_linear)
+        return {n: weight_scores(w) for n, w in weights.items()}
+
+    def gradual_pool(self) -> tuple[float, str, str]:
+        return self.weight_ratio, self.opts.weight_scope, self.opts.mode
+
     def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
         try:
             pruned = channel_prune(
@@ -112,20 +131,26 @@ class DoublePruning(Method):
                 if ctx.record is not None:
                     ctx.record("slimmed_finetuned", model)
         opts = self.opts
-        masks = magnitude_masks(
-            model, self.weight_ratio, opts.weight_scope, opts.mode, opts.include_linear
-        )
-        zeros, total = count_pruned(masks)
-        info.setdefault("rates", {})["weights"] = rate_check(masks, self.weight_ratio)
+
+        def prune_to(model: nn.Module, ratio: float, previous: Mapping[str, torch.Tensor]):
+            scores = self.gradual_scores(model)
+            masks = nested_masks(scores, ratio, opts.weight_scope, opts.mode, previous)
+            apply_masks(model, masks)
+            return model, masks, rate_check(masks, ratio)["achieved"]
+
+        model, masks, scheduled = self.scheduled(model, ctx, prune_to, self.weight_ratio)
+        info.update(scheduled)
         info.update(
             {
                 "channel_ratio": self.channel_ratio,
                 "weight_ratio": self.weight_ratio,
                 "weight_scope": opts.weight_scope,
-                "weights_pruned": zeros,
-                "weights_total": total,
             }
         )
+        if masks:  # (gradual: the weights are pruned during fine-tuning, counted then)
+            zeros, total = count_pruned(masks)
+            info.setdefault("rates", {})["weights"] = rate_check(masks, self.weight_ratio)
+            info.update({"weights_pruned": zeros, "weights_total": total})
         return PruneResult(model=model, masks=masks, info=info)
 
     def restore(self, model: nn.Module, checkpoint: Mapping[str, Any], source: str) -> nn.Module:

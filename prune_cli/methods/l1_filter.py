@@ -14,6 +14,12 @@ fine-tunes it.
   3x3 and 1x1 filters are comparable).
 - ``method.norm``: ``l1`` (default) or ``l2``.
 - ``method.mode``, ``method.min_channels``, ``method.round_to``: as in ``network_slimming``.
+- ``method.schedule``: ``oneshot`` or ``iterative`` (rounds cut the model further, each to its
+  ratio of the *original* channel counts, so the last equals one shot); ``gradual`` is refused
+  (masked channels would have to be removed physically at the end: use iterative).
+- ``method.layer_ratios``: a ``{conv: ratio}`` file (``method=sensitivity``'s
+  ``layer_ratios.json``, ``granularity=filter``); each channel group removes the smallest ratio
+  of its producers listed (the most sensitive decides); groups with no listed producer stay whole.
 """
 
 from __future__ import annotations
@@ -23,37 +29,88 @@ from typing import Any
 
 from torch import nn
 
-from prune_cli.methods.base import ChannelOptions, Method, PruneContext, PruneResult
+from prune_cli.errors import ConfigError
+from prune_cli.methods.base import (
+    ChannelOptions,
+    Method,
+    PruneContext,
+    PruneResult,
+    ScheduleOptions,
+)
 from prune_cli.methods.registry import METHODS
-from prune_cli.options import OneOf
+from prune_cli.options import OneOf, Text
 from prune_cli.pruning.channels import channel_prune, restore_channels
+from prune_cli.pruning.groups import discover
 from prune_cli.pruning.importance import CRITERIA, FilterNorm
+from prune_cli.pruning.schedules import ChannelSteps
+from prune_cli.pruning.sensitivity import read_layer_ratios
 
 
 @METHODS.register("l1_filter")
 class L1FilterPruning(Method):
     name = "l1_filter"
 
-    class Options(ChannelOptions):
+    class Options(ChannelOptions, ScheduleOptions):
         """``configs/method/l1_filter.yaml``."""
 
         scope: OneOf("layerwise", "global") = "layerwise"
         norm: OneOf(*CRITERIA) = "l1"
+        layer_ratios: Text("a path to a {layer: ratio} JSON or YAML file") | None = None
 
     opts: Options
+
+    @classmethod
+    def refuses_schedule(cls, cfg: Mapping[str, Any]) -> str | None:
+        if cfg.get("layer_ratios"):
+            return "method.layer_ratios prunes one shot"
+        if cfg.get("schedule") == "gradual":
+            return "gradual channel removal is not supported; use method.schedule=iterative"
+        return None
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
         scope = self.opts.scope
         importance = FilterNorm(p=1 if self.opts.norm == "l1" else 2, mean=scope == "global")
+        settings = {"scope": scope, **self.opts.channel_settings()}
+        if self.opts.layer_ratios:
+            return self._per_layer(model, ctx, importance, settings)
+        step = ChannelSteps(importance, ctx.input_size, ctx.device, **settings)
+        model, _, info = self.scheduled(model, ctx, step, self.ratio)
+        return PruneResult(model=model, masks={}, info={**step.info, **info})
+
+    def _per_layer(
+        self, model: nn.Module, ctx: PruneContext, importance: FilterNorm, settings: dict
+    ) -> PruneResult:
+        """Each group at the ratio of its producers in the ``layer_ratios`` file."""
+        if settings["scope"] != "layerwise":
+            raise ConfigError("method.layer_ratios needs method.scope=layerwise, not global")
+        convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+        ratios = read_layer_ratios(self.opts.layer_ratios, convs)
+        groups = discover(model, ctx.input_size, self.opts.groups).groups
+        per_group = {}
+        for g in groups:
+            listed = [ratios[m.module] for m in g.producers if m.module in ratios]
+            if listed:
+                per_group[g.name] = min(listed)
         pruned = channel_prune(
-            model,
-            importance,
-            self.ratio,
-            input_size=ctx.input_size,
-            scope=scope,
-            **self.opts.channel_settings(),
-        )
-        return PruneResult(model=pruned.model.to(ctx.device), masks={}, info=pruned.info)
+            model, importance, self.ratio, input_size=ctx.input_size, group_ratios=per_group,
+            **settings,
+        )  # fmt: skip
+        info = pruned.info
+        info["layer_ratios"] = {"file": str(self.opts.layer_ratios), "ratios": ratios}
+        # The rate asked for is the file's, not the run's ratio.
+        rate = info.get("rates", {}).get("channels")
+        if rate is not None:
+            kept_asked = sum(
+                int(size) - int(per_group.get(name, 0.0) * int(size) + 1e-9)
+                for name, (_, size) in info["channels"].items()
+                if name in info.get("group_ratios", {})
+            )
+            total = rate["total"]
+            rate["target"] = round((total - kept_asked) / total, 6) if total else 0.0
+        info["warnings"] = [
+            f"l1_filter: ratio {self.ratio} not used: method.layer_ratios sets each group's ratio"
+        ]
+        return PruneResult(model=pruned.model.to(ctx.device), masks={}, info=info)
 
     def restore(self, model: nn.Module, checkpoint: Mapping[str, Any], source: str) -> nn.Module:
         """Rebuild the narrower structure from ``info``, then load the weights."""

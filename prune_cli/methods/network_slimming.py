@@ -22,6 +22,9 @@
 5. **Removal.** The returned model is a new, physically narrower module; ``info`` describes the
    cut exactly (``channels``, ``keep``), which :meth:`restore` uses to rebuild the structure on
    resume. Fine-tuning (the pipeline's) runs without the sparsity term.
+6. **Schedule** (``method.schedule``): ``oneshot`` or ``iterative`` (rounds cut the model
+   further, each to its ratio of the *original* channel count; the rounds' fine-tuning runs
+   without the sparsity term); ``gradual`` is refused (use iterative).
 """
 
 from __future__ import annotations
@@ -37,19 +40,21 @@ from prune_cli.methods.base import (
     Method,
     PruneContext,
     PruneResult,
+    ScheduleOptions,
 )
 from prune_cli.methods.registry import METHODS
 from prune_cli.options import Float
-from prune_cli.pruning.channels import channel_prune, restore_channels
+from prune_cli.pruning.channels import restore_channels
 from prune_cli.pruning.importance import BNScale
 from prune_cli.pruning.regularizers import BNSparsity
+from prune_cli.pruning.schedules import ChannelSteps
 
 
 @METHODS.register("network_slimming")
 class NetworkSlimming(Method):
     name = "network_slimming"
 
-    class Options(ChannelOptions):
+    class Options(ChannelOptions, ScheduleOptions):
         """``configs/method/network_slimming.yaml``."""
 
         l1_lambda: AutoOrNonNegative = "auto"
@@ -79,17 +84,18 @@ class NetworkSlimming(Method):
         return self.sparsity.baseline_kind() if trained else "dense"
 
     # ------------------------------------------------------------------ pruning
+    @classmethod
+    def refuses_schedule(cls, cfg: Mapping[str, Any]) -> str | None:
+        if cfg.get("schedule") == "gradual":
+            return "gradual channel removal is not supported; use method.schedule=iterative"
+        return None
+
     def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
-        pruned = channel_prune(
-            model,
-            BNScale(),
-            self.ratio,
-            input_size=ctx.input_size,
-            scope="global",
-            **self.opts.channel_settings(),
-        )
-        pruned.info["l1_lambda"] = self.sparsity.lam
-        return PruneResult(model=pruned.model.to(ctx.device), masks={}, info=pruned.info)
+        settings = {"scope": "global", **self.opts.channel_settings()}
+        step = ChannelSteps(BNScale(), ctx.input_size, ctx.device, **settings)
+        model, _, info = self.scheduled(model, ctx, step, self.ratio)
+        info = {**step.info, **info, "l1_lambda": self.sparsity.lam}
+        return PruneResult(model=model, masks={}, info=info)
 
     def restore(self, model: nn.Module, checkpoint: Mapping[str, Any], source: str) -> nn.Module:
         """Rebuild the narrower structure from ``info``, then load the weights."""

@@ -17,13 +17,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from prune_cli.methods.base import ChannelOptions, Method, PruneContext, PruneResult
+from prune_cli.methods.base import (
+    ChannelOptions,
+    Method,
+    PruneContext,
+    PruneResult,
+    ScheduleOptions,
+)
 from prune_cli.methods.registry import METHODS
 from prune_cli.options import Bool, OneOf
-from prune_cli.pruning import apply_masks, masks_from_scores, prunable_weights, rate_check
-from prune_cli.pruning.channels import channel_prune, restore_channels
+from prune_cli.pruning import apply_masks, prunable_weights, rate_check
+from prune_cli.pruning.channels import restore_channels
 from prune_cli.pruning.importance import RandomChannels
 from prune_cli.pruning.masks import SCOPES
+from prune_cli.pruning.schedules import ChannelSteps, nested_masks
 
 GRANULARITIES = ("weight", "filter")
 
@@ -32,9 +39,10 @@ GRANULARITIES = ("weight", "filter")
 class RandomPruning(Method):
     name = "random"
 
-    class Options(ChannelOptions):
+    class Options(ChannelOptions, ScheduleOptions):
         """``configs/method/random.yaml``: the pool and scope of ``magnitude`` (weights), or
-        the groups, scope and guards of ``l1_filter`` (filters)."""
+        the groups, scope and guards of ``l1_filter`` (filters); the schedule (``gradual``:
+        weights only)."""
 
         granularity: OneOf(*GRANULARITIES) = "weight"
         scope: OneOf(*SCOPES) = "global"
@@ -42,31 +50,50 @@ class RandomPruning(Method):
 
     opts: Options
 
-    def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
-        if self.opts.granularity == "filter":
-            pruned = channel_prune(
-                model,
-                RandomChannels(self.seed),
-                self.ratio,
-                input_size=ctx.input_size,
-                scope=self.opts.scope,
-                **self.opts.channel_settings(),
-            )
-            pruned.info["granularity"] = "filter"
-            return PruneResult(model=pruned.model.to(ctx.device), masks={}, info=pruned.info)
-        scope = self.opts.scope
+    @classmethod
+    def refuses_schedule(cls, cfg: Mapping[str, Any]) -> str | None:
+        if cfg.get("schedule") == "gradual" and cfg.get("granularity") == "filter":
+            return "gradual pruning of filters is not supported (weights only); use iterative"
+        return None
+
+    def gradual_scores(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Random scores drawn once from the run seed (the same every call), so the weights a
+        schedule removes are a growing random subset."""
         weights = prunable_weights(model, self.opts.include_linear)
         gen = torch.Generator().manual_seed(self.seed)
-        # Random scores with the exact threshold: the same count as magnitude's exact mode.
-        scores = {name: torch.rand(w.shape, generator=gen) for name, w in weights.items()}
-        masks = masks_from_scores(scores, self.ratio, scope, "exact")
-        apply_masks(model, masks)
-        info = {
-            "granularity": "weight",
-            "scope": scope,
-            "rates": {"weights": rate_check(masks, self.ratio)},
-        }
+        return {name: torch.rand(w.shape, generator=gen) for name, w in weights.items()}
+
+    def gradual_pool(self) -> tuple[float, str, str]:
+        return self.ratio, self.opts.scope, "exact"
+
+    def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
+        if self.opts.granularity == "filter":
+            return self._filters(model, ctx)
+        scope = self.opts.scope
+
+        def prune_to(model: nn.Module, ratio: float, previous: Mapping[str, torch.Tensor]):
+            # Random scores with the exact threshold: the same count as magnitude's exact mode.
+            masks = nested_masks(self.gradual_scores(model), ratio, scope, "exact", previous)
+            apply_masks(model, masks)
+            return model, masks, rate_check(masks, ratio)["achieved"]
+
+        model, masks, info = self.scheduled(model, ctx, prune_to, self.ratio)
+        info.update({"granularity": "weight", "scope": scope})
+        if masks:
+            info["rates"] = {"weights": rate_check(masks, self.ratio)}
         return PruneResult(model=model, masks=masks, info=info)
+
+    def _filters(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
+        step = ChannelSteps(
+            RandomChannels(self.seed),
+            ctx.input_size,
+            ctx.device,
+            scope=self.opts.scope,
+            **self.opts.channel_settings(),
+        )
+        model, _, info = self.scheduled(model, ctx, step, self.ratio)
+        info = {**step.info, **info, "granularity": "filter"}
+        return PruneResult(model=model, masks={}, info=info)
 
     def restore(self, model: nn.Module, checkpoint: Mapping[str, Any], source: str) -> nn.Module:
         """Rebuild the narrower structure (filter granularity), then load the weights."""

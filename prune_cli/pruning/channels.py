@@ -91,6 +91,8 @@ def channel_prune(
     min_channels: float = 1,
     round_to: int = 1,
     masks: Mapping[str, torch.Tensor] | None = None,
+    prior: Mapping[str, torch.Tensor] | None = None,
+    group_ratios: Mapping[str, float] | None = None,
 ) -> Pruned:
     """Prune ``model``'s channels: a new, narrower model and the ``info`` describing it.
 
@@ -103,6 +105,15 @@ def channel_prune(
     kind, and those left whole with their reasons), ``channels`` (``{group: [kept, total]}``),
     ``keep`` (kept indices of every cut group) and ``input_size`` — everything :func:`rebuild`
     needs. Raises :class:`ChannelRemovalError` (one line) when no group can be pruned.
+
+    ``prior`` (iterative rounds, :mod:`.schedules`): ``model`` was already cut from an original
+    model; ``prior`` maps each cut group to a bool mask over its *original* channels (``True`` =
+    still there). Removed channels then rank lowest, and ``ratio``, the threshold and the guards
+    apply to the original sizes, so a round to ``ratio`` keeps what one shot to ``ratio`` would
+    keep in number; ``info`` (``channels``, ``keep``, ``rates``) describes the cut from the
+    original model, so :func:`rebuild` of the original model reproduces it.
+    ``group_ratios`` (layerwise scope only): each ranked group removes its own ratio (groups
+    absent from it are left whole) instead of ``ratio``.
     """
     if scope not in CHANNEL_SCOPES:
         raise ConfigError(f"unknown scope {scope!r}; choose one of: {', '.join(CHANNEL_SCOPES)}")
@@ -115,12 +126,28 @@ def channel_prune(
         raise ChannelRemovalError(_nothing_to_prune(model, found, importance))
     by_name = {g.name: g for g in found.groups}
     ranked = {name: by_name[name] for name in scores}
+    space = _OriginalSpace(found.groups, prior or {})
     if scope == "zeros":
         keep = {name: scores[name] > 0 for name in scores}
         keep = {n: guard_keep(k, scores[n], ranked[n], 1, 1) for n, k in keep.items()}
     else:
         select = global_keep if scope == "global" else layerwise_keep
-        keep = select(scores, ratio, mode, min_channels, round_to, groups=ranked)
+        o_scores, o_groups = space.scores(scores), space.groups(ranked)
+        if group_ratios is not None:
+            if scope != "layerwise":
+                raise ConfigError(f"per-layer ratios need scope layerwise, not {scope!r}")
+            o_keep = {}
+            for name in o_scores:
+                one = {name: o_scores[name]}
+                o_keep.update(
+                    layerwise_keep(
+                        one, float(group_ratios.get(name, 0.0)), mode, min_channels, round_to,
+                        groups=o_groups,
+                    )
+                )  # fmt: skip
+        else:
+            o_keep = select(o_scores, ratio, mode, min_channels, round_to, groups=o_groups)
+        keep = space.current(o_keep)
     keep = guard_members(found.groups, keep, scores)
     new = remove_channels(model, found.groups, keep)
     sliced = slice_masks(found.groups, keep, masks or {}, new)
@@ -141,12 +168,116 @@ def channel_prune(
         "keep": {n: torch.nonzero(k).reshape(-1).tolist() for n, k in cut.items()},
         "input_size": [int(v) for v in input_size],
     }
+    if group_ratios is not None:
+        info["group_ratios"] = {n: float(group_ratios.get(n, 0.0)) for n in scores}
     if scope != "zeros":
         total = info["channels_total"]
         removed = total - info["channels_kept"]
         achieved = round(removed / total, 6) if total else 0.0
         info["rates"] = {"channels": {"target": ratio, "achieved": achieved, "total": total}}
+    if prior:
+        info.update(_prior_info(space, keep, scores, ratio, input_size))
     return Pruned(new, info, sliced)
+
+
+class _OriginalGroup:
+    """A group of the already-cut model seen in the original model's channel positions: its
+    units of removal mapped back, every removed channel a unit of its own."""
+
+    def __init__(self, group: ChannelGroup | None, index: list[int], size: int) -> None:
+        self.index, self.size = index, size
+        current = group.atoms() if group is not None else [[c] for c in range(len(index))]
+        mapped = [[index[c] for c in unit] for unit in current]
+        gone = sorted(set(range(size)) - set(index))
+        self.units = sorted(mapped + [[c] for c in gone], key=lambda u: u[0])
+
+    def atoms(self) -> list[list[int]]:
+        return self.units
+
+
+class _OriginalSpace:
+    """Maps scores and keep masks between an already-cut model's groups and the original
+    channel positions (``prior``: group -> bool mask over the original channels)."""
+
+    def __init__(self, groups: Sequence[ChannelGroup], prior: Mapping[str, torch.Tensor]) -> None:
+        by_name = {g.name: g for g in groups}
+        missing = sorted(set(prior) - set(by_name))
+        if missing:
+            raise ChannelRemovalError(
+                f"channel group {missing[0]!r} of an earlier round is not in the pruned model"
+            )
+        self.prior = {n: m.detach().to(torch.bool).cpu().reshape(-1) for n, m in prior.items()}
+        self.index = {n: torch.nonzero(m).reshape(-1).tolist() for n, m in self.prior.items()}
+        for name, idx in self.index.items():
+            if len(idx) != by_name[name].size:
+                raise ChannelRemovalError(
+                    f"channel group {name!r} has {by_name[name].size} channels, "
+                    f"not the {len(idx)} an earlier round kept"
+                )
+
+    def scores(self, scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, s in scores.items():
+            if name not in self.prior:
+                out[name] = s
+                continue
+            full = torch.full((self.prior[name].numel(),), -math.inf)
+            full[torch.tensor(self.index[name], dtype=torch.long)] = s.detach().float().cpu()
+            out[name] = full
+        return out
+
+    def groups(self, ranked: Mapping[str, ChannelGroup]) -> dict[str, Any]:
+        return {
+            n: _OriginalGroup(g, self.index[n], self.prior[n].numel()) if n in self.prior else g
+            for n, g in ranked.items()
+        }
+
+    def current(self, keep: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Original-space keep masks as masks over the cut model's channels."""
+        return {
+            n: k[torch.tensor(self.index[n], dtype=torch.long)] if n in self.prior else k
+            for n, k in keep.items()
+        }
+
+    def original(self, name: str, keep: torch.Tensor | None, size: int) -> torch.Tensor:
+        """A cut model's keep mask of group ``name`` (None: whole) over the original channels."""
+        if name not in self.prior:
+            return torch.ones(size, dtype=torch.bool) if keep is None else keep.clone()
+        out = torch.zeros(self.prior[name].numel(), dtype=torch.bool)
+        idx = torch.tensor(self.index[name], dtype=torch.long)
+        out[idx] = True if keep is None else keep.to(torch.bool).cpu()
+        return out
+
+
+def _prior_info(
+    space: _OriginalSpace,
+    keep: Mapping[str, torch.Tensor],
+    scores: Mapping[str, torch.Tensor],
+    ratio: float,
+    input_size: Sequence[int],
+) -> dict[str, Any]:
+    """The figures of :func:`channel_prune`'s ``info`` for a round on an already-cut model, in
+    original terms (the cut from the original model: what :func:`rebuild` needs)."""
+    found_sizes = {n: int(k.numel()) for n, k in keep.items()}
+    names = list(dict.fromkeys([*space.prior, *found_sizes]))
+    full = {n: space.original(n, keep.get(n), found_sizes.get(n, 0)) for n in names}
+    ranked = [n for n in scores]
+    kept = sum(int(full[n].sum()) for n in ranked)
+    total = sum(int(full[n].numel()) for n in ranked)
+    return {
+        "channels_kept": kept,
+        "channels_total": total,
+        "channels": {n: [int(m.sum()), int(m.numel())] for n, m in full.items()},
+        "keep": {n: torch.nonzero(m).reshape(-1).tolist() for n, m in full.items() if not m.all()},
+        "input_size": [int(v) for v in input_size],
+        "rates": {
+            "channels": {
+                "target": ratio,
+                "achieved": round((total - kept) / total, 6) if total else 0.0,
+                "total": total,
+            }
+        },
+    }
 
 
 def _nothing_to_prune(model: nn.Module, found: Discovery, importance: Importance) -> str:

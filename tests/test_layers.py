@@ -46,6 +46,7 @@ LAYERS: dict[str, int] = {
     "pipeline": 4,
     "schema": 4,  # the whole config's schema: reads every dataset's and method's options
     "cache": 4,
+    "retrain": 4,  # the fine-tune stage's distillation, rewinding, from-scratch controls
     # entry points: prune-run, its Hydra callbacks, prune-report
     "cli": 5,
     "callbacks": 5,

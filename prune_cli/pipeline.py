@@ -326,6 +326,11 @@ class Pipeline:
         (:mod:`prune_cli.cache`); ``method_training`` defaults to the method's signature."""
         cfg = self.cfg
         signature = self.method.training_signature() if method_training is None else method_training
+        if stage == "train" and self.plan.rewind_epoch is not None:
+            # The epoch-K weights are saved only while training: a run that needs them trains
+            # its own cache entry (the same dense training, keyed apart), so a sweep over
+            # finetune.rewind=none,epoch:K never finds an entry trained without them.
+            signature = {**signature, "rewind_epochs": [self.plan.rewind_epoch]}
         payload = training_payload(
             model=_plain(cfg.model),
             dataset=_plain(cfg.dataset),
@@ -364,9 +369,8 @@ class Pipeline:
         saved = ", ".join(saved_rewind_points(self.rewind_dir)) or "none"
         raise UserError(
             f"finetune.rewind={point}: the trained model in {self.rewind_dir} has no saved "
-            f"{point} weights (saved there: {saved}; epoch:K is saved only by a run that asks "
-            "for it while training); delete that directory, or set cache.dir to another one, "
-            "to train it again with them"
+            f"{point} weights (saved there: {saved}; it was trained before rewind points were "
+            "kept); delete that directory, or set cache.dir to another one, to train it again"
         )
 
     def _train_dense(
@@ -378,7 +382,7 @@ class Pipeline:
         settings = FitSettings.from_cfg(_plain(self.cfg.train))
         if not files.last.is_file():  # a resumed training started before: its start is saved
             save_rewind_point(files.ckpt_dir, "init", model)
-        if self.plan.rewind_epoch is not None:
+        if files.stage == "train" and self.plan.rewind_epoch is not None:
             hooks = CompositeHooks([hooks, RewindSaver(files.ckpt_dir, [self.plan.rewind_epoch])])
         result = fit(
             model, self.data, settings, device=self.device, files=files, hooks=hooks, seed=self.seed

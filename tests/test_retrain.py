@@ -306,4 +306,4 @@ def test_cli_distils_and_rewinds_to_init_and_refuses_a_missing_rewind_point(
     assert proc.returncode == 2
     error = proc.stderr.strip().splitlines()[-1]
     assert error.startswith("prune-run: error: finetune.rewind=init: the trained model in ")
-    assert "has no saved init weights (saved there: none;" in error
+    assert "has no saved init weights (saved there: none;" in error and "delete" in error

@@ -307,3 +307,29 @@ def test_cli_distils_and_rewinds_to_init_and_refuses_a_missing_rewind_point(
     error = proc.stderr.strip().splitlines()[-1]
     assert error.startswith("prune-run: error: finetune.rewind=init: the trained model in ")
     assert "has no saved init weights (saved there: none;" in error and "delete" in error
+
+
+@pytest.mark.slow
+def test_a_sweep_over_none_and_late_rewinding_trains_the_epoch_k_entry_itself(
+    tmp_path: Path,
+) -> None:
+    fast = [a for a in FAST if not a.startswith("train.epochs")]
+    proc = prune_run("-m", *fast, "train.epochs=2", "export.torchscript=false",
+                     "finetune.rewind=none,epoch:1,init", "hydra.sweep.subdir=${hydra.job.num}",
+                     cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = {}
+    for path in (tmp_path / "outputs" / "multirun").glob("*/*/*/metrics.json"):
+        m = json.loads(path.read_text())
+        assert m["status"] == "completed", m["error"]
+        runs[m["finetune"].get("rewind", {}).get("to", "none")] = m
+    assert sorted(runs) == ["epoch:1", "init", "none"]
+    late = runs["epoch:1"]["finetune"]
+    assert Path(late["rewind"]["source"]).name == "rewind_epoch1.pt"
+    assert late["epochs"] == 1 and late["rewind"]["schedule"] == "train.* schedule, epochs 2..2"
+    # the epoch:1 run trained its own entry; none and init share the plain one
+    entries = {runs[k]["train"]["cache_entry"] for k in runs}
+    assert (
+        len(entries) == 2
+        and runs["none"]["train"]["cache_entry"] == runs["init"]["train"]["cache_entry"]
+    )

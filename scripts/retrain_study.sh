@@ -10,6 +10,7 @@
 #
 #   bash scripts/retrain_study.sh                       # resumable: run it again to finish
 #   SEEDS=0 EPOCHS=2 FT_EPOCHS=1 bash scripts/retrain_study.sh   # a quick smoke
+#   SWEEPS=scratch_e bash scripts/retrain_study.sh      # one arm (kd, rewind_init, scratch_e)
 #
 # Each job's final top-1 is in $STUDY/<sweep>/<overrides>/metrics.json; the script ends with a
 # table (prune-report writes summary.md per sweep).
@@ -41,9 +42,15 @@ sweep() {
     "${cmd[@]}" || { failed=1; echo "retrain_study.sh: sweep '$name' had failed jobs"; }
 }
 
-sweep kd finetune.kd.alpha=0,0.5
-sweep rewind_init finetune.rewind=init
-sweep scratch_e finetune.from_scratch=same_epochs
+SWEEPS=${SWEEPS:-kd rewind_init scratch_e}   # a subset runs only those (e.g. side by side)
+for name in $SWEEPS; do
+    case $name in
+        kd) sweep kd finetune.kd.alpha=0,0.5 ;;
+        rewind_init) sweep rewind_init finetune.rewind=init ;;
+        scratch_e) sweep scratch_e finetune.from_scratch=same_epochs ;;
+        *) echo "retrain_study.sh: unknown sweep $name (kd, rewind_init, scratch_e)"; exit 2 ;;
+    esac
+done
 
 python - "$STUDY" <<'PY'
 import json, statistics, sys

@@ -380,7 +380,7 @@ class Pipeline:
         weights it starts from (and those after epoch K for ``finetune.rewind=epoch:K``) are
         kept beside the trained model as rewind points (:mod:`prune_cli.cache`)."""
         settings = FitSettings.from_cfg(_plain(self.cfg.train))
-        if not files.last.is_file():  # a resumed training started before: its start is saved
+        if not (files.resume and files.last.is_file()):  # a resumed one saved its start before
             save_rewind_point(files.ckpt_dir, "init", model)
         if files.stage == "train" and self.plan.rewind_epoch is not None:
             hooks = CompositeHooks([hooks, RewindSaver(files.ckpt_dir, [self.plan.rewind_epoch])])

@@ -7,12 +7,14 @@ entry: the first trains (resumably, inside the entry), the others wait and then 
 checkpoint, which is written atomically, so nobody ever reads a torn file or trains twice.
 
 An entry directory holds ``key.json`` (the payload, for humans), ``trained.pt`` (weights, the
-training summary and history), while training the per-epoch ``train_last.pt``, and
-``figures/``: what was measured on the trained model (test evaluation, latency), one JSON file
-per measurement setting (:meth:`TrainedCache.figures`), so that every job of a sweep reuses the
-dense model's figures instead of measuring them again. The run directory gets
-``checkpoints/trained.pt`` as a hard link to the entry's (a copy across filesystems). With the
-cache off, the same happens inside the run directory.
+training summary and history), the rewind points ``rewind_init.pt`` (the weights training
+started from, always saved) and ``rewind_epoch<K>.pt`` (after epoch K, saved when the run that
+trains the entry asks for ``finetune.rewind=epoch:K``) and, while training, the per-epoch
+``train_last.pt``; and ``figures/``: what was measured on the trained model (test evaluation,
+latency), one JSON file per measurement setting (:meth:`TrainedCache.figures`), so that every job
+of a sweep reuses the dense model's figures instead of measuring them again. The run
+directory gets ``checkpoints/trained.pt`` as a hard link to the entry's (a copy across
+filesystems). With the cache off, the same happens inside the run directory.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from torch import nn
 
 from prune_cli import distributed
 from prune_cli.engine.checkpoint import load_checkpoint, load_state_into, save_checkpoint
+from prune_cli.engine.hooks import TrainHooks
 from prune_cli.engine.loop import StageFiles
 from prune_cli.io import atomic_write_text
 
@@ -299,3 +302,53 @@ def _train(
     )
     summary["from_cache"] = False
     return Trained(summary, history)
+
+
+# ----------------------------------------------------------------------------- rewind points
+def rewind_point_path(directory: Path, point: str) -> Path:
+    """Where rewind point ``point`` (``init`` or ``epoch:K``) of a training run is kept:
+    ``rewind_init.pt`` / ``rewind_epoch<K>.pt`` in the cache entry (the run's ``checkpoints/``
+    with the cache off)."""
+    name = "init" if point == "init" else "epoch" + str(int(point.partition(":")[2]))
+    return Path(directory) / f"rewind_{name}.pt"
+
+
+def save_rewind_point(directory: Path, point: str, model: nn.Module) -> None:
+    """Save ``model``'s weights now as rewind point ``point`` (atomically; rank 0 only)."""
+    save_checkpoint(
+        rewind_point_path(directory, point),
+        {"model": model.state_dict(), "point": point},
+    )
+
+
+def saved_rewind_points(directory: Path) -> list[str]:
+    """The rewind points kept in ``directory``, ``init`` first, then by epoch."""
+    found = []
+    for path in Path(directory).glob("rewind_*.pt"):
+        name = path.stem.removeprefix("rewind_")
+        if name == "init":
+            found.append((0, "init"))
+        elif name.startswith("epoch") and name[5:].isdigit():
+            found.append((int(name[5:]), f"epoch:{int(name[5:])}"))
+    return [point for _, point in sorted(found)]
+
+
+def load_rewind_point(directory: Path, point: str, device: torch.device) -> dict[str, Any]:
+    """The state dict saved as rewind point ``point`` (``FileNotFoundError`` if absent)."""
+    path = rewind_point_path(directory, point)
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    return dict(load_checkpoint(path, device)["model"])
+
+
+class RewindSaver(TrainHooks):
+    """A training hook that saves rewind point ``epoch:K`` after the last step of epoch K,
+    for every K in ``epochs`` (before the schedule steps and the epoch is evaluated)."""
+
+    def __init__(self, directory: Path, epochs: Iterable[int]) -> None:
+        self.directory = Path(directory)
+        self.epochs = {int(k) for k in epochs}
+
+    def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
+        if epoch + 1 in self.epochs:
+            save_rewind_point(self.directory, f"epoch:{epoch + 1}", model)

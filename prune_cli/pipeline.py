@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -36,7 +37,17 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from prune_cli import distributed
-from prune_cli.cache import TrainedCache, cache_key, file_sha256, training_payload
+from prune_cli.cache import (
+    RewindSaver,
+    TrainedCache,
+    cache_key,
+    file_sha256,
+    load_rewind_point,
+    rewind_point_path,
+    save_rewind_point,
+    saved_rewind_points,
+    training_payload,
+)
 from prune_cli.data import build_dataset
 from prune_cli.engine import (
     fit,
@@ -46,8 +57,10 @@ from prune_cli.engine import (
     seed_everything,
 )
 from prune_cli.engine.checkpoint import load_pretrained
+from prune_cli.engine.distill import Distiller
+from prune_cli.engine.hooks import CompositeHooks
 from prune_cli.engine.loop import FitResult, FitSettings, StageFiles, evaluate, write_history
-from prune_cli.errors import ConfigError, explain, one_line
+from prune_cli.errors import ConfigError, UserError, explain, one_line
 from prune_cli.export import FORMATS, export_model
 from prune_cli.methods import PruneContext, build_method
 from prune_cli.metrics.deploy import onnxruntime_latency
@@ -62,6 +75,14 @@ from prune_cli.models import build_model
 from prune_cli.models.traits import stem_and_classifier
 from prune_cli.portable import describe, save_portable
 from prune_cli.pruning import MaskHold, rate_check
+from prune_cli.retrain import (
+    RetrainPlan,
+    check_plan,
+    load_start_weights,
+    scratch_seed,
+    scratch_steps,
+    stage_settings,
+)
 from prune_cli.schema import validate_config
 from prune_cli.tracking import RunInfo, Trackers, build_trackers
 
@@ -246,6 +267,16 @@ class Pipeline:
             method_cfg, check_ratio(self.ratio if own_ratio is None else own_ratio), self.seed
         )
         self.method.check_finetune(int(cfg.finetune.epochs))  # gradual prunes while fine-tuning
+        self.plan = RetrainPlan.from_cfg(_plain(cfg.finetune))
+        check_plan(
+            self.plan,
+            method_name=self.method.name,
+            no_weight_reset=self.method.no_weight_reset,
+            train_epochs=int(cfg.train.epochs),
+            finetune_epochs=int(cfg.finetune.epochs),
+            pretrained=self._pretrained_path() is not None
+            and not self.method.trains_from_pretrained,
+        )
         self._hold_out_for_method()
         self.data = build_dataset(cfg.dataset)
         self.input_size = (self.data.in_channels, self.data.image_size, self.data.image_size)
@@ -275,11 +306,11 @@ class Pipeline:
             wanted,
         )
 
-    def _build_plain_model(self) -> nn.Module:
+    def _build_plain_model(self, seed: int | None = None) -> nn.Module:
         """The configured architecture, freshly initialised from the run seed (the same seed
-        gives the same initial weights whatever the method)."""
+        gives the same initial weights whatever the method), or from ``seed``."""
         model_kwargs = {k: v for k, v in _plain(self.cfg.model).items() if k != "name"}
-        torch.manual_seed(self.seed)
+        torch.manual_seed(self.seed if seed is None else seed)
         return build_model(
             self.model_name,
             num_classes=self.data.num_classes,
@@ -382,6 +413,11 @@ class Pipeline:
         (:mod:`prune_cli.cache`); ``method_training`` defaults to the method's signature."""
         cfg = self.cfg
         signature = self.method.training_signature() if method_training is None else method_training
+        if stage == "train" and self.plan.rewind_epoch is not None:
+            # The epoch-K weights are saved only while training: a run that needs them trains
+            # its own cache entry (the same dense training, keyed apart), so a sweep over
+            # finetune.rewind=none,epoch:K never finds an entry trained without them.
+            signature = {**signature, "rewind_epochs": [self.plan.rewind_epoch]}
         payload = training_payload(
             model=_plain(cfg.model),
             dataset=_plain(cfg.dataset),
@@ -393,11 +429,12 @@ class Pipeline:
         )
         cache = self.cache
         run = StageFiles(stage, self.ckpt_dir, self.history_csv, self.resume)
+        label = f"{self.model_name}_{cfg.dataset.name}"
         trained = cache.train_or_load(
             model,
             payload,
             run,
-            label=f"{self.model_name}_{cfg.dataset.name}",
+            label=label,
             arch=self.model_name,
             device=self.device,
             train=lambda files: self._train_dense(model, hooks, files),
@@ -408,13 +445,36 @@ class Pipeline:
             for row in trained.history:
                 self._log_epoch({**row, "stage": stage})
         self.trained_at[stage] = trained.checkpoint
+        if stage == "train":  # where the training's rewind points are (finetune.rewind)
+            self.rewind_dir = cache.entry(label, payload) if cache.enabled else self.ckpt_dir
+            self._check_rewind_point()
         return trained.summary
+
+    def _check_rewind_point(self) -> None:
+        """The rewind point ``finetune.rewind`` asks for must have been saved when the trained
+        model was: an entry trained before (or by a run that asked for another epoch) lacks it,
+        and the run stops here rather than rewind to something else."""
+        point = self.plan.rewind_point
+        if point is None or rewind_point_path(self.rewind_dir, point).is_file():
+            return
+        saved = ", ".join(saved_rewind_points(self.rewind_dir)) or "none"
+        raise UserError(
+            f"finetune.rewind={point}: the trained model in {self.rewind_dir} has no saved "
+            f"{point} weights (saved there: {saved}; it was trained before rewind points were "
+            "kept); delete that directory, or set cache.dir to another one, to train it again"
+        )
 
     def _train_dense(
         self, model: nn.Module, hooks: Any, files: StageFiles
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Train ``model`` with the ``train`` settings and the given training hooks."""
+        """Train ``model`` with the ``train`` settings and the given training hooks; the
+        weights it starts from (and those after epoch K for ``finetune.rewind=epoch:K``) are
+        kept beside the trained model as rewind points (:mod:`prune_cli.cache`)."""
         settings = FitSettings.from_cfg(_plain(self.cfg.train))
+        if not (files.resume and files.last.is_file()):  # a resumed one saved its start before
+            save_rewind_point(files.ckpt_dir, "init", model)
+        if files.stage == "train" and self.plan.rewind_epoch is not None:
+            hooks = CompositeHooks([hooks, RewindSaver(files.ckpt_dir, [self.plan.rewind_epoch])])
         result = fit(
             model,
             self.data,
@@ -563,11 +623,13 @@ class Pipeline:
         masks: Mapping[str, torch.Tensor],
         stage: str,
         epochs: int | None = None,
+        settings: dict[str, Any] | None = None,
         hooks: Any = None,
     ) -> FitResult:
-        """Fine-tune with the ``finetune`` settings (``epochs`` overrides), holding ``masks``
-        (or with ``hooks`` that hold masks of their own: a gradual schedule's)."""
-        settings = _plain(self.cfg.finetune)
+        """Fine-tune with the ``finetune`` settings (or ``settings``; ``epochs`` overrides),
+        holding ``masks`` (or with ``hooks`` that hold masks of their own: a gradual
+        schedule's), distilling from the dense reference when ``finetune.kd.alpha > 0``."""
+        settings = _plain(self.cfg.finetune) if settings is None else dict(settings)
         if epochs is not None:
             settings["epochs"] = int(epochs)
         tic = time.perf_counter()
@@ -587,8 +649,11 @@ class Pipeline:
             files=files,
             hooks=hooks if hooks is not None else (MaskHold(model, masks) if masks else None),
             seed=self.seed + 1,
+            criterion=self._distiller(),
         )
         self.metrics[stage] = self._fit_summary(result, model, int(settings["epochs"]))
+        if self.plan.distills:
+            self.metrics[stage]["kd"] = self._kd_record()
         self._timed(stage, time.perf_counter() - tic)
         return result
 
@@ -598,16 +663,95 @@ class Pipeline:
         log.info("%s skipped: %s", stage, reason)
         self._save_metrics()
 
+    def _distiller(self) -> Distiller | None:
+        """Distillation from the dense reference (``finetune.kd``), or None when it is off.
+        The teacher is the dense reference of this run, loaded or trained once through the
+        cache in the ``dense_reference`` stage; it is only evaluated here."""
+        if not self.plan.distills:
+            return None
+        return Distiller(self.dense_model, self.plan.alpha, self.plan.temperature)
+
+    def _kd_record(self) -> dict[str, Any]:
+        reference = self.metrics.get("dense_reference", {})
+        return {
+            "alpha": self.plan.alpha,
+            "temperature": self.plan.temperature,
+            "teacher": "dense_reference",
+            "teacher_source": reference.get("source"),
+            "teacher_top1": reference.get("top1"),
+        }
+
+    def _reset_weights(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """Before the fine-tune stage: rewind the pruned model's weights (``finetune.rewind``)
+        or re-initialise them (``finetune.from_scratch``), as :mod:`prune_cli.retrain` says;
+        for Scratch-B, set the step budget in ``settings``. Returns what ``metrics.json``
+        records under ``finetune`` (empty for plain fine-tuning)."""
+        plan, info = self.plan, self.metrics.get("prune_info", {})
+        total = int(self.cfg.train.epochs)
+        first = int(settings.get("schedule_start") or 0)
+        schedule = f"train.* schedule, epochs {first + 1}..{first + int(settings['epochs'])}"
+        if plan.rewind_point is not None:
+            state = load_rewind_point(self.rewind_dir, plan.rewind_point, self.device)
+            load_start_weights(self.model, self.baseline_model, state, info, self.masks)
+            source = rewind_point_path(self.rewind_dir, plan.rewind_point)
+            return {"rewind": {"to": plan.rewind, "source": str(source), "schedule": schedule}}
+        if plan.rewind == "lr":
+            return {"rewind": {"to": "lr", "weights": "trained (kept)", "schedule": schedule}}
+        if plan.from_scratch == "none":
+            return {}
+        seed = scratch_seed(self.seed)
+        fresh = self._build_plain_model(seed).to(self.device)
+        load_start_weights(self.model, self.baseline_model, fresh.state_dict(), info, self.masks)
+        record: dict[str, Any] = {"mode": plan.from_scratch, "init_seed": seed}
+        if plan.from_scratch == "same_budget":
+            steps_per_epoch = len(
+                self.data.loader(
+                    "train",
+                    int(settings["batch_size"]),
+                    train=True,
+                    device=self.device,
+                    seed=self.seed + 1,
+                    drop_last=False,
+                )
+            )
+            dense_macs = float(self.metrics["dense_reference"]["macs"])
+            pruned_macs = float(self.metrics["pruned"]["macs_nonzero"])
+            steps = scratch_steps(total, steps_per_epoch, dense_macs, pruned_macs)
+            settings.update(epochs=math.ceil(steps / steps_per_epoch), max_steps=steps)
+            record.update(
+                steps=steps,
+                steps_per_epoch=steps_per_epoch,
+                dense_macs=dense_macs,
+                pruned_macs_nonzero=pruned_macs,
+                formula="round(train.epochs * steps_per_epoch * dense_macs / pruned_macs)",
+            )
+            schedule = f"train.* schedule stretched over {settings['epochs']} epochs"
+        record.update(epochs=int(settings["epochs"]), schedule=schedule)
+        return {"from_scratch": record}
+
     def finetune(self) -> None:
         if not self.method.produces_model:
             self._skip("finetune", f"{self.method.name} is an analysis: no pruned model")
             return
         final_path = self.ckpt_dir / "final.pt"
-        if self.method.prunes and int(self.cfg.finetune.epochs) > 0:
+        plan = self.plan
+        if self.method.prunes and (int(self.cfg.finetune.epochs) > 0 or plan.resets_weights):
+            settings = stage_settings(plan, _plain(self.cfg.train), _plain(self.cfg.finetune))
+            reset = self._reset_weights(settings)
             schedule = self.method.finetune_hooks(self.model, self.masks)
-            result = self._fit_stage(self.model, self.masks, "finetune", hooks=schedule)
+            result = self._fit_stage(
+                self.model, self.masks, "finetune", settings=settings, hooks=schedule
+            )
             if schedule is not None:
                 self._gradual_done(schedule, result)
+            self.metrics["finetune"].update(reset)
+            self._save_metrics()
+        elif plan.distills:
+            why = "it prunes nothing" if not self.method.prunes else "finetune.epochs=0"
+            self.warn(
+                f"finetune.kd.alpha={plan.alpha}: no distillation, there is no fine-tuning "
+                f"stage for method {self.method.name!r} ({why})"
+            )
         save_checkpoint(
             final_path,
             {

@@ -23,18 +23,18 @@ status ``failed`` and the message.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import ConfigDict, Field
+from pydantic import BeforeValidator, ConfigDict, Field
 
 from prune_cli.data import dataset_options
 from prune_cli.errors import ConfigError, one_line
 from prune_cli.methods import METHODS
 from prune_cli.methods.base import Ratio
 from prune_cli.metrics.deploy import LATENCY_BACKENDS
-from prune_cli.options import Bool, Float, Int, OneOf, Options, Text, is_number, parse
+from prune_cli.options import Bool, Float, Int, OneOf, Options, Text, Valid, is_number, parse
 from prune_cli.tracking import LoggerOptions
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -65,11 +65,51 @@ class TrainOptions(Options):
     compile: Bool = False
 
 
+#: ``finetune.from_scratch`` choices (Liu et al. 2019: Scratch-E, Scratch-B).
+FROM_SCRATCH = ("none", "same_epochs", "same_budget")
+#: How ``finetune.rewind`` is described in errors.
+REWIND_VALID = "none, init, lr, or epoch:K (K an integer >= 1)"
+
+
+def parse_rewind(value: Any) -> str:
+    """``finetune.rewind``: ``none``, ``init``, ``lr`` or ``epoch:K`` (K >= 1), normalised
+    (``epoch:03`` -> ``epoch:3``; a YAML null is ``none``)."""
+    if value is None:
+        return "none"
+    if not isinstance(value, str):
+        raise ValueError("is not a rewind point")
+    text = value.strip()
+    if text in ("none", "init", "lr"):
+        return text
+    kind, sep, number = text.partition(":")
+    if kind != "epoch" or not sep:
+        raise ValueError("is not a rewind point")
+    if not number.strip().isdigit() or int(number) < 1:
+        raise ValueError("has no epoch number K >= 1")
+    return f"epoch:{int(number)}"
+
+
+class KDOptions(Options):
+    """``finetune.kd.*``: knowledge distillation from the dense reference (Hinton et al. 2015):
+    loss = (1 - alpha)·CE + alpha·T²·KL(teacher/T ‖ student/T); ``alpha`` 0 turns it off."""
+
+    alpha: Float(ge=0, le=1) = 0.0
+    temperature: Float(gt=0) = 4.0
+
+
 class FinetuneOptions(TrainOptions):
-    """Fine-tuning after pruning (``finetune.*``): as ``train``, and 0 epochs skips it."""
+    """Fine-tuning after pruning (``finetune.*``): as ``train``, and 0 epochs skips it.
+
+    ``kd``: distillation from the dense reference; ``rewind``: weights (``init``,
+    ``epoch:K``) or learning rate (``lr``) rewinding; ``from_scratch``: the pruned
+    architecture re-initialised and trained as the dense model was (:mod:`prune_cli.retrain`).
+    """
 
     epochs: Int(ge=0) = 2
     lr: Float(gt=0) = 0.01
+    kd: KDOptions = KDOptions()
+    rewind: Annotated[str, BeforeValidator(parse_rewind), Valid(REWIND_VALID)] = "none"
+    from_scratch: OneOf(*FROM_SCRATCH) = "none"
 
 
 class ModelOptions(Options):

@@ -138,9 +138,16 @@ def _prune_run(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Complet
 
 
 def test_torchrun_cli_trains_one_run_on_two_processes(tmp_path: Path) -> None:
-    tiny = ["dataset.train_size=128", "dataset.test_size=50", "train.epochs=1",
-            "train.batch_size=32", "finetune.epochs=1", "finetune.batch_size=32",
-            "metrics.latency.enabled=false"]  # fmt: skip
+    tiny = [
+        "dataset.train_size=128",
+        "dataset.test_size=50",
+        "train.epochs=1",
+        "train.batch_size=32",
+        "finetune.epochs=1",
+        "finetune.batch_size=32",
+        "metrics.latency.enabled=false",
+        "finetune.kd.alpha=0.5",
+    ]  # fmt: skip  (the teacher runs on each rank, unwrapped)
     proc = _prune_run("-m", "torch.distributed.run", "--nproc_per_node=2", "-m",
                       "prune_cli.cli", *tiny, cwd=tmp_path, env={})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -153,6 +160,7 @@ def test_torchrun_cli_trains_one_run_on_two_processes(tmp_path: Path) -> None:
         # accuracy over all 50 test images, not one rank's 25: a multiple of 2%
         assert (m[stage]["top1"] * 50 / 100) == pytest.approx(round(m[stage]["top1"] / 2))
     assert m["train"]["from_cache"] is False
+    assert m["finetune"]["kd"]["alpha"] == 0.5
     rows = (run / "history.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["train", "finetune"]
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "prune-run.log").is_file()

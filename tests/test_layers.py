@@ -48,6 +48,7 @@ LAYERS: dict[str, int] = {
     "schema": 4,  # the whole config's schema: reads every dataset's and method's options
     "cache": 4,
     "portable": 4,  # portable checkpoints: rebuilds a run's final model (models + methods)
+    "retrain": 4,  # the fine-tune stage's distillation, rewinding, from-scratch controls
     # entry points: prune-run, its Hydra callbacks, prune-report
     "cli": 5,
     "callbacks": 5,

@@ -288,7 +288,7 @@ def _would_run(cfg: Any) -> None:
         settings = OmegaConf.to_container(cfg[stage])
         optimizer = build_optimizer(model, settings)
         sched = build_scheduler(optimizer, settings, settings["epochs"])
-        for _ in range(min(settings["epochs"], 3)):
+        for _ in range(min(int(settings["epochs"]), 3)):  # 3.0 keeps its spelling
             optimizer.step()
             sched.step()
     netscore_units(OmegaConf.to_container(cfg.metrics.netscore))

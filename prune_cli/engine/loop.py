@@ -32,6 +32,9 @@ from prune_cli.io import atomic_write_text
 
 log = logging.getLogger("prune_cli")
 
+#: A training loss: ``criterion(inputs, logits, labels, label_smoothing)`` -> a scalar.
+Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
 HISTORY_FIELDS = (
     "stage",
     "epoch",
@@ -177,11 +180,15 @@ def train_one_epoch(
     channels_last: bool = False,
     on_check: Callable[[torch.Tensor, int], None] | None = None,
     forward: nn.Module | None = None,
+    criterion: Criterion | None = None,
+    max_batches: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One pass over ``batches``; returns (sum of per-image losses, correct count, images).
 
     ``forward`` (default ``model``) computes the logits: the DistributedDataParallel wrapper of
-    ``model`` in a distributed run; hooks always get ``model`` itself.
+    ``model`` in a distributed run; hooks always get ``model`` itself. ``criterion`` replaces
+    the cross-entropy (a :class:`~prune_cli.engine.distill.Distiller`); ``max_batches`` stops
+    the pass early (a step budget that ends inside an epoch).
 
     Sums stay on the device (no per-step host sync on GPU); ``on_check`` sees the running sum of
     the objective every step on the CPU, every 25 steps on the GPU and after the last step, so a
@@ -196,10 +203,17 @@ def train_one_epoch(
     seen = 0
     i = -1
     for i, (images, labels) in enumerate(batches):
+        if max_batches is not None and i >= max_batches:
+            i -= 1  # the last step taken, for the final check
+            break
         hooks.before_step(model, epoch * steps_per_epoch + i, epoch)
         with autocast_context(device, amp):
-            logits = (model if forward is None else forward)(_channels_last(images, channels_last))
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+            inputs = _channels_last(images, channels_last)
+            logits = (model if forward is None else forward)(inputs)
+            if criterion is None:
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+            else:
+                loss = criterion(inputs, logits.float(), labels, smoothing)
             extra = hooks.extra_loss(model)
             total = loss if extra is None else loss + extra
         optimizer.zero_grad(set_to_none=True)
@@ -238,6 +252,9 @@ class FitSettings:
     select_best: bool = True
     compile: bool = False
     optim: Mapping[str, Any] = field(default_factory=dict)
+    #: Stop after this many optimisation steps in all (None: every epoch runs whole); the
+    #: from-scratch budget control (Scratch-B) ends inside its last epoch.
+    max_steps: int | None = None
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any] | FitSettings) -> FitSettings:
@@ -254,6 +271,7 @@ class FitSettings:
             select_best=bool(cfg.get("select_best", True)),
             compile=bool(cfg.get("compile", False)),
             optim=dict(cfg),
+            max_steps=None if cfg.get("max_steps") is None else _integer(cfg, "max_steps", 1, 1),
         )
 
 
@@ -313,6 +331,7 @@ class _Trainer:
     amp: bool
     channels_last: bool
     forward: nn.Module | None = None  # the DDP wrapper of ``model`` in a distributed run
+    criterion: Criterion | None = None  # None: cross-entropy
 
 
 def fit(
@@ -324,6 +343,7 @@ def fit(
     files: StageFiles,
     hooks: TrainHooks | None = None,
     seed: int = 0,
+    criterion: Criterion | None = None,
 ) -> FitResult:
     """Train ``model`` in place for ``epochs`` epochs on ``data`` (a DatasetBundle).
 
@@ -337,9 +357,14 @@ def fit(
     call gets (of its DDP wrapper in a distributed run), so a model changed in structure since
     the last stage is compiled afresh; the hooks, the evaluation and the checkpoints use the
     model itself (state-dict keys without ``_orig_mod.``).
+
+    ``criterion(inputs, logits, labels, label_smoothing)`` replaces the cross-entropy (e.g.
+    a :class:`~prune_cli.engine.distill.Distiller`); ``history.csv``'s ``train_loss`` is then
+    its value.
     """
     settings = FitSettings.from_cfg(cfg)
     trainer = _build_trainer(model, data, settings, device, hooks or TrainHooks(), seed)
+    trainer.criterion = criterion
     result = FitResult(select_split=trainer.select_split)
     start_epoch = _restore_last(trainer, files, result) if files.resume else 0
     if result.best_epoch is not None and files.best.is_file():
@@ -468,6 +493,8 @@ def _train_and_evaluate(
         channels_last=trainer.channels_last,
         on_check=lambda total, i: _check_finite(_reduced(total), files.stage, epoch, i, files.last),
         forward=trainer.forward,
+        criterion=trainer.criterion,
+        max_batches=_batches_left(settings.max_steps, epoch, len(trainer.train_loader)),
     )
     if distributed.is_distributed():
         distributed.sync_buffers(model)
@@ -481,6 +508,13 @@ def _train_and_evaluate(
         model, trainer.eval_loader, device, amp=trainer.amp, channels_last=trainer.channels_last
     )
     return (loss_sum, correct, seen), ev
+
+
+def _batches_left(max_steps: int | None, epoch: int, steps_per_epoch: int) -> int | None:
+    """How many steps epoch ``epoch`` may take under a total budget of ``max_steps``."""
+    if max_steps is None:
+        return None
+    return max(0, min(steps_per_epoch, max_steps - epoch * steps_per_epoch))
 
 
 def _history_row(

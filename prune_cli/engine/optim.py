@@ -72,6 +72,13 @@ def lr_factor(cfg: Mapping[str, Any], epoch: float, epochs: int) -> float:
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], epochs: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-epoch scheduler following :func:`lr_factor` (stepped once at the end of each epoch)."""
-    lr_factor(cfg, 0, epochs)  # validate the schedule name now, not at the end of epoch 1
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(cfg, e, epochs))
+    """A per-epoch scheduler following :func:`lr_factor` (stepped once at the end of each epoch).
+
+    By default the schedule spans this stage's ``epochs``. ``cfg["schedule_epochs"]`` and
+    ``cfg["schedule_start"]`` (set by the pipeline, not by users) make the stage follow epochs
+    ``start, start + 1, ...`` of a longer schedule instead: rewinding retrains with the dense
+    training's schedule from the rewind point (Renda et al. 2020)."""
+    total = int(cfg.get("schedule_epochs") or epochs)
+    start = int(cfg.get("schedule_start") or 0)
+    lr_factor(cfg, start, total)  # validate the schedule name now, not at the end of epoch 1
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(cfg, start + e, total))

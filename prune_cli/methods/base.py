@@ -251,6 +251,9 @@ class Method(TrainHooks):
     #: Does ``pretrained=`` start this method's *training* (instead of skipping it)? True for
     #: methods that prune during training (dynamic_filter): without training they would not run.
     trains_from_pretrained: ClassVar[bool] = False
+    #: Why this method's pruned model cannot have its weights reset (``finetune.rewind``
+    #: init/epoch:K, ``finetune.from_scratch``), in a few words; None: it can.
+    no_weight_reset: ClassVar[str | None] = None
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
         raise NotImplementedError
@@ -407,6 +410,10 @@ class SharingMethod(Method):
 
     prunes: ClassVar[bool] = False
     Options: ClassVar[type[MethodOptions] | None] = SharingOptions
+    no_weight_reset: ClassVar[str | None] = (
+        "it shares weights through templates trained from scratch: there is no pruned "
+        "subnetwork of the dense model to rewind or re-initialise"
+    )
     opts: SharingOptions
 
     def __init__(self, cfg: Mapping[str, Any], ratio: float, seed: int = 0) -> None:

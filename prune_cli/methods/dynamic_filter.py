@@ -196,6 +196,12 @@ class DynamicFilter(Method):
 
     #: ``pretrained=`` weights start DPF's training: its masks only move while training runs.
     trains_from_pretrained = True
+    #: Rewinding needs the dense-training weights in the pruned model's layout; DPF trains
+    #: re-parameterised (masked) convs and learns its masks with the weights.
+    no_weight_reset = (
+        "it prunes during training (masks learned with the weights on re-parameterised convs), "
+        "so its training start is not in the pruned model's layout"
+    )
 
     def baseline_kind(self, trained: bool = True) -> str:
         return "masked: filters pruned dynamically during training (DPF)"

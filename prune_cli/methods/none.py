@@ -12,6 +12,7 @@ from prune_cli.methods.registry import METHODS
 class NoPruning(Method):
     name = "none"
     prunes = False
+    no_weight_reset = "it prunes nothing"
 
     class Options(MethodOptions):
         """No options beyond ``name`` (and ``ratio``, which it ignores)."""

@@ -15,7 +15,7 @@ from prune_cli.errors import ConfigError
 from prune_cli.methods import build_method
 from prune_cli.methods.base import PruneContext
 from prune_cli.pruning import MaskHold, apply_masks, n_to_remove, prunable_weights
-from prune_cli.pruning.channels import load_pruned, mask_channels
+from prune_cli.pruning.channels import mask_channels, restore_channels
 from prune_cli.pruning.groups import discover
 from prune_cli.pruning.schedules import (
     GradualPruning,
@@ -199,7 +199,7 @@ def test_structured_rounds_end_at_the_one_shot_counts(name: str) -> None:
     with torch.no_grad():
         assert torch.allclose(result.model.eval()(x), masked.eval()(x), atol=1e-5)
     ckpt = {"model": result.model.state_dict(), "info": result.info}
-    rebuilt = load_pruned(copy.deepcopy(dense), ckpt, "pruned.pt").eval()
+    rebuilt = restore_channels(copy.deepcopy(dense), ckpt, "pruned.pt").eval()
     with torch.no_grad():
         assert torch.equal(rebuilt(x), result.model(x))
 

@@ -145,7 +145,7 @@ class DynamicFilter(Method):
         opts = self.opts
         self.ratio = self.rate = self.ratio if opts.rate is None else opts.rate
         self.type, self.importance, self.scope = opts.type, opts.importance, opts.scope
-        self.schedule, self.threshold_mode = opts.schedule, opts.threshold_mode
+        self.rate_schedule, self.threshold_mode = opts.schedule, opts.threshold_mode
         self.freq, self.stop_epoch = opts.freq, opts.stop_epoch
         self.reg, self.odecay = opts.reg, opts.odecay
         self.feedback, self.mask_bn = opts.feedback, opts.mask_bn
@@ -169,7 +169,7 @@ class DynamicFilter(Method):
             "type": self.type,
             "importance": self.importance,
             "scope": self.scope,
-            "schedule": self.schedule,
+            "schedule": self.rate_schedule,
             "threshold_mode": self.threshold_mode,
             "freq": self.freq,
             "stop_epoch": self.stop_epoch,
@@ -224,7 +224,7 @@ class DynamicFilter(Method):
     def on_fit_start(self, model: nn.Module, epochs: int, steps_per_epoch: int) -> None:
         self.steps_per_epoch = int(steps_per_epoch)
         self.ramp_epochs = self.cubic_ramp_epochs(int(epochs))
-        if self.schedule == "cubic" and self.ramp_epochs != self.stop_epoch:
+        if self.rate_schedule == "cubic" and self.ramp_epochs != self.stop_epoch:
             log.info(
                 "dynamic_filter: cubic schedule reaches rate %.4g after %d of %d epochs "
                 "(stop_epoch %d is beyond this run: scaled as the repository's 225/300)",
@@ -248,7 +248,7 @@ class DynamicFilter(Method):
 
     def target_sparsity(self, step: int) -> float:
         """The sparsity of the masks computed at global iteration ``step`` (``schedule``)."""
-        if self.schedule == "constant":
+        if self.rate_schedule == "constant":
             return self.rate
         if self.steps_per_epoch is None:
             raise RuntimeError("the cubic schedule needs on_fit_start (steps per epoch)")
@@ -336,12 +336,12 @@ class DynamicFilter(Method):
             "rate": self.rate,
             "importance": self.importance,
             "scope": self.scope,
-            "schedule": self.schedule,
+            "schedule": self.rate_schedule,
             "threshold_mode": self.threshold_mode,
             "reg": self.reg,
             "odecay": self.odecay,
             "masks_from": masks_from,
-            "cubic_ramp_epochs": self.ramp_epochs if self.schedule == "cubic" else None,
+            "cubic_ramp_epochs": self.ramp_epochs if self.rate_schedule == "cubic" else None,
             "filters_pruned": pruned_filters,
             "filters_total": total_filters,
             "repo_sparsity_percent": round(pct, 4),

@@ -21,6 +21,9 @@ FAST = [
     # ONNX Runtime latency (two ONNX exports per run) is tested in test_deploy.py/test_tracking.py
     "metrics.latency.backends=[torch]",
 ]
+#: For sweeps with FAST: Hydra's default job directory name lists every override, which with all
+#: of FAST exceeds the 255-character limit of a file name.
+SHORT_SUBDIR = "hydra.sweep.subdir=${hydra.job.num}"
 
 
 def prune_run(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import FAST
+from cli_helpers import FAST, SHORT_SUBDIR
 from cli_helpers import prune_run as _prune_run
 
 from prune_cli.engine import load_checkpoint
@@ -79,7 +79,8 @@ def test_default_run_holds_exactly_60_percent_of_conv_weights_at_zero(default_ru
 
 
 def test_sweep_trains_the_dense_model_once(tmp_path: Path) -> None:
-    proc = prune_run("-m", *FAST, "ratio=0.3,0.7", "method=magnitude,random", cwd=tmp_path)
+    sweep = ["ratio=0.3,0.7", "method=magnitude,random", SHORT_SUBDIR]
+    proc = prune_run("-m", *FAST, *sweep, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = run_dirs(tmp_path / "outputs" / "multirun")
     assert len(runs) == 4
@@ -100,7 +101,7 @@ def test_sweep_trains_the_dense_model_once(tmp_path: Path) -> None:
 
 def test_bad_ratio_in_a_sweep_fails_alone(tmp_path: Path) -> None:
     # (and the dense latency measured interleaved with the final model's, as before issue 15)
-    args = ("-m", *FAST, "ratio=0.5,1.5", "metrics.latency.dense=interleaved")
+    args = ("-m", *FAST, "ratio=0.5,1.5", "metrics.latency.dense=interleaved", SHORT_SUBDIR)
     proc = prune_run(*args, cwd=tmp_path)
     assert proc.returncode == 2
     assert "ratio 1.5 is out of range; valid: 0 <= ratio < 1" in proc.stderr

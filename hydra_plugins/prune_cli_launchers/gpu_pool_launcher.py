@@ -148,6 +148,7 @@ class GpuPoolLauncher(Launcher):
         ctx = multiprocessing.get_context("spawn")
         out = ctx.Queue()
         pending = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        overrides_of = dict(pending)
         free = list(slots)
         running: dict[int, Any] = {}
         results: dict[int, JobReturn] = {}
@@ -164,7 +165,8 @@ class GpuPoolLauncher(Launcher):
             except queue.Empty:
                 for idx, (proc, device) in list(running.items()):
                     if not proc.is_alive() and proc.exitcode != 0:  # died without a word
-                        results[idx] = _failed(f"job process exited with {proc.exitcode}")
+                        message = f"job process exited with {proc.exitcode}"
+                        results[idx] = _failed(message, overrides_of[idx])
                         del running[idx]
                         free.append(device)
                 continue
@@ -172,7 +174,10 @@ class GpuPoolLauncher(Launcher):
                 proc, _ = running.pop(idx)
                 proc.join()
                 free.append(device)
-            results[idx] = cloudpickle.loads(ret) if ret is not None else _failed(error)
+            if ret is not None:
+                results[idx] = cloudpickle.loads(ret)
+            else:
+                results[idx] = _failed(error, overrides_of[idx])
         return [results[initial_job_idx + i] for i in range(len(job_overrides))]
 
     def _cpu_fallback(
@@ -201,11 +206,11 @@ class GpuPoolLauncher(Launcher):
                 os.environ[FALLBACK_ENV] = previous
 
 
-def _failed(message: str | None) -> JobReturn:
+def _failed(message: str | None, overrides: Sequence[str]) -> JobReturn:
     """The ``JobReturn`` of a job whose process failed before Hydra could report on it."""
     from hydra.core.utils import JobStatus
 
-    ret = JobReturn()
+    ret = JobReturn(overrides=list(overrides))
     ret.status = JobStatus.FAILED
     ret.return_value = RuntimeError(f"gpu_pool: {message}")
     return ret

@@ -8,7 +8,8 @@ Run directory layout::
     .hydra/            resolved config, overrides (Hydra)
     prune-run.log      the log (Hydra)
     history.csv        one row per epoch of every training stage
-    checkpoints/       trained.pt, pruned.pt, final.pt, and per-epoch *_last.pt for resuming
+    checkpoints/       trained.pt, pruned.pt, final.pt, and per-epoch *_last.pt for resuming;
+                       final.safetensors + final.json, the portable copy (prune_cli.load_pruned)
     metrics.json       written after every stage (status: running -> completed | failed)
 
 The first stage, ``validate``, checks the whole config against its schema
@@ -21,6 +22,7 @@ are re-raised as the one-line :class:`~prune_cli.errors.UserError` that :func:`e
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -48,6 +50,7 @@ from prune_cli.engine.loop import FitResult, FitSettings, StageFiles, evaluate, 
 from prune_cli.errors import ConfigError, explain, one_line
 from prune_cli.export import FORMATS, export_model
 from prune_cli.methods import PruneContext, build_method
+from prune_cli.metrics.deploy import onnxruntime_latency
 from prune_cli.metrics.latency import compare_latency, latency_setting, measure_latency
 from prune_cli.metrics.report import (
     netscore_units,
@@ -57,10 +60,14 @@ from prune_cli.metrics.report import (
 )
 from prune_cli.models import build_model
 from prune_cli.models.traits import stem_and_classifier
+from prune_cli.portable import describe, save_portable
 from prune_cli.pruning import MaskHold
 from prune_cli.schema import validate_config
+from prune_cli.tracking import RunInfo, Trackers, build_trackers
 
 log = logging.getLogger("prune_cli")
+#: Set by a launcher that ran the job otherwise than asked (hydra_plugins/prune_cli_launchers).
+LAUNCHER_NOTE_ENV = "PRUNE_CLI_LAUNCHER_NOTE"
 
 
 def _plain(node: Any) -> Any:
@@ -122,6 +129,7 @@ class Pipeline:
             "timings": {},
         }
         self._inner_fit_seconds = 0.0  # fine-tuning done inside prune(), timed as its own stage
+        self.trackers: Trackers | None = None  # logger=: TensorBoard, MLflow, W&B (tracking.py)
         # The trained checkpoint of each training stage ("train", "dense_reference"): the
         # figures measured on the model as trained are cached beside it (TrainedCache.figures).
         self.trained_at: dict[str, Path] = {}
@@ -158,6 +166,8 @@ class Pipeline:
         if stage not in self.metrics["stages"]:
             self.metrics["stages"].append(stage)
         self._save_metrics()
+        if self.trackers is not None:
+            self.trackers.log_stage(stage, figures)
         log.info(
             "%s: top1 %.2f%%  params %d (nonzero %d)  MACs %d (nonzero %d)  sparsity %.4f  "
             "NetScore %.2f",
@@ -192,12 +202,38 @@ class Pipeline:
     # ------------------------------------------------------------------ stages
     def validate(self) -> None:
         """Check the whole config (:mod:`prune_cli.schema`) and go on with its typed values."""
+        self._record_launcher()  # first: a run that fails validation still says where it ran
         self.cfg = cfg = validate_config(self.cfg)
         self.resume = bool(cfg.resume)
         self.ratio = self.metrics["ratio"] = cfg.ratio
         self.seed = self.metrics["seed"] = int(cfg.seed)
         self.units = _plain(cfg.metrics.netscore)
         self.metrics["netscore_units"] = netscore_units(self.units)
+        if distributed.is_main():
+            self._start_tracking()
+
+    def _record_launcher(self) -> None:
+        """Which GPUs a launcher gave this run (``hydra/launcher=gpu_pool`` sets one per job),
+        and a launcher's fallback (gpu_pool on a machine without GPUs) as a warning."""
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            self.metrics["cuda_visible_devices"] = visible
+        note = os.environ.get(LAUNCHER_NOTE_ENV)
+        if note:
+            self.warn(note)
+
+    def _start_tracking(self) -> None:
+        """Open the trackers of ``logger=`` and log the config; ``metrics.json`` follows how
+        they fare under ``tracking`` (the same dict, updated as they go)."""
+        self.trackers = build_trackers(_plain(self.cfg.get("logger")))
+        self.metrics["tracking"] = self.trackers.records
+        tags = {k: str(self.metrics[k]) for k in ("model", "dataset", "method", "ratio", "seed")}
+        run = RunInfo(self.run_dir, Path(_original_cwd()), _plain(self.cfg), tags)
+        self.trackers.start(run)
+
+    def _log_epoch(self, row: dict[str, Any]) -> None:
+        if self.trackers is not None:
+            self.trackers.log_epoch(str(row["stage"]), row)
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -213,6 +249,7 @@ class Pipeline:
         self.data = build_dataset(cfg.dataset)
         self.input_size = (self.data.in_channels, self.data.image_size, self.data.image_size)
         self.model_name = str(cfg.model.name)
+        self.model_options = {k: v for k, v in _plain(cfg.model).items() if k != "name"}
         model = self._build_plain_model()
         self.model = self.method.prepare(model).to(self.device)
         self.metrics["device"] = str(self.device)
@@ -366,6 +403,9 @@ class Pipeline:
             filename=filename,
         )
         write_history(self.history_csv, stage, trained.history)
+        if trained.summary.get("from_cache"):  # the curves of the training that made the entry
+            for row in trained.history:
+                self._log_epoch({**row, "stage": stage})
         self.trained_at[stage] = trained.checkpoint
         return trained.summary
 
@@ -375,7 +415,13 @@ class Pipeline:
         """Train ``model`` with the ``train`` settings and the given training hooks."""
         settings = FitSettings.from_cfg(_plain(self.cfg.train))
         result = fit(
-            model, self.data, settings, device=self.device, files=files, hooks=hooks, seed=self.seed
+            model,
+            self.data,
+            settings,
+            device=self.device,
+            files=dataclasses.replace(files, on_epoch=self._log_epoch),
+            hooks=hooks,
+            seed=self.seed,
         )
         return self._fit_summary(result, model, settings.epochs), result.history
 
@@ -397,6 +443,8 @@ class Pipeline:
             self.metrics["dense_reference"] = {**self.metrics["baseline"], "source": "baseline"}
             self.metrics["stages"].insert(1, "dense_reference")
             self._save_metrics()
+            if self.trackers is not None:
+                self.trackers.log_stage("dense_reference", self.metrics["dense_reference"])
         else:
             model = self._build_plain_model().to(self.device)
             if pretrained is not None:
@@ -511,7 +559,12 @@ class Pipeline:
             settings["epochs"] = int(epochs)
         tic = time.perf_counter()
         files = StageFiles(
-            stage, self.ckpt_dir, self.history_csv, self.resume, {"masks": dict(masks)}
+            stage,
+            self.ckpt_dir,
+            self.history_csv,
+            self.resume,
+            {"masks": dict(masks)},
+            on_epoch=self._log_epoch,
         )
         result = fit(
             model,
@@ -538,12 +591,33 @@ class Pipeline:
                 "info": self.metrics.get("prune_info", {}),
             },
         )
+        if distributed.is_main():  # weights + structure that load_pruned() reads, no pickle
+            self.metrics["portable"] = save_portable(
+                final_path, self.model, self.masks, self._portable_description()
+            )
         # A copy that reloads without prune-cli's classes (the narrower structure included).
         export_cfg = _plain(self.cfg.get("export")) or {}
         formats = [f for f in FORMATS if export_cfg.get(f, False)]
         if formats and distributed.is_main():
             written = export_model(self.model, final_path, self.input_size, formats)
             self.metrics["export"] = written
+
+    def _portable_description(self) -> dict[str, Any]:
+        """What :func:`prune_cli.load_pruned` needs to rebuild the final model (portable.py)."""
+        return describe(
+            model_name=self.model_name,
+            model_options=self.model_options,
+            num_classes=self.data.num_classes,
+            in_channels=self.data.in_channels,
+            image_size=self.data.image_size,
+            dataset=str(self.cfg.dataset.name),
+            method_config=self.metrics["method_config"],
+            ratio=self.method.ratio,
+            seed=self.seed,
+            info=self.metrics.get("prune_info", {}),
+            masks=self.masks,
+            sharing=self.method.sharing_plan(),
+        )
 
     def evaluate(self) -> None:
         tic = time.perf_counter()
@@ -552,7 +626,8 @@ class Pipeline:
             final, self.metrics["dense_reference"]
         )
         lat_cfg = self.cfg.metrics.latency
-        if bool(lat_cfg.enabled):
+        backends = list(lat_cfg.get("backends", ["torch"]))
+        if bool(lat_cfg.enabled) and "torch" in backends:
             kwargs = {
                 "batch_sizes": [int(b) for b in lat_cfg.batch_sizes],
                 "device": self.device,
@@ -585,7 +660,45 @@ class Pipeline:
                 "speedup": speedup,
                 "dense_source": source,
             }
+        if bool(lat_cfg.enabled) and "onnxruntime" in backends:  # the deployed runtime
+            self.metrics.setdefault("latency", {})["onnxruntime"] = self._onnxruntime_latency()
         self._timed("evaluate", time.perf_counter() - tic)
+
+    def _onnxruntime_latency(self) -> dict[str, Any]:
+        """The dense reference and the final model in ONNX Runtime: interleaved, or (the
+        default, ``metrics.latency.dense=reuse``) the dense one once per trained checkpoint,
+        like PyTorch eager's."""
+        lat_cfg = self.cfg.metrics.latency
+        args = {
+            "input_size": self.input_size,
+            "batch_sizes": [int(b) for b in lat_cfg.batch_sizes],
+            "device": self.device,
+            "warmup": int(lat_cfg.warmup),
+            "repeats": int(lat_cfg.repeats),
+        }
+        if str(lat_cfg.dense) == "interleaved":
+            both = {"dense_reference": self.dense_model, "final": self.model}
+            return {**onnxruntime_latency(both, **args), "dense_source": "interleaved"}
+        key = {"kind": "onnxruntime", **latency_setting(self.device), **args}
+        key.update(device=str(self.device), input_size=list(self.input_size))
+        dense, source = self._trained_figures(
+            self.dense_model,
+            self.dense_checkpoint,
+            key,
+            lambda: onnxruntime_latency({"dense_reference": self.dense_model}, **args),
+        )
+        final = onnxruntime_latency({"final": self.model}, **args)
+        if "skipped" in dense or "skipped" in final:
+            return final if "skipped" in final else dense
+        before, after = dense["dense_reference"], final["final"]
+        return {
+            **final,
+            "dense_reference": before,
+            "speedup": {
+                k: round(before[k]["latency_ms"] / after[k]["latency_ms"], 4) for k in after
+            },
+            "dense_source": source,
+        }
 
     # ------------------------------------------------------------------ driver
     def run(self) -> dict[str, Any]:
@@ -614,10 +727,20 @@ class Pipeline:
         finally:
             self._timed("total", time.perf_counter() - total)
             self._save_final_metrics()
+            self._finish_tracking()
         skipped = self.metrics.get("data", {}).get("skipped_files", 0)
         if skipped:
             log.warning("%d unreadable file(s) skipped (metrics.json: data)", skipped)
         return self.metrics
+
+    def _finish_tracking(self) -> None:
+        """Final figures and the run directory to the trackers, then close them; their
+        records go into ``metrics.json`` (written again)."""
+        if self.trackers is None:
+            return
+        self.metrics["tracking"] = self.trackers.finish(self.metrics, self.run_dir)
+        self.trackers = None
+        self._save_final_metrics()
 
     def _completed_before(self) -> dict[str, Any] | None:
         """With ``resume``, a run whose ``metrics.json`` already says ``completed`` is not run

@@ -6,7 +6,8 @@
 - top level: ``ratio``, ``seed``, ``device``, ``deterministic``, ``pretrained``, ``resume``
   (:class:`RunOptions`);
 - ``train.*`` and ``finetune.*`` (:class:`TrainOptions`, :class:`FinetuneOptions`),
-  ``metrics.*``, ``cache.*``, ``export.*``;
+  ``metrics.*``, ``cache.*``, ``export.*``, ``logger.*``
+  (:class:`~prune_cli.tracking.LoggerOptions`);
 - ``dataset.*`` per dataset family (the options class each one registers in
   :mod:`prune_cli.data`);
 - ``method.*`` per method (the method's ``Options``; a method that declares none is taken as
@@ -32,7 +33,9 @@ from prune_cli.data import dataset_options
 from prune_cli.errors import ConfigError, one_line
 from prune_cli.methods import METHODS
 from prune_cli.methods.base import Ratio
+from prune_cli.metrics.deploy import LATENCY_BACKENDS
 from prune_cli.options import Bool, Float, Int, OneOf, Options, Text, is_number, parse
+from prune_cli.tracking import LoggerOptions
 
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("constant", "multistep", "cosine")
@@ -88,6 +91,10 @@ class LatencyOptions(Options):
     batch_sizes: list[Int(ge=1)] = Field(default_factory=lambda: [1, 64], min_length=1)
     warmup: Int(ge=0) = 3
     repeats: Int(ge=1) = 10
+    #: Where latency is measured: PyTorch eager, and the exported ONNX model in ONNX Runtime.
+    backends: list[OneOf(*LATENCY_BACKENDS)] = Field(
+        default_factory=lambda: list(LATENCY_BACKENDS), min_length=1
+    )
     compile: Bool = False
     dense: OneOf(*DENSE_LATENCY) = "reuse"
 
@@ -126,6 +133,7 @@ class RunOptions(Options):
     cache: CacheOptions = CacheOptions()
     metrics: MetricsOptions = MetricsOptions()
     export: ExportOptions = ExportOptions()
+    logger: LoggerOptions = LoggerOptions()
     #: The arm of an experiment (configs/experiment/*_arm/*.yaml): a label for the report.
     experiment_arm: Text() | None = None
 
@@ -152,9 +160,9 @@ def _keep_spelling(original: Any, typed: Any) -> Any:
         return {k: _keep_spelling(original.get(k), v) for k, v in typed.items()}
     if isinstance(original, list) and isinstance(typed, list) and len(original) == len(typed):
         return [_keep_spelling(o, t) for o, t in zip(original, typed)]
-    # An integer option typed as 3.0 becomes 3 (the float would break range(epochs) etc.).
-    same_kind = isinstance(original, int) or isinstance(typed, float)
-    if is_number(original) and is_number(typed) and original == typed and same_kind:
+    # Only where a number is expected: an integer key typed as 1.0 takes the typed 1 (a float
+    # would break range(epochs) etc.).
+    if is_number(original) and isinstance(typed, float) and original == typed:
         return original
     return typed
 

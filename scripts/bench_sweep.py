@@ -18,12 +18,15 @@ dataset, default training and fine-tuning) from an empty cache:
    (``timings.evaluate_pruned``: the ``pruned`` stage's figures), the other in-pipeline time
    (building the dataset and model, loading the cached checkpoint, saving checkpoints), and
    what lies outside the pipeline (interpreter start, imports, Hydra);
-2. with the joblib launcher and ``--workers`` workers (``hydra/launcher=parallel``): wall time
-   against the sequential sweep.
+2. with a parallel launcher and ``--workers`` jobs at once, wall time against the sequential
+   sweep: ``--launcher parallel`` (joblib, the default), ``ray`` (a private local Ray instance,
+   ``--workers`` CPUs, one per run: ``pip install -e '.[ray]'``) or ``gpu_pool`` (one job per GPU;
+   on a machine without GPUs it runs as ``parallel``, and says so).
 
     python scripts/bench_sweep.py                         # the benchmark (minutes)
     python scripts/bench_sweep.py --workers 4 --set train.epochs=2
     python scripts/bench_sweep.py --set dataset.train_size=1000 --skip-parallel
+    python scripts/bench_sweep.py --launcher ray --ratios 0.3,0.7 --set train.epochs=1
 
 Threads: each sequential job uses PyTorch's default intra-op threads (or ``OMP_NUM_THREADS``);
 joblib's loky workers get ``cores // workers`` threads each. Numbers depend on machine load:
@@ -44,6 +47,12 @@ from pathlib import Path
 from typing import Any
 
 RATIOS = "0.1,0.3,0.5,0.7,0.9"
+#: ``--launcher`` -> its overrides for ``--workers`` jobs at once
+LAUNCHERS = {
+    "parallel": ["hydra.launcher.n_jobs={n}"],
+    "gpu_pool": ["hydra.launcher.n_jobs={n}"],  # n_jobs: its CPU fallback; on GPUs one per GPU
+    "ray": ["+hydra.launcher.ray.init.num_cpus={n}"],  # a private instance with n CPUs
+}
 
 
 def run_sweep(cwd: Path, args: list[str]) -> tuple[float, list[dict[str, Any]]]:
@@ -120,7 +129,8 @@ def report(label: str, wall: float, parts: dict[str, float], n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ratios", default=RATIOS, help=f"sweep values (default {RATIOS})")
-    parser.add_argument("--workers", type=int, default=2, help="joblib workers (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="jobs at once (default 2)")
+    parser.add_argument("--launcher", default="parallel", choices=sorted(LAUNCHERS))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra prune-run override, repeatable")  # fmt: skip
     parser.add_argument("--skip-parallel", action="store_true", help="sequential sweeps only")
@@ -151,13 +161,12 @@ def main() -> None:
     report("sequential sweep (basic launcher, defaults)", wall_seq, parts, n)
     if opts.skip_parallel:
         return
-    wall_par, metrics_par = run_sweep(
-        base / "parallel",
-        ["hydra/launcher=parallel", f"hydra.launcher.n_jobs={opts.workers}", *sweep],
-    )
+    launcher = [f"hydra/launcher={opts.launcher}"]
+    launcher += [s.format(n=opts.workers) for s in LAUNCHERS[opts.launcher]]
+    wall_par, metrics_par = run_sweep(base / opts.launcher, [*launcher, *sweep])
     # (checks that the parallel jobs also trained only once)
     breakdown(wall_par, metrics_par, final_eval)
-    print(f"\njoblib launcher, {opts.workers} workers: {wall_par:.1f} s")
+    print(f"\n{' '.join(launcher)}: {wall_par:.1f} s")
     print(f"  speedup vs sequential: {wall_seq / wall_par:.2f}x")
 
 

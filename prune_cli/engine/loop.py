@@ -278,7 +278,8 @@ class StageFiles:
     ``ckpt_dir/{stage}_last.pt`` is written after every epoch, with ``extra_state`` (e.g. the
     masks) added to it, and ``{stage}_best.pt`` whenever the selection accuracy improves; the
     stage's rows of ``history_csv`` (None: no CSV) are rewritten after every epoch. ``stage``
-    also names the stage in the history rows and the log.
+    also names the stage in the history rows and the log. ``on_epoch`` (if given) sees each
+    new history row as soon as its epoch ends (the experiment trackers' curves).
     """
 
     stage: str
@@ -286,6 +287,7 @@ class StageFiles:
     history_csv: Path | None = None
     resume: bool = True
     extra_state: Mapping[str, Any] = field(default_factory=dict)
+    on_epoch: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def last(self) -> Path:
@@ -356,6 +358,8 @@ def fit(
         _save_epoch(trainer, files, result, epoch, ev.top1, settings.select_best)
         if files.history_csv is not None:
             write_history(files.history_csv, files.stage, result.history)
+        if files.on_epoch is not None:
+            files.on_epoch(row)
         log.info(
             f"[{files.stage}] epoch {epoch + 1}/{settings.epochs} lr {lr:.4g} "
             f"loss {row['train_loss']:.4f} train {row['train_top1']:.2f}% "

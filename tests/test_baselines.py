@@ -37,7 +37,7 @@ def test_dense_reference_is_the_baseline_or_the_plain_model_trained_once(tmp_pat
     ref = plain["dense_reference"]
     assert ref["source"] == "baseline"
     assert {k: v for k, v in ref.items() if k != "source"} == plain["baseline"]
-    assert set(plain["latency"]) == {"dense_reference", "final", "speedup"}
+    assert set(plain["latency"]) == {"dense_reference", "final", "speedup", "dense_source"}
     # weights removed against the dense reference, by hand: conv weights pruned, fc kept
     final = plain["final"]
     expected = 1 - final["weights_nonzero"] / ref["weights"]
@@ -53,6 +53,9 @@ def test_dense_reference_is_the_baseline_or_the_plain_model_trained_once(tmp_pat
     assert slim["dense_reference_train"]["from_cache"] is True
     assert slim["dense_reference_train"]["cache_entry"] == plain["train"]["cache_entry"]
     assert ref["top1"] == plain["baseline"]["top1"] and ref["macs"] == plain["baseline"]["macs"]
+    # its test evaluation and latency, measured by the plain run, came from the cache entry
+    assert slim["latency"]["dense_source"] == "cached"
+    assert slim["latency"]["dense_reference"] == plain["latency"]["dense_reference"]
     assert slim["final"]["macs"] < ref["macs"]
     assert (tmp_path / "slim" / "checkpoints" / "dense_reference.pt").is_file()
     assert slim["relative_to_dense"]["macs"] < 1

@@ -7,11 +7,13 @@ entry: the first trains (resumably, inside the entry), the others wait and then 
 checkpoint, which is written atomically, so nobody ever reads a torn file or trains twice.
 
 An entry directory holds ``key.json`` (the payload, for humans), ``trained.pt`` (weights, the
-training summary and history), the rewind points ``rewind_init.pt`` (the weights training
-started from, always saved) and ``rewind_epoch<K>.pt`` (after epoch K, saved when the run that
-trains the entry asks for ``finetune.rewind=epoch:K``) and, while training, the per-epoch
-``train_last.pt``. The run
-directory gets ``checkpoints/trained.pt`` as a hard link to the entry's (a copy across
+training summary and history), while training the per-epoch ``train_last.pt``, the rewind
+points ``rewind_init.pt`` (the weights training started from, always saved) and
+``rewind_epoch<K>.pt`` (after epoch K, saved when the run that trains the entry asks for
+``finetune.rewind=epoch:K``), and ``figures/``: what was measured on the trained model (test
+evaluation, latency), one JSON file per measurement setting (:meth:`TrainedCache.figures`), so
+that every job of a sweep reuses the dense model's figures instead of measuring them again. The
+run directory gets ``checkpoints/trained.pt`` as a hard link to the entry's (a copy across
 filesystems). With the cache off, the same happens inside the run directory.
 """
 
@@ -44,6 +46,9 @@ log = logging.getLogger("prune_cli")
 PAYLOAD_VERSION = 1
 #: Dataset settings that do not change the trained weights (left out of the key).
 NOT_IN_KEY = ("num_workers",)
+#: Training settings added after version 1, left out of the key at these values (the behaviour
+#: before they existed), so that entries trained before them are still found.
+TRAIN_ADDED = {"compile": False}
 
 
 def cache_key(payload: Mapping[str, Any]) -> str:
@@ -70,7 +75,7 @@ def training_payload(
     return {
         "model": model,
         "dataset": {k: v for k, v in dataset.items() if k not in NOT_IN_KEY},
-        "train": train,
+        "train": {k: v for k, v in train.items() if k not in TRAIN_ADDED or v != TRAIN_ADDED[k]},
         "seed": seed,
         "deterministic": deterministic,
         "method_training": method_training,
@@ -119,10 +124,23 @@ def link_or_copy(src: Path, dst: Path) -> None:
 @dataclass
 class Trained:
     """The outcome of :meth:`TrainedCache.train_or_load`: the ``train`` summary of
-    ``metrics.json`` and the stage's ``history.csv`` rows."""
+    ``metrics.json``, the stage's ``history.csv`` rows, the directory holding the trained
+    checkpoint (the cache entry, or the run's checkpoint directory with the cache off) and the
+    checkpoint file itself, to pass to :meth:`TrainedCache.figures`."""
 
     summary: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
+    entry: Path | None = None
+    checkpoint: Path | None = None
+
+
+@dataclass
+class Figures:
+    """What :meth:`TrainedCache.figures` returns: the figures, and whether they were read
+    from the entry (``cached``) or computed by this call."""
+
+    values: dict[str, Any]
+    cached: bool
 
 
 #: Trains the model in place, writing where the :class:`StageFiles` say; returns the summary
@@ -183,7 +201,85 @@ class TrainedCache:
         if cached and distributed.is_main():
             link_or_copy(trained, Path(run.ckpt_dir) / filename)
             result.summary["cache_entry"] = str(entry)
+        result.entry, result.checkpoint = entry, trained
         return result
+
+    def figures(
+        self,
+        trained: Path,
+        key: Mapping[str, Any],
+        compute: Callable[[], Mapping[str, Any]],
+    ) -> Figures:
+        """Figures measured on the trained model of ``trained``, computed once and then reused.
+
+        ``trained`` is a trained checkpoint file (:attr:`Trained.checkpoint`: the one of a
+        cache entry, of any entry, or in a run's checkpoint directory with the cache off) or an
+        entry directory (meaning its ``trained.pt``); ``key`` is plain JSON-able data naming
+        what is measured and how (e.g. ``{"kind": "test_eval", "split": "test",
+        "batch_size": 256, "device": "cpu"}``; for latency the batch sizes, repeats, device
+        and its name, threads, compile): a different key is a different measurement.
+        ``compute()`` returns the figures (JSON-able) of the model *as trained*: the caller
+        evaluates the model loaded from the checkpoint, before any change.
+
+        The figures are stored beside the checkpoint, in ``figures/<checkpoint name>_<hash of
+        key>.json``, with the key and a fingerprint of the checkpoint (size and modification
+        time), written atomically. A
+        missing, unreadable or corrupt file, another key or another checkpoint (retrained
+        since) means compute and store again, never an error. Concurrent jobs take the entry's
+        lock, so one computes and the others read its result. Under torchrun every rank calls
+        this (``compute`` may all-reduce); rank 0 decides and writes.
+        """
+        trained = Path(trained)
+        if trained.is_dir():
+            trained = trained / "trained.pt"
+        entry = trained.parent
+        path = entry / "figures" / f"{trained.stem}_{cache_key(key)}.json"
+        fingerprint = _fingerprint(trained)
+        plain_key = json.loads(json.dumps(key, sort_keys=True, default=str))
+        lock = entry_lock(entry) if distributed.is_main() else contextlib.nullcontext()
+        with lock:
+            stored = _read_figures(path, plain_key, fingerprint) if distributed.is_main() else None
+            stored = distributed.broadcast_object(stored)
+            if stored is not None:
+                return Figures(stored, cached=True)
+            values = json.loads(json.dumps(dict(compute()), default=str))
+            record = {"key": plain_key, "checkpoint": fingerprint, "figures": values}
+            try:
+                atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+            except OSError as exc:  # a read-only or full cache: the run goes on, measured
+                log.warning("could not store figures in %s (%s): measured, not cached", path, exc)
+        return Figures(values, cached=False)
+
+
+def _fingerprint(trained: Path) -> dict[str, int] | None:
+    """Size and modification time of the checkpoint: a retrained checkpoint invalidates the
+    figures measured on the old one."""
+    try:
+        stat = trained.stat()
+    except OSError:
+        return None
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _read_figures(path: Path, key: Any, fingerprint: Any) -> dict[str, Any] | None:
+    """The stored figures of ``key`` for this checkpoint, or None (missing, unreadable,
+    corrupt, another key or another checkpoint: then they are measured again)."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable cached figures %s (%s): measuring again", path, exc)
+        return None
+    if (
+        not isinstance(record, dict)
+        or record.get("key") != key
+        or record.get("checkpoint") != fingerprint
+        or not isinstance(record.get("figures"), dict)
+    ):
+        log.info("cached figures %s are for another setting or checkpoint: measuring again", path)
+        return None
+    return record["figures"]
 
 
 def _load(model: nn.Module, trained: Path, arch: str, device: torch.device) -> Trained:

@@ -27,6 +27,7 @@ import re
 import sys
 import tempfile
 import traceback
+import warnings
 from pathlib import Path
 
 import hydra
@@ -40,7 +41,7 @@ from prune_cli.errors import ConfigError, UserError, explain, one_line, unknown_
 log = logging.getLogger("prune_cli")
 
 #: Config groups whose names users type; checked before Hydra composes anything.
-CHECKED_GROUPS = ("model", "dataset", "method", "train", "finetune", "experiment")
+CHECKED_GROUPS = ("model", "dataset", "method", "train", "finetune", "experiment", "logger")
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -76,9 +77,10 @@ def check_overrides(args: list[str]) -> None:
         if key not in CHECKED_GROUPS or "(" in value or not value:
             continue
         choices = group_choices(key)
-        for name in value.split(","):
-            if name.strip() not in choices:
-                raise unknown_choice(key, name.strip(), choices)
+        names = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+        for name in filter(None, (n.strip() for n in names.split(","))):
+            if name not in choices:
+                raise unknown_choice(key, name, choices)
 
 
 def mandatory_keys(group: str, choice: str) -> dict[str, str]:
@@ -135,6 +137,21 @@ def check_model_options(args: list[str]) -> None:
             raise ConfigError(
                 f"{arg}: an option model={chosen[0]} does not list; pass it as +{key}={value}"
             )
+
+
+def several_loggers(args: list[str]) -> list[str]:
+    """``logger=tensorboard,mlflow`` means both trackers for every job, like Hydra's list
+    ``logger=[tensorboard,mlflow]``, with or without ``-m``: Hydra would refuse the comma form
+    in a single run and make it a sweep (one job per tracker, the same experiment run twice)
+    with ``-m``. A sweep over loggers is still possible: ``-m logger=choice(csv,mlflow)``."""
+    out = []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        listed = value.startswith(("[", "'")) or "(" in value  # choice(...): an explicit sweep
+        if key.lstrip("+") == "logger" and "," in value and not listed:
+            arg = f"{key}=[{value}]"
+        out.append(arg)
+    return out
 
 
 def expand_resume(args: list[str]) -> list[str]:
@@ -284,7 +301,7 @@ def main() -> None:
         check_overrides(args)
         check_mandatory(args)
         check_model_options(args)
-        args = expand_resume(args)
+        args = several_loggers(expand_resume(args))
         if torchrun:
             from prune_cli import distributed
 
@@ -293,6 +310,9 @@ def main() -> None:
         print(f"prune-run: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     sys.argv = [sys.argv[0], *args]
+    # configs/hydra/launcher/ray.yaml shares its name with hydra-ray-launcher's own config on
+    # purpose (users type hydra/launcher=ray); Hydra's notice about that is noise to them.
+    warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against")
     developer = bool(os.environ.get("HYDRA_FULL_ERROR"))
     # Hydra then re-raises instead of printing its own multi-line report, and we print one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"

@@ -54,18 +54,15 @@ def load_torchscript(path: str | Path, map_location: str | torch.device = "cpu")
         return torch.jit.load(str(path), map_location=map_location)
 
 
-def export_onnx(
-    model: nn.Module, path: str | Path, input_size: Sequence[int], opset: int = 17
-) -> Path:
-    """Export ``model`` (eval mode, CPU) to ONNX at ``path``; needs the ``onnx`` package."""
+def onnx_bytes(model: nn.Module, input_size: Sequence[int], opset: int = 17) -> bytes:
+    """``model`` (eval mode, CPU copy) as a serialised ONNX model: input ``input``, output
+    ``logits``, dynamic batch dimension; needs the ``onnx`` package."""
     try:
         import onnx  # noqa: F401  (the exporter needs it; fail with an actionable message)
     except ImportError:
         raise ConfigError(
             "ONNX export needs the 'onnx' package: pip install onnx (or set export.onnx=false)"
         ) from None
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     net = _eval_cpu_copy(model)
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
@@ -80,7 +77,17 @@ def export_onnx(
             output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
-    path.write_bytes(buffer.getvalue())
+    return buffer.getvalue()
+
+
+def export_onnx(
+    model: nn.Module, path: str | Path, input_size: Sequence[int], opset: int = 17
+) -> Path:
+    """Export ``model`` (eval mode, CPU) to ONNX at ``path``; needs the ``onnx`` package."""
+    data = onnx_bytes(model, input_size, opset)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
     return path
 
 

@@ -8,7 +8,8 @@ Run directory layout::
     .hydra/            resolved config, overrides (Hydra)
     prune-run.log      the log (Hydra)
     history.csv        one row per epoch of every training stage
-    checkpoints/       trained.pt, pruned.pt, final.pt, and per-epoch *_last.pt for resuming
+    checkpoints/       trained.pt, pruned.pt, final.pt, and per-epoch *_last.pt for resuming;
+                       final.safetensors + final.json, the portable copy (prune_cli.load_pruned)
     metrics.json       written after every stage (status: running -> completed | failed)
 
 The first stage, ``validate``, checks the whole config against its schema
@@ -21,12 +22,13 @@ are re-raised as the one-line :class:`~prune_cli.errors.UserError` that :func:`e
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ from prune_cli import distributed
 from prune_cli.cache import (
     RewindSaver,
     TrainedCache,
+    cache_key,
     file_sha256,
     load_rewind_point,
     rewind_point_path,
@@ -60,7 +63,8 @@ from prune_cli.engine.loop import FitResult, FitSettings, StageFiles, evaluate, 
 from prune_cli.errors import ConfigError, UserError, explain, one_line
 from prune_cli.export import FORMATS, export_model
 from prune_cli.methods import PruneContext, build_method
-from prune_cli.metrics.latency import compare_latency
+from prune_cli.metrics.deploy import onnxruntime_latency
+from prune_cli.metrics.latency import compare_latency, latency_setting, measure_latency
 from prune_cli.metrics.report import (
     netscore_units,
     relative_to_dense,
@@ -69,6 +73,7 @@ from prune_cli.metrics.report import (
 )
 from prune_cli.models import build_model
 from prune_cli.models.traits import stem_and_classifier
+from prune_cli.portable import describe, save_portable
 from prune_cli.pruning import MaskHold
 from prune_cli.retrain import (
     RetrainPlan,
@@ -79,8 +84,11 @@ from prune_cli.retrain import (
     stage_settings,
 )
 from prune_cli.schema import validate_config
+from prune_cli.tracking import RunInfo, Trackers, build_trackers
 
 log = logging.getLogger("prune_cli")
+#: Set by a launcher that ran the job otherwise than asked (hydra_plugins/prune_cli_launchers).
+LAUNCHER_NOTE_ENV = "PRUNE_CLI_LAUNCHER_NOTE"
 
 
 def _plain(node: Any) -> Any:
@@ -142,6 +150,11 @@ class Pipeline:
             "timings": {},
         }
         self._inner_fit_seconds = 0.0  # fine-tuning done inside prune(), timed as its own stage
+        self.trackers: Trackers | None = None  # logger=: TensorBoard, MLflow, W&B (tracking.py)
+        # The trained checkpoint of each training stage ("train", "dense_reference"): the
+        # figures measured on the model as trained are cached beside it (TrainedCache.figures).
+        self.trained_at: dict[str, Path] = {}
+        self.dense_checkpoint: Path | None = None  # the dense reference's, when trained here
 
     # ------------------------------------------------------------------ helpers
     def _save_metrics(self) -> None:
@@ -158,15 +171,24 @@ class Pipeline:
         )
         return evaluate(model, loader, self.device).as_dict()
 
-    def record(self, stage: str, model: nn.Module, per_layer: bool = False) -> dict[str, Any]:
-        """Evaluate ``model`` on the test split and store its figures as ``metrics[stage]``."""
-        figures = stage_metrics(
-            model, self._test_eval(model), self.input_size, self.units, per_layer=per_layer
-        )
+    def record(
+        self,
+        stage: str,
+        model: nn.Module,
+        per_layer: bool = False,
+        evaluation: Mapping[str, float] | None = None,
+    ) -> dict[str, Any]:
+        """Evaluate ``model`` on the test split (or take ``evaluation``, its test loss/top-1/
+        top-5 measured before) and store its figures as ``metrics[stage]``."""
+        if evaluation is None:
+            evaluation = self._test_eval(model)
+        figures = stage_metrics(model, evaluation, self.input_size, self.units, per_layer=per_layer)
         self.metrics[stage] = figures
         if stage not in self.metrics["stages"]:
             self.metrics["stages"].append(stage)
         self._save_metrics()
+        if self.trackers is not None:
+            self.trackers.log_stage(stage, figures)
         log.info(
             "%s: top1 %.2f%%  params %d (nonzero %d)  MACs %d (nonzero %d)  sparsity %.4f  "
             "NetScore %.2f",
@@ -201,12 +223,38 @@ class Pipeline:
     # ------------------------------------------------------------------ stages
     def validate(self) -> None:
         """Check the whole config (:mod:`prune_cli.schema`) and go on with its typed values."""
+        self._record_launcher()  # first: a run that fails validation still says where it ran
         self.cfg = cfg = validate_config(self.cfg)
         self.resume = bool(cfg.resume)
         self.ratio = self.metrics["ratio"] = cfg.ratio
         self.seed = self.metrics["seed"] = int(cfg.seed)
         self.units = _plain(cfg.metrics.netscore)
         self.metrics["netscore_units"] = netscore_units(self.units)
+        if distributed.is_main():
+            self._start_tracking()
+
+    def _record_launcher(self) -> None:
+        """Which GPUs a launcher gave this run (``hydra/launcher=gpu_pool`` sets one per job),
+        and a launcher's fallback (gpu_pool on a machine without GPUs) as a warning."""
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            self.metrics["cuda_visible_devices"] = visible
+        note = os.environ.get(LAUNCHER_NOTE_ENV)
+        if note:
+            self.warn(note)
+
+    def _start_tracking(self) -> None:
+        """Open the trackers of ``logger=`` and log the config; ``metrics.json`` follows how
+        they fare under ``tracking`` (the same dict, updated as they go)."""
+        self.trackers = build_trackers(_plain(self.cfg.get("logger")))
+        self.metrics["tracking"] = self.trackers.records
+        tags = {k: str(self.metrics[k]) for k in ("model", "dataset", "method", "ratio", "seed")}
+        run = RunInfo(self.run_dir, Path(_original_cwd()), _plain(self.cfg), tags)
+        self.trackers.start(run)
+
+    def _log_epoch(self, row: dict[str, Any]) -> None:
+        if self.trackers is not None:
+            self.trackers.log_epoch(str(row["stage"]), row)
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -232,10 +280,12 @@ class Pipeline:
         self.data = build_dataset(cfg.dataset)
         self.input_size = (self.data.in_channels, self.data.image_size, self.data.image_size)
         self.model_name = str(cfg.model.name)
+        self.model_options = {k: v for k, v in _plain(cfg.model).items() if k != "name"}
         model = self._build_plain_model()
         self.model = self.method.prepare(model).to(self.device)
         self.metrics["device"] = str(self.device)
         self.metrics["method_config"] = method_cfg
+        self.cache = TrainedCache(bool(cfg.cache.enabled), Path(str(cfg.cache.dir)))
 
     def _hold_out_for_method(self) -> None:
         """A method that decides on held-out images (``optimized``'s fitness) gets a validation
@@ -310,7 +360,43 @@ class Pipeline:
                 self.metrics["train"] = loaded
         self._timed("train", time.perf_counter() - tic)
         self.baseline_model = copy.deepcopy(self.model)
-        self.record("baseline", self.model)
+        evaluation = self._trained_test_eval(self.model, self.trained_at.get("train"))
+        self.record("baseline", self.model, evaluation=evaluation)
+
+    def _trained_figures(
+        self,
+        model: nn.Module,
+        checkpoint: Path | None,
+        key: Mapping[str, Any],
+        compute: Callable[[], Mapping[str, Any]],
+    ) -> tuple[dict[str, Any], str]:
+        """Figures of ``model`` as trained into ``checkpoint``, computed once per checkpoint
+        and ``key`` (:meth:`TrainedCache.figures`: every job of a sweep reuses them) when there
+        is a checkpoint and ``cache.figures`` is on. The key also names the model's structure
+        (a method's re-parameterisation of the same weights is another measurement). Returns
+        the figures and where they came from: ``cached`` or ``measured``."""
+        if checkpoint is None or not bool(self.cfg.cache.figures):
+            return dict(compute()), "measured"
+        full = {**key, "module": cache_key({"repr": repr(model)})}
+        got = self.cache.figures(checkpoint, full, compute)
+        return got.values, "cached" if got.cached else "measured"
+
+    def _trained_test_eval(self, model: nn.Module, checkpoint: Path | None) -> dict[str, float]:
+        """The test evaluation of ``model`` as trained into ``checkpoint``: once per
+        checkpoint and evaluation setting."""
+        key = {
+            "kind": "test_eval",
+            "split": "test",
+            "batch_size": int(self.cfg.train.get("eval_batch_size", 256)),
+            "device": self.device.type,
+            "world_size": distributed.world_size(),
+        }
+        values, source = self._trained_figures(
+            model, checkpoint, key, lambda: self._test_eval(model)
+        )
+        if source == "cached":
+            log.info("test evaluation of %s reused from the trained-model cache", checkpoint)
+        return values
 
     def _train_or_load(
         self,
@@ -340,7 +426,7 @@ class Pipeline:
             method_training=signature if start is None else {**signature, "start": start},
             device_type=self.device.type,
         )
-        cache = TrainedCache(bool(cfg.cache.enabled), Path(str(cfg.cache.dir)))
+        cache = self.cache
         run = StageFiles(stage, self.ckpt_dir, self.history_csv, self.resume)
         label = f"{self.model_name}_{cfg.dataset.name}"
         trained = cache.train_or_load(
@@ -354,6 +440,10 @@ class Pipeline:
             filename=filename,
         )
         write_history(self.history_csv, stage, trained.history)
+        if trained.summary.get("from_cache"):  # the curves of the training that made the entry
+            for row in trained.history:
+                self._log_epoch({**row, "stage": stage})
+        self.trained_at[stage] = trained.checkpoint
         if stage == "train":  # where the training's rewind points are (finetune.rewind)
             self.rewind_dir = cache.entry(label, payload) if cache.enabled else self.ckpt_dir
             self._check_rewind_point()
@@ -385,7 +475,13 @@ class Pipeline:
         if files.stage == "train" and self.plan.rewind_epoch is not None:
             hooks = CompositeHooks([hooks, RewindSaver(files.ckpt_dir, [self.plan.rewind_epoch])])
         result = fit(
-            model, self.data, settings, device=self.device, files=files, hooks=hooks, seed=self.seed
+            model,
+            self.data,
+            settings,
+            device=self.device,
+            files=dataclasses.replace(files, on_epoch=self._log_epoch),
+            hooks=hooks,
+            seed=self.seed,
         )
         return self._fit_summary(result, model, settings.epochs), result.history
 
@@ -403,9 +499,12 @@ class Pipeline:
         self.metrics["baseline_kind"] = kind
         if kind == "dense":
             self.dense_model = self.baseline_model
+            self.dense_checkpoint = self.trained_at.get("train")
             self.metrics["dense_reference"] = {**self.metrics["baseline"], "source": "baseline"}
             self.metrics["stages"].insert(1, "dense_reference")
             self._save_metrics()
+            if self.trackers is not None:
+                self.trackers.log_stage("dense_reference", self.metrics["dense_reference"])
         else:
             model = self._build_plain_model().to(self.device)
             if pretrained is not None:
@@ -422,7 +521,9 @@ class Pipeline:
                 self.metrics["dense_reference_train"] = summary
                 source = "trained plainly" + (" (cache)" if summary.get("cache_entry") else "")
             self.dense_model = model
-            self.record("dense_reference", model)
+            self.dense_checkpoint = self.trained_at.get("dense_reference")
+            evaluation = self._trained_test_eval(model, self.dense_checkpoint)
+            self.record("dense_reference", model, evaluation=evaluation)
             self.metrics["dense_reference"]["source"] = source
             self._save_metrics()
         self._timed("dense_reference", time.perf_counter() - tic)
@@ -464,7 +565,9 @@ class Pipeline:
         # A method's inner fine-tunes (double_pruning's slimmed_finetuned) are timed as their own
         # stages; timings.prune is the pruning work alone.
         self._timed("prune", time.perf_counter() - tic - self._inner_fit_seconds)
+        tic = time.perf_counter()
         self.record("pruned", self.model)
+        self._timed("evaluate_pruned", time.perf_counter() - tic)
 
     def warn(self, message: str) -> None:
         """A run that does something other than asked says so, in the log and in
@@ -518,7 +621,12 @@ class Pipeline:
             settings["epochs"] = int(epochs)
         tic = time.perf_counter()
         files = StageFiles(
-            stage, self.ckpt_dir, self.history_csv, self.resume, {"masks": dict(masks)}
+            stage,
+            self.ckpt_dir,
+            self.history_csv,
+            self.resume,
+            {"masks": dict(masks)},
+            on_epoch=self._log_epoch,
         )
         result = fit(
             model,
@@ -625,12 +733,33 @@ class Pipeline:
                 "info": self.metrics.get("prune_info", {}),
             },
         )
+        if distributed.is_main():  # weights + structure that load_pruned() reads, no pickle
+            self.metrics["portable"] = save_portable(
+                final_path, self.model, self.masks, self._portable_description()
+            )
         # A copy that reloads without prune-cli's classes (the narrower structure included).
         export_cfg = _plain(self.cfg.get("export")) or {}
         formats = [f for f in FORMATS if export_cfg.get(f, False)]
         if formats and distributed.is_main():
             written = export_model(self.model, final_path, self.input_size, formats)
             self.metrics["export"] = written
+
+    def _portable_description(self) -> dict[str, Any]:
+        """What :func:`prune_cli.load_pruned` needs to rebuild the final model (portable.py)."""
+        return describe(
+            model_name=self.model_name,
+            model_options=self.model_options,
+            num_classes=self.data.num_classes,
+            in_channels=self.data.in_channels,
+            image_size=self.data.image_size,
+            dataset=str(self.cfg.dataset.name),
+            method_config=self.metrics["method_config"],
+            ratio=self.method.ratio,
+            seed=self.seed,
+            info=self.metrics.get("prune_info", {}),
+            masks=self.masks,
+            sharing=self.method.sharing_plan(),
+        )
 
     def evaluate(self) -> None:
         tic = time.perf_counter()
@@ -639,21 +768,31 @@ class Pipeline:
             final, self.metrics["dense_reference"]
         )
         lat_cfg = self.cfg.metrics.latency
-        if bool(lat_cfg.enabled):
-            sizes = [int(b) for b in lat_cfg.batch_sizes]
+        backends = list(lat_cfg.get("backends", ["torch"]))
+        if bool(lat_cfg.enabled) and "torch" in backends:
             kwargs = {
-                "batch_sizes": sizes,
+                "batch_sizes": [int(b) for b in lat_cfg.batch_sizes],
                 "device": self.device,
                 "warmup": int(lat_cfg.warmup),
                 "repeats": int(lat_cfg.repeats),
+                "compile": bool(lat_cfg.compile),
             }
-            # Against the plain dense reference (no mask re-parameterisation, no templates).
-            both = compare_latency(
-                {"dense_reference": self.dense_model, "final": self.model},
-                self.input_size,
-                **kwargs,
-            )
-            before, after = both["dense_reference"], both["final"]
+            if str(lat_cfg.dense) == "interleaved":
+                # Against the plain dense reference (no mask re-parameterisation, no
+                # templates), each repeat timing both models in turn.
+                models = {"dense_reference": self.dense_model, "final": self.model}
+                both = compare_latency(models, self.input_size, **kwargs)
+                before, after, source = both["dense_reference"], both["final"], "interleaved"
+            else:  # reuse: the dense latency measured once per trained checkpoint and setting
+                key = {"kind": "latency", **latency_setting(self.device), **kwargs}
+                key["device"] = str(self.device)
+                before, source = self._trained_figures(
+                    self.dense_model,
+                    self.dense_checkpoint,
+                    key,
+                    lambda: measure_latency(self.dense_model, self.input_size, **kwargs),
+                )
+                after = measure_latency(self.model, self.input_size, **kwargs)
             speedup = {
                 key: round(before[key]["latency_ms"] / after[key]["latency_ms"], 4) for key in after
             }
@@ -661,8 +800,47 @@ class Pipeline:
                 "dense_reference": before,
                 "final": after,
                 "speedup": speedup,
+                "dense_source": source,
             }
+        if bool(lat_cfg.enabled) and "onnxruntime" in backends:  # the deployed runtime
+            self.metrics.setdefault("latency", {})["onnxruntime"] = self._onnxruntime_latency()
         self._timed("evaluate", time.perf_counter() - tic)
+
+    def _onnxruntime_latency(self) -> dict[str, Any]:
+        """The dense reference and the final model in ONNX Runtime: interleaved, or (the
+        default, ``metrics.latency.dense=reuse``) the dense one once per trained checkpoint,
+        like PyTorch eager's."""
+        lat_cfg = self.cfg.metrics.latency
+        args = {
+            "input_size": self.input_size,
+            "batch_sizes": [int(b) for b in lat_cfg.batch_sizes],
+            "device": self.device,
+            "warmup": int(lat_cfg.warmup),
+            "repeats": int(lat_cfg.repeats),
+        }
+        if str(lat_cfg.dense) == "interleaved":
+            both = {"dense_reference": self.dense_model, "final": self.model}
+            return {**onnxruntime_latency(both, **args), "dense_source": "interleaved"}
+        key = {"kind": "onnxruntime", **latency_setting(self.device), **args}
+        key.update(device=str(self.device), input_size=list(self.input_size))
+        dense, source = self._trained_figures(
+            self.dense_model,
+            self.dense_checkpoint,
+            key,
+            lambda: onnxruntime_latency({"dense_reference": self.dense_model}, **args),
+        )
+        final = onnxruntime_latency({"final": self.model}, **args)
+        if "skipped" in dense or "skipped" in final:
+            return final if "skipped" in final else dense
+        before, after = dense["dense_reference"], final["final"]
+        return {
+            **final,
+            "dense_reference": before,
+            "speedup": {
+                k: round(before[k]["latency_ms"] / after[k]["latency_ms"], 4) for k in after
+            },
+            "dense_source": source,
+        }
 
     # ------------------------------------------------------------------ driver
     def run(self) -> dict[str, Any]:
@@ -691,10 +869,20 @@ class Pipeline:
         finally:
             self._timed("total", time.perf_counter() - total)
             self._save_final_metrics()
+            self._finish_tracking()
         skipped = self.metrics.get("data", {}).get("skipped_files", 0)
         if skipped:
             log.warning("%d unreadable file(s) skipped (metrics.json: data)", skipped)
         return self.metrics
+
+    def _finish_tracking(self) -> None:
+        """Final figures and the run directory to the trackers, then close them; their
+        records go into ``metrics.json`` (written again)."""
+        if self.trackers is None:
+            return
+        self.metrics["tracking"] = self.trackers.finish(self.metrics, self.run_dir)
+        self.trackers = None
+        self._save_final_metrics()
 
     def _completed_before(self) -> dict[str, Any] | None:
         """With ``resume``, a run whose ``metrics.json`` already says ``completed`` is not run

@@ -28,7 +28,8 @@ removed or zero) and ``params_vs_dense``/``macs_vs_dense`` (nonzero counts over 
 reference's); NetScore (methods.md §2.3) = ``20·log10(top1² / (√(params/p_unit)·√(MACs/m_unit)))``,
 ``netscore`` with the counting mode the run was configured with (``netscore_count``), both modes
 in ``netscore_dense``/``netscore_nonzero``, and the units in ``params_unit``/``macs_unit``;
-``speedup_bN`` is the dense reference's latency / the final model's at batch size N;
+``speedup_bN`` is the dense reference's latency / the final model's at batch size N in PyTorch
+eager, ``ort_speedup_bN`` the same for the exported ONNX models in ONNX Runtime;
 ``warnings`` lists what a run did other than asked (a skipped stage, a missed rate).
 
 ``variant`` names the command-line overrides (other than model, dataset, method, ratio, seed)
@@ -58,8 +59,8 @@ from prune_cli.io import atomic_write_text
 EXIT_USER_ERROR = 2
 #: Statuses of runs that produced final figures; every other status is listed but not plotted.
 DONE = "completed"
-#: Columns of the per-run table fixed by this module (``speedup_b<N>`` columns are added per
-#: batch size found in the runs, after ``netscore_count``).
+#: Columns of the per-run table fixed by this module (``speedup_b<N>`` and ``ort_speedup_b<N>``
+#: columns are added per batch size found in the runs, after ``netscore_count``).
 CSV_COLUMNS = [
     "model",
     "dataset",
@@ -300,11 +301,14 @@ def make_rows(runs: Sequence[Run]) -> tuple[list[dict[str, Any]], list[str]]:
             "warnings": "; ".join(m.get("warnings") or []),
             "run_dir": str(run.path),
         }
-        for key, value in ((m.get("latency") or {}).get("speedup") or {}).items():
-            row[f"speedup_{key}"] = _num(value)
-            speedup_keys.add(f"speedup_{key}")
+        latency = m.get("latency") or {}
+        for prefix, block in (("", latency), ("ort_", latency.get("onnxruntime") or {})):
+            for key, value in (block.get("speedup") or {}).items():
+                row[f"{prefix}speedup_{key}"] = _num(value)
+                speedup_keys.add(f"{prefix}speedup_{key}")
         rows.append(row)
-    speedups = sorted(speedup_keys, key=lambda k: (len(k), k))  # speedup_b1 before speedup_b64
+    # speedup_b1 before speedup_b64, PyTorch before ONNX Runtime
+    speedups = sorted(speedup_keys, key=lambda k: (k.startswith("ort_"), len(k), k))
     at = CSV_COLUMNS.index("netscore_count") + 1
     columns = [*CSV_COLUMNS[:at], *speedups, *CSV_COLUMNS[at:]]
     rows.sort(key=_row_order)
@@ -415,6 +419,12 @@ def _md_table(header: Sequence[str], body: Iterable[Sequence[str]]) -> list[str]
     return lines
 
 
+def _speedup_header(column: str) -> str:
+    """``speedup_b1`` -> ``speedup b1``; ``ort_speedup_b1`` -> ``ORT speedup b1``."""
+    runtime = "ORT " if column.startswith("ort_") else ""
+    return f"{runtime}speedup {column.split('speedup_', 1)[1]}"
+
+
 def render_markdown(
     rows: Sequence[dict[str, Any]],
     columns: Sequence[str],
@@ -426,7 +436,7 @@ def render_markdown(
     counts: dict[str, int] = defaultdict(int)
     for row in rows:
         counts[row["status"]] += 1
-    speedups = [c for c in columns if c.startswith("speedup_")]
+    speedups = [c for c in columns if c.startswith(("speedup_", "ort_speedup_"))]
     has_variant = any(r["variant"] for r in rows)
     lines = ["# prune-report", ""]
     lines.append("Runs from: " + ", ".join(f"`{p}`" for p in sources))
@@ -443,7 +453,8 @@ def render_markdown(
         "removed or zero; params and MACs of the final model as nonzero / dense counts. "
         "NetScore = 20·log10(top1² / (√(params/p_unit)·√(MACs/m_unit))) from nonzero and dense "
         "counts, units per run in `summary.csv` (`params_unit`, `macs_unit`). Speedup = dense "
-        "reference latency / final latency at batch size N.",
+        "reference latency / final latency at batch size N (PyTorch eager; ORT: the exported "
+        "ONNX models in ONNX Runtime).",
         "",
         "## Runs",
         "",
@@ -453,7 +464,7 @@ def render_markdown(
     header += ["ratio", "seed", "status", "top1 dense", "top1 before", "top1 after", "Δ top1"]
     header += ["params M (nz/dense)", "MACs M (nz/dense)", "removed %"]
     header += ["NetScore nz", "NetScore dense", "units"]
-    header += [f"speedup {c.removeprefix('speedup_')}" for c in speedups] + ["error"]
+    header += [_speedup_header(c) for c in speedups] + ["error"]
     body = []
     for r in rows:
         cells = [_fmt(r["model"]), _fmt(r["dataset"]), _fmt(r["method"])]

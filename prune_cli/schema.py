@@ -6,7 +6,8 @@
 - top level: ``ratio``, ``seed``, ``device``, ``deterministic``, ``pretrained``, ``resume``
   (:class:`RunOptions`);
 - ``train.*`` and ``finetune.*`` (:class:`TrainOptions`, :class:`FinetuneOptions`),
-  ``metrics.*``, ``cache.*``, ``export.*``;
+  ``metrics.*``, ``cache.*``, ``export.*``, ``logger.*``
+  (:class:`~prune_cli.tracking.LoggerOptions`);
 - ``dataset.*`` per dataset family (the options class each one registers in
   :mod:`prune_cli.data`);
 - ``method.*`` per method (the method's ``Options``; a method that declares none is taken as
@@ -32,10 +33,15 @@ from prune_cli.data import dataset_options
 from prune_cli.errors import ConfigError, one_line
 from prune_cli.methods import METHODS
 from prune_cli.methods.base import Ratio
+from prune_cli.metrics.deploy import LATENCY_BACKENDS
 from prune_cli.options import Bool, Float, Int, OneOf, Options, Text, Valid, is_number, parse
+from prune_cli.tracking import LoggerOptions
 
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("constant", "multistep", "cosine")
+#: How the dense model's latency is had (``metrics.latency.dense``): measured once per trained
+#: checkpoint and reused from the cache entry, or in every run interleaved with the final model.
+DENSE_LATENCY = ("reuse", "interleaved")
 
 
 class TrainOptions(Options):
@@ -56,6 +62,7 @@ class TrainOptions(Options):
     channels_last: Bool = True
     eval_batch_size: Int(ge=1) = 256
     select_best: Bool = True
+    compile: Bool = False
 
 
 #: ``finetune.from_scratch`` choices (Liu et al. 2019: Scratch-E, Scratch-B).
@@ -124,6 +131,12 @@ class LatencyOptions(Options):
     batch_sizes: list[Int(ge=1)] = Field(default_factory=lambda: [1, 64], min_length=1)
     warmup: Int(ge=0) = 3
     repeats: Int(ge=1) = 10
+    #: Where latency is measured: PyTorch eager, and the exported ONNX model in ONNX Runtime.
+    backends: list[OneOf(*LATENCY_BACKENDS)] = Field(
+        default_factory=lambda: list(LATENCY_BACKENDS), min_length=1
+    )
+    compile: Bool = False
+    dense: OneOf(*DENSE_LATENCY) = "reuse"
 
 
 class MetricsOptions(Options):
@@ -133,6 +146,7 @@ class MetricsOptions(Options):
 
 class CacheOptions(Options):
     enabled: Bool = True
+    figures: Bool = True
     dir: Text("a directory path") = "outputs/cache"
 
 
@@ -159,6 +173,7 @@ class RunOptions(Options):
     cache: CacheOptions = CacheOptions()
     metrics: MetricsOptions = MetricsOptions()
     export: ExportOptions = ExportOptions()
+    logger: LoggerOptions = LoggerOptions()
     #: The arm of an experiment (configs/experiment/*_arm/*.yaml): a label for the report.
     experiment_arm: Text() | None = None
 
@@ -185,7 +200,9 @@ def _keep_spelling(original: Any, typed: Any) -> Any:
         return {k: _keep_spelling(original.get(k), v) for k, v in typed.items()}
     if isinstance(original, list) and isinstance(typed, list) and len(original) == len(typed):
         return [_keep_spelling(o, t) for o, t in zip(original, typed)]
-    if is_number(original) and is_number(typed) and original == typed:
+    # Only where a number is expected: an integer key typed as 1.0 takes the typed 1 (a float
+    # would break range(epochs) etc.).
+    if is_number(original) and isinstance(typed, float) and original == typed:
         return original
     return typed
 

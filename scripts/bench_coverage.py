@@ -13,7 +13,7 @@ removal at a uniform channel ratio (default 0.3) with ``groups=coupled``
   normalises across the channels, so its statistics change when channels go);
 - **(c) reload**: the pruned weights and ``info`` saved with ``torch.save``, then, in a fresh
   process, the dense architecture built again, the structure rebuilt from ``info`` and the weights
-  loaded (:func:`~prune_cli.pruning.channels.load_pruned`, ``weights_only``): identical logits.
+  loaded (:func:`~prune_cli.pruning.channels.restore_channels`, ``weights_only``): identical logits.
 
 Each model runs in its own process (``--timeout`` seconds), so one failure or a huge model cannot
 take the others down. The summary line prints the count beside Torch-Pruning's published
@@ -144,11 +144,11 @@ def worker(name: str, ratio: float, tmp: Path) -> dict:
 
 def reload_check(path: Path, name: str) -> str:
     """In a fresh process: rebuild the pruned structure and compare the logits."""
-    from prune_cli.pruning.channels import load_pruned
+    from prune_cli.pruning.channels import restore_channels
 
     saved = torch.load(path, weights_only=True)
     dense, _ = build(name)
-    model = load_pruned(dense, saved, str(path)).eval()
+    model = restore_channels(dense, saved, str(path)).eval()
     with torch.no_grad():
         logits = model(saved["x"])
     return (

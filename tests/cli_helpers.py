@@ -18,12 +18,17 @@ FAST = [
     "metrics.latency.batch_sizes=[1,4]",
     "metrics.latency.warmup=1",
     "metrics.latency.repeats=2",
+    # ONNX Runtime latency (two ONNX exports per run) is tested in test_deploy.py/test_tracking.py
+    "metrics.latency.backends=[torch]",
 ]
 
 
-def prune_run(*args: str, cwd: Path, threads: int = 1) -> subprocess.CompletedProcess:
-    """``python -m prune_cli.cli ARGS`` in ``cwd``; output captured as text."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
+def prune_run(
+    *args: str, cwd: Path, threads: int = 1, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m prune_cli.cli ARGS`` in ``cwd``; output captured as text; ``env`` is added
+    to this process's environment."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "prune_cli.cli", *args],
         cwd=cwd,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -30,6 +32,11 @@ def tiny_net() -> nn.Module:
     return TinyNet()
 
 
+#: Under pytest-xdist (the default: ``-n auto``) every worker has a core to itself, so each
+#: runs torch on one thread; run serially (``-n 0``), a test may use two.
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+
+
 @pytest.fixture(autouse=True)
 def _few_threads() -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,86 @@ def test_without_cache_trains_in_the_run_dir_and_reuses_only_on_resume(tmp_path:
     call(resume=False)  # a new run in the same directory trains again
     assert len(train.calls) == 2
     assert call(resume=True).summary["from_cache"] is True and len(train.calls) == 2
+
+
+def trained_entry(tmp_path: Path) -> tuple[TrainedCache, Path]:
+    cache = TrainedCache(True, tmp_path / "cache")
+    run = StageFiles("train", tmp_path / "run" / "checkpoints")
+    got = cache.train_or_load(TinyNet(), payload(), run, label="tiny_shapes", arch="tiny",
+                              device=CPU, train=Trainer(TinyNet()))  # fmt: skip
+    assert got.entry == tmp_path / "cache" / f"tiny_shapes_{cache_key(payload())}"
+    assert got.checkpoint == got.entry / "trained.pt"
+    return cache, got.entry
+
+
+class Measure:
+    """A ``compute`` callable that counts its calls."""
+
+    def __init__(self, value: float) -> None:
+        self.value, self.calls = value, 0
+
+    def __call__(self) -> dict:
+        self.calls += 1
+        return {"top1": self.value, "b1": {"latency_ms": 2.5}}
+
+
+def test_figures_are_measured_once_per_checkpoint_and_key(tmp_path: Path) -> None:
+    cache, entry = trained_entry(tmp_path)
+    key = {"kind": "test_eval", "split": "test", "batch_size": 256, "device": "cpu"}
+    measure = Measure(81.5)
+    first = cache.figures(entry, key, measure)
+    assert first.values == {"top1": 81.5, "b1": {"latency_ms": 2.5}}
+    assert first.cached is False and measure.calls == 1
+    again = cache.figures(entry, dict(reversed(key.items())), Measure(0.0))  # same key
+    assert again.values == first.values and again.cached is True
+    # another eval batch size is another measurement; both are kept
+    other = cache.figures(entry, {**key, "batch_size": 64}, Measure(80.0))
+    assert other.cached is False and other.values["top1"] == 80.0
+    assert cache.figures(entry, key, Measure(0.0)).values["top1"] == 81.5
+    files = sorted((entry / "figures").iterdir())
+    assert len(files) == 2 and all(f.suffix == ".json" for f in files)  # no temporary left
+    record = json.loads(files[0].read_text())
+    assert set(record) == {"key", "checkpoint", "figures"}
+
+
+def test_corrupt_or_stale_figures_are_measured_again_never_an_error(tmp_path: Path) -> None:
+    cache, entry = trained_entry(tmp_path)
+    key = {"kind": "latency", "batch_sizes": [1, 64]}
+    cache.figures(entry, key, Measure(1.0))
+    (stored,) = (entry / "figures").iterdir()
+    for broken in ("{not json", "", "[1, 2]", '{"key": 3}'):
+        stored.write_text(broken)
+        got = cache.figures(entry, key, Measure(2.0))
+        assert got.cached is False and got.values["top1"] == 2.0
+        assert cache.figures(entry, key, Measure(3.0)).values["top1"] == 2.0  # rewritten
+    stored.unlink()
+    assert cache.figures(entry, key, Measure(4.0)).cached is False
+    # a retrained checkpoint (another size or time) invalidates figures of the old one
+    trained = entry / "trained.pt"
+    torch.save({"model": {}}, trained)
+    os.utime(trained, ns=(1, 1))
+    got = cache.figures(entry, key, Measure(5.0))
+    assert got.cached is False and got.values["top1"] == 5.0
+
+
+def test_figures_of_two_checkpoints_in_one_directory_are_kept_apart(tmp_path: Path) -> None:
+    # with the cache off, trained.pt and dense_reference.pt lie side by side in checkpoints/
+    ckpt_dir = tmp_path / "checkpoints"
+    ckpt_dir.mkdir()
+    for name in ("trained.pt", "dense_reference.pt"):
+        torch.save({"model": {}}, ckpt_dir / name)
+    cache, key = TrainedCache(False, tmp_path / "unused"), {"kind": "test_eval"}
+    assert cache.figures(ckpt_dir / "trained.pt", key, Measure(1.0)).values["top1"] == 1.0
+    other = cache.figures(ckpt_dir / "dense_reference.pt", key, Measure(2.0))
+    assert other.cached is False and other.values["top1"] == 2.0
+    assert cache.figures(ckpt_dir / "trained.pt", key, Measure(3.0)).values["top1"] == 1.0
+    assert cache.figures(ckpt_dir, key, Measure(4.0)).values["top1"] == 1.0  # dir: trained.pt
+
+
+def test_figures_of_an_unwritable_entry_are_measured_and_not_cached(tmp_path: Path) -> None:
+    cache, entry = trained_entry(tmp_path)
+    (entry / "figures").write_text("a file where the directory should be")
+    measure = Measure(1.0)
+    assert cache.figures(entry, {"k": 1}, measure).cached is False
+    assert cache.figures(entry, {"k": 1}, measure).cached is False
+    assert measure.calls == 2

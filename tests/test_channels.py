@@ -337,3 +337,24 @@ def test_random_filter_control_removes_what_l1_filter_removes_at_random() -> Non
     assert rand.info["keep"] != other.info["keep"] and rand.info["keep"] != l1.info["keep"]
     assert rand.info["importance"] == "random" and rand.masks == {}
     assert count_params(rand.model)[0] == count_params(l1.model)[0]
+
+
+def test_prune_run_prunes_a_torchvision_densenet_with_one_command(tmp_path) -> None:
+    """The issue's user command: any torchvision model, coupled groups, end to end."""
+    import json
+
+    from cli_helpers import prune_run
+
+    proc = prune_run(
+        "model=torchvision", "model.arch=densenet121", "method=l1_filter", "ratio=0.3",
+        "dataset.train_size=64", "dataset.test_size=32", "train.epochs=1", "finetune.epochs=1",
+        "train.batch_size=32", "finetune.batch_size=32", "metrics.latency.enabled=false",
+        "export.torchscript=false", "hydra.run.dir=run", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["model"] == "torchvision-densenet121" and m["status"] == "completed"
+    discovery = m["prune_info"]["discovery"]
+    assert discovery["coupling"]["concat"] > 0 and discovery["skipped"] == 0
+    assert "warnings" not in m  # every group cut at the asked rate
+    assert m["final"]["macs"] < 0.6 * m["baseline"]["macs"]

@@ -50,6 +50,7 @@ def test_default_run_writes_complete_metrics(default_run: Path) -> None:
     assert m["netscore_units"]["params_unit"] == "M-params"
     assert m["netscore_units"]["macs_unit"] == "G-MACs"
     assert set(m["latency"]["speedup"]) == {"b1", "b4"}
+    assert m["latency"]["dense_source"] == "measured"  # the first job on this checkpoint
     # pruning halves nothing structurally: dense counts equal, nonzero counts drop
     assert m["final"]["params"] == m["baseline"]["params"]
     assert m["final"]["params_nonzero"] < m["baseline"]["params_nonzero"]
@@ -89,16 +90,26 @@ def test_sweep_trains_the_dense_model_once(tmp_path: Path) -> None:
     assert len(entries) == 1  # one trained checkpoint shared by all four jobs
     baselines = {m["baseline"]["top1"] for m in metrics}
     assert len(baselines) == 1
+    # the dense model's test evaluation and latency were measured once and reused (issue 15)
+    figures = sorted(p.name for p in (entries[0] / "figures").iterdir())
+    assert len(figures) == 2 and all(f.endswith(".json") for f in figures)
+    sources = sorted(m["latency"]["dense_source"] for m in metrics)
+    assert sources == ["cached", "cached", "cached", "measured"]
+    assert len({json.dumps(m["latency"]["dense_reference"]) for m in metrics}) == 1
 
 
 def test_bad_ratio_in_a_sweep_fails_alone(tmp_path: Path) -> None:
-    proc = prune_run("-m", *FAST, "ratio=0.5,1.5", cwd=tmp_path)
+    # (and the dense latency measured interleaved with the final model's, as before issue 15)
+    args = ("-m", *FAST, "ratio=0.5,1.5", "metrics.latency.dense=interleaved")
+    proc = prune_run(*args, cwd=tmp_path)
     assert proc.returncode == 2
     assert "ratio 1.5 is out of range; valid: 0 <= ratio < 1" in proc.stderr
     by_ratio = {}
     for r in run_dirs(tmp_path / "outputs" / "multirun"):
         m = json.loads((r / "metrics.json").read_text())
         by_ratio[str(m["ratio"])] = m["status"]
+        if m["status"] == "completed":
+            assert m["latency"]["dense_source"] == "interleaved"
     assert by_ratio == {"0.5": "completed", "1.5": "failed"}
 
 

@@ -215,3 +215,54 @@ def test_save_checkpoint_is_atomic(tmp_path, monkeypatch) -> None:
         save_checkpoint(path, {"x": torch.zeros(2)})
     assert torch.equal(load_checkpoint(path)["x"], torch.ones(2))  # old file intact
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left
+
+
+class _SeesModel(TrainHooks):
+    """Records the module every hook call gets."""
+
+    def __init__(self) -> None:
+        self.seen: set[type] = set()
+
+    def before_step(self, model, step, epoch):
+        self.seen.add(type(model))
+
+    def after_step(self, model):
+        self.seen.add(type(model))
+
+
+def test_compile_trains_the_same_model_hooks_and_checkpoints_see_it(data, tmp_path, monkeypatch):
+    # The "eager" backend: Dynamo captures the graphs as for inductor, without building C++
+    # (minutes on a small CPU); what is tested is prune-cli's wiring, not inductor.
+    compiled: list[torch.nn.Module] = []
+    real_compile = torch.compile
+
+    def eager_compile(module, **kwargs):
+        compiled.append(module)
+        return real_compile(module, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    cfg = {**CFG, "epochs": 1}
+    torch.manual_seed(2)
+    init = TinyNet().state_dict()
+    plain, fast = TinyNet(), TinyNet()
+    plain.load_state_dict(init)
+    fast.load_state_dict(init)
+    cpu = torch.device("cpu")
+    fit(plain, data, cfg, device=cpu, files=StageFiles("t", tmp_path / "a"), seed=3)
+    hooks = _SeesModel()
+    fit(fast, data, {**cfg, "compile": True}, device=cpu, files=StageFiles("t", tmp_path / "b"),
+        seed=3, hooks=hooks)  # fmt: skip
+    assert compiled == [fast] and hooks.seen == {TinyNet}
+    for (k, a), b in zip(plain.state_dict().items(), fast.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), k  # the same training, only compiled
+    saved = load_checkpoint(tmp_path / "b" / "t_last.pt")["model"]
+    assert list(saved) == list(plain.state_dict())  # no "_orig_mod." prefixes
+    # a model changed in structure since (here: narrower) is compiled afresh by its own stage
+    fast.conv2, fast.bn2, fast.fc = (
+        torch.nn.Conv2d(8, 4, 3, padding=1),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.Linear(4, 10),
+    )
+    fit(fast, data, {**cfg, "compile": True}, device=cpu, files=StageFiles("f", tmp_path / "b"))
+    assert len(compiled) == 2 and compiled[1] is fast
+    assert not any("_orig_mod" in k for k in fast.state_dict())

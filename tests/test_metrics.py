@@ -256,6 +256,34 @@ def test_measure_latency_rejects_bad_arguments(kwargs: dict[str, object]) -> Non
         measure_latency(nn.Linear(2, 2), (1, 1, 2), **kwargs)
 
 
+def test_compiled_latency_compiles_copies_and_never_times_the_compilation(monkeypatch) -> None:
+    # The "eager" backend: Dynamo without inductor's C++ build (minutes on a small CPU).
+    compiled: list[nn.Module] = []
+    calls: list[int] = []
+    real_compile = torch.compile
+
+    def eager_compile(module, **kwargs):
+        compiled.append(module)
+        net = real_compile(module, backend="eager", **kwargs)
+        original = net.forward
+
+        def counted(x):
+            calls.append(len(x))
+            return original(x)
+
+        net.forward = counted
+        return net
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    result = measure_latency(model, (3, 8, 8), batch_sizes=(1, 2), warmup=0, repeats=2,
+                             compile=True)  # fmt: skip
+    assert len(compiled) == 1 and compiled[0] is not model  # a copy is compiled
+    assert set(result) == {"b1", "b2"} and result["b2"]["latency_ms"] > 0
+    # warmup=0 still runs one untimed (compiling) forward per batch size before the 2 timed ones
+    assert calls == [1, 1, 1, 2, 2, 2]
+
+
 def test_compare_latency_measures_every_model_at_every_batch_size() -> None:
     small, large = nn.Conv2d(3, 4, 3), nn.Sequential(*[nn.Conv2d(3, 3, 3, padding=1)] * 8)
     result = compare_latency(

@@ -401,7 +401,7 @@ def test_optimized_and_magnitude_prune_the_same_pool_by_default() -> None:
     opt = build_method({"name": "optimized"}, 0.5)
     mag = build_method({"name": "magnitude"}, 0.5)
     assert opt.opts.include_linear is mag.opts.include_linear is False
-    assert opt.holdout_size() == opt.opts.fitness_size == 2048
+    assert opt.holdout_size() == opt.opts.fitness_size == 512
     assert build_method({"name": "optimized", "fitness_split": "train"}, 0.5).holdout_size() == 0
 
 

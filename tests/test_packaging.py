@@ -34,6 +34,9 @@ def test_wheel_ships_configs_and_runs_from_elsewhere(tmp_path: Path) -> None:
     assert "prune_cli/configs/model/resnet56.yaml" in names
     for source in ("torchvision", "timm", "custom"):
         assert f"prune_cli/configs/model/{source}.yaml" in names
+    # prune-cli's Hydra launchers, in Hydra's namespace package (no __init__.py of its own)
+    assert "hydra_plugins/prune_cli_launchers/gpu_pool_launcher.py" in names
+    assert "hydra_plugins/__init__.py" not in names
     site = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), wheel],

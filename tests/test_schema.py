@@ -132,6 +132,11 @@ def test_config_keys_are_all_in_the_schema(base: dict[str, Any]) -> None:
         (("dataset", "mean", [0.5, 0.5]), "dataset.mean [0.5, 0.5] has 2 values; valid: a number or a list of 3 numbers"),  # noqa: E501
         (("method", "scope", "all"), "unknown method.scope 'all' for method 'magnitude'; choose one of: global, layerwise"),  # noqa: E501
         (("cache", "enabled", 1), "cache.enabled 1 is not true or false"),
+        (("cache", "figures", "no"), "cache.figures 'no' is not true or false; valid: true, false"),
+        (("train", "compile", 1), "train.compile 1 is not true or false; valid: true, false"),
+        (("finetune", "compile", "yes"), "finetune.compile 'yes' is not true or false"),
+        (("metrics", "latency", {"compile": "on"}), "metrics.latency.compile 'on' is not true or false"),  # noqa: E501
+        (("metrics", "latency", {"dense": "cache"}), "unknown metrics.latency.dense 'cache'; choose one of: reuse, interleaved"),  # noqa: E501
     ],
 )  # fmt: skip
 def test_bad_values_are_one_line_naming_key_value_and_valid(

@@ -209,7 +209,7 @@ def train_one_epoch(
         hooks.before_step(model, epoch * steps_per_epoch + i, epoch)
         with autocast_context(device, amp):
             inputs = _channels_last(images, channels_last)
-            logits = (forward or model)(inputs)
+            logits = (model if forward is None else forward)(inputs)
             if criterion is None:
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
             else:
@@ -239,7 +239,8 @@ class FitSettings:
 
     ``optim`` holds the node for :mod:`prune_cli.engine.optim`, which reads and validates its
     keys (lr, momentum, nesterov, weight_decay, schedule, milestones, gamma, warmup_epochs).
-    ``amp`` and ``channels_last`` are requests: they take effect on CUDA only.
+    ``amp`` and ``channels_last`` are requests: they take effect on CUDA only. ``compile``
+    trains through ``torch.compile`` of the model (see :func:`fit`).
     """
 
     epochs: int
@@ -249,6 +250,7 @@ class FitSettings:
     amp: bool = False
     channels_last: bool = False
     select_best: bool = True
+    compile: bool = False
     optim: Mapping[str, Any] = field(default_factory=dict)
     #: Stop after this many optimisation steps in all (None: every epoch runs whole); the
     #: from-scratch budget control (Scratch-B) ends inside its last epoch.
@@ -267,6 +269,7 @@ class FitSettings:
             amp=bool(cfg.get("amp", False)),
             channels_last=bool(cfg.get("channels_last", False)),
             select_best=bool(cfg.get("select_best", True)),
+            compile=bool(cfg.get("compile", False)),
             optim=dict(cfg),
             max_steps=None if cfg.get("max_steps") is None else _integer(cfg, "max_steps", 1, 1),
         )
@@ -293,7 +296,8 @@ class StageFiles:
     ``ckpt_dir/{stage}_last.pt`` is written after every epoch, with ``extra_state`` (e.g. the
     masks) added to it, and ``{stage}_best.pt`` whenever the selection accuracy improves; the
     stage's rows of ``history_csv`` (None: no CSV) are rewritten after every epoch. ``stage``
-    also names the stage in the history rows and the log.
+    also names the stage in the history rows and the log. ``on_epoch`` (if given) sees each
+    new history row as soon as its epoch ends (the experiment trackers' curves).
     """
 
     stage: str
@@ -301,6 +305,7 @@ class StageFiles:
     history_csv: Path | None = None
     resume: bool = True
     extra_state: Mapping[str, Any] = field(default_factory=dict)
+    on_epoch: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def last(self) -> Path:
@@ -350,6 +355,11 @@ def fit(
     ``criterion(inputs, logits, labels, label_smoothing)`` replaces the cross-entropy (e.g.
     a :class:`~prune_cli.engine.distill.Distiller`); ``history.csv``'s ``train_loss`` is then
     its value.
+
+    With ``compile`` the training forward runs through ``torch.compile`` of the model this
+    call gets (of its DDP wrapper in a distributed run), so a model changed in structure since
+    the last stage is compiled afresh; the hooks, the evaluation and the checkpoints use the
+    model itself (state-dict keys without ``_orig_mod.``).
     """
     settings = FitSettings.from_cfg(cfg)
     trainer = _build_trainer(model, data, settings, device, hooks or TrainHooks(), seed)
@@ -359,8 +369,7 @@ def fit(
     if result.best_epoch is not None and files.best.is_file():
         result.best_path = files.best
     trainer.hooks.on_fit_start(model, settings.epochs, len(trainer.train_loader))
-    if distributed.is_distributed():
-        trainer.forward = distributed.wrap_ddp(model, device)
+    trainer.forward = _training_forward(model, device, settings.compile)
     model.train()
     for epoch in range(start_epoch, settings.epochs):
         tic = time.perf_counter()
@@ -373,6 +382,8 @@ def fit(
         _save_epoch(trainer, files, result, epoch, ev.top1, settings.select_best)
         if files.history_csv is not None:
             write_history(files.history_csv, files.stage, result.history)
+        if files.on_epoch is not None:
+            files.on_epoch(row)
         log.info(
             f"[{files.stage}] epoch {epoch + 1}/{settings.epochs} lr {lr:.4g} "
             f"loss {row['train_loss']:.4f} train {row['train_top1']:.2f}% "
@@ -382,6 +393,19 @@ def fit(
         write_history(files.history_csv, files.stage, result.history)
     distributed.barrier()  # rank 0's checkpoints are on disk before any rank reads them
     return result
+
+
+def _training_forward(model: nn.Module, device: torch.device, compile: bool) -> nn.Module | None:
+    """What computes the training logits: the DDP wrapper of ``model`` in a distributed run,
+    compiled when asked (DDP first, then compile: the order PyTorch documents); None for
+    ``model`` itself."""
+    forward = distributed.wrap_ddp(model, device) if distributed.is_distributed() else model
+    if compile:
+        # Static shapes: the last, smaller batch of an epoch gets its own graph once instead
+        # of turning every graph dynamic (slower kernels); both are reused every epoch.
+        forward = torch.compile(forward, dynamic=False)
+        log.info("training through torch.compile (the first steps compile)")
+    return None if forward is model else forward
 
 
 def _build_trainer(

@@ -235,6 +235,11 @@ class Method(TrainHooks):
         load_state_into(model, dict(checkpoint), source)
         return model
 
+    def sharing_plan(self) -> dict[str, Any] | None:
+        """The parameter-sharing plan :meth:`prepare` applied (templates and layers per bank),
+        recorded in portable checkpoints; None for methods that share nothing."""
+        return None
+
 
 class SharingOptions(MethodOptions):
     """Keys of the parameter-sharing methods: ``templates_per_stage`` (k for every bank, one k
@@ -314,6 +319,16 @@ class SharingMethod(Method):
             "templates": templates,
             "coefficients": self.setting.coefficients,
             "init": "kaiming_templates+orthogonal_coefficients",
+        }
+
+    def sharing_plan(self) -> dict[str, Any] | None:
+        if self.summary is None:
+            return None
+        return {
+            "plan": self.plan_description(),
+            "templates": dict(self.summary.templates),
+            "layers": dict(self.summary.layers),
+            "coefficients": self.summary.coefficients,
         }
 
     def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:

@@ -39,7 +39,7 @@ from prune_cli.methods.base import (
 from prune_cli.methods.registry import METHODS
 from prune_cli.options import Bool, Float, Int, OneOf
 from prune_cli.pruning import count_pruned, magnitude_masks, rate_check
-from prune_cli.pruning.channels import channel_prune, load_pruned
+from prune_cli.pruning.channels import channel_prune, restore_channels
 from prune_cli.pruning.groups import ChannelRemovalError
 from prune_cli.pruning.importance import BNScale
 from prune_cli.pruning.masks import SCOPES
@@ -130,4 +130,4 @@ class DoublePruning(Method):
 
     def restore(self, model: nn.Module, checkpoint: Mapping[str, Any], source: str) -> nn.Module:
         """Rebuild the slimmed structure from ``info`` (if slimming ran), then load the weights."""
-        return load_pruned(model, checkpoint, source)
+        return restore_channels(model, checkpoint, source)

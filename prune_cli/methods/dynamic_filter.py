@@ -61,7 +61,7 @@ from torch import nn
 from prune_cli.methods.base import Method, MethodOptions, PruneContext, PruneResult, Ratio
 from prune_cli.methods.registry import METHODS
 from prune_cli.options import Bool, Float, Int, OneOf, Options
-from prune_cli.pruning.channels import channel_prune, load_pruned
+from prune_cli.pruning.channels import channel_prune, restore_channels
 from prune_cli.pruning.groups import GROUPINGS
 from prune_cli.pruning.importance import (
     FILTER_IMPORTANCES,
@@ -404,7 +404,7 @@ class DynamicFilter(Method):
     def restore(self, model: nn.Module, checkpoint: Mapping[str, Any], source: str) -> nn.Module:
         """Strip the re-parameterisation, rebuild the removed structure, load the weights."""
         strip_masks(model, apply=False)
-        return load_pruned(model, checkpoint, source)
+        return restore_channels(model, checkpoint, source)
 
 
 # ----------------------------------------------------------------------------- export helpers

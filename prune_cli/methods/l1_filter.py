@@ -26,7 +26,7 @@ from torch import nn
 from prune_cli.methods.base import ChannelOptions, Method, PruneContext, PruneResult
 from prune_cli.methods.registry import METHODS
 from prune_cli.options import OneOf
-from prune_cli.pruning.channels import channel_prune, load_pruned
+from prune_cli.pruning.channels import channel_prune, restore_channels
 from prune_cli.pruning.importance import CRITERIA, FilterNorm
 
 
@@ -57,4 +57,4 @@ class L1FilterPruning(Method):
 
     def restore(self, model: nn.Module, checkpoint: Mapping[str, Any], source: str) -> nn.Module:
         """Rebuild the narrower structure from ``info``, then load the weights."""
-        return load_pruned(model, checkpoint, source)
+        return restore_channels(model, checkpoint, source)

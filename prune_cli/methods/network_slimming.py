@@ -40,7 +40,7 @@ from prune_cli.methods.base import (
 )
 from prune_cli.methods.registry import METHODS
 from prune_cli.options import Float
-from prune_cli.pruning.channels import channel_prune, load_pruned
+from prune_cli.pruning.channels import channel_prune, restore_channels
 from prune_cli.pruning.importance import BNScale
 from prune_cli.pruning.regularizers import BNSparsity
 
@@ -93,4 +93,4 @@ class NetworkSlimming(Method):
 
     def restore(self, model: nn.Module, checkpoint: Mapping[str, Any], source: str) -> nn.Module:
         """Rebuild the narrower structure from ``info``, then load the weights."""
-        return load_pruned(model, checkpoint, source)
+        return restore_channels(model, checkpoint, source)

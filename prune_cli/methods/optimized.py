@@ -108,13 +108,13 @@ class OptimizedRetention(Method):
         gene: OneOf(*GENES) = "weight"
         search: OneOf(*SEARCHES) = "ga"
         population: Int(ge=1) = 20
-        generations: Int(ge=0) = 30
-        iterations: Int(ge=0) = 30
-        patience: Int(ge=1) = 10
+        generations: Int(ge=0) = 6
+        iterations: Int(ge=0) = 6
+        patience: Int(ge=1) = 3
         ga: GAOptions = GAOptions()
         pso: PSOOptions = PSOOptions()
         sa: SAOptions = SAOptions()
-        fitness_size: Int(ge=1) = 2048
+        fitness_size: Int(ge=1) = 512
         fitness_split: OneOf("holdout", "train") = "holdout"
         fitness_batch_size: Int(ge=1) = 512
         reuse_prefix: Bool = True

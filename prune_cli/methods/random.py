@@ -21,7 +21,7 @@ from prune_cli.methods.base import ChannelOptions, Method, PruneContext, PruneRe
 from prune_cli.methods.registry import METHODS
 from prune_cli.options import Bool, OneOf
 from prune_cli.pruning import apply_masks, masks_from_scores, prunable_weights, rate_check
-from prune_cli.pruning.channels import channel_prune, load_pruned
+from prune_cli.pruning.channels import channel_prune, restore_channels
 from prune_cli.pruning.importance import RandomChannels
 from prune_cli.pruning.masks import SCOPES
 
@@ -70,4 +70,4 @@ class RandomPruning(Method):
 
     def restore(self, model: nn.Module, checkpoint: Mapping[str, Any], source: str) -> nn.Module:
         """Rebuild the narrower structure (filter granularity), then load the weights."""
-        return load_pruned(model, checkpoint, source)
+        return restore_channels(model, checkpoint, source)

@@ -8,7 +8,9 @@ milliseconds; ``throughput`` = b / median seconds, in images per second. The med
 outliers of a shared machine.
 
 The model is measured on a deep copy, so the caller's model keeps its device, memory format and
-mode.
+mode. With ``compile=True`` the copy is compiled with ``torch.compile`` (default inductor
+backend) and at least one untimed forward per batch size runs first, so compilation is never
+timed.
 
 :func:`compare_latency` measures several models *interleaved*: each repeat times one forward of
 every model in turn, so a slow phase of a shared machine (another job, frequency scaling) slows
@@ -19,6 +21,8 @@ measured after. Speedups (dense vs pruned) come from it.
 from __future__ import annotations
 
 import copy
+import os
+import platform
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -35,13 +39,15 @@ def measure_latency(
     warmup: int = 3,
     repeats: int = 10,
     channels_last: bool = False,
+    compile: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Latency per batch size, keyed ``"b<size>"``: ``{"batch", "latency_ms", "throughput"}``.
 
-    ``channels_last`` converts the model copy and the inputs to NHWC memory format.
+    ``channels_last`` converts the model copy and the inputs to NHWC memory format;
+    ``compile`` measures the copy compiled with ``torch.compile``.
     """
     return compare_latency(
-        {"model": model}, input_size, batch_sizes, device, warmup, repeats, channels_last
+        {"model": model}, input_size, batch_sizes, device, warmup, repeats, channels_last, compile
     )["model"]
 
 
@@ -53,6 +59,7 @@ def compare_latency(
     warmup: int = 3,
     repeats: int = 10,
     channels_last: bool = False,
+    compile: bool = False,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """:func:`measure_latency` of every model, measured interleaved (module docstring):
     ``{name: {"b<size>": {"batch", "latency_ms", "throughput"}}}``."""
@@ -66,6 +73,9 @@ def compare_latency(
         name: copy.deepcopy(m).to(device=device, memory_format=memory_format).eval()
         for name, m in models.items()
     }
+    if compile:
+        nets = {name: torch.compile(net) for name, net in nets.items()}
+        warmup = max(warmup, 1)  # the first call compiles: never time it
     results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in nets}
     for b in batch_sizes:
         x = torch.randn((b, *input_size), device=device).to(memory_format=memory_format)
@@ -101,3 +111,27 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def latency_setting(device: torch.device | str) -> dict[str, object]:
+    """What else a latency figure depends on, to tell stored figures apart: the device's name
+    (CPU model or GPU), the host, the intra-op threads and the PyTorch version."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:  # the CPU model: platform.processor() is often just the architecture
+            with open("/proc/cpuinfo") as f:
+                name = next(
+                    (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name
+                )
+        except OSError:
+            pass
+    return {
+        "device_name": name,
+        "host": platform.node(),
+        "threads": torch.get_num_threads(),
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch": torch.__version__,
+    }

@@ -579,12 +579,14 @@ def rebuild(model: nn.Module, info: Mapping[str, Any]) -> nn.Module:
     return remove_channels(model, groups, keep)
 
 
-def load_pruned(model: nn.Module, checkpoint: Mapping[str, Any], source: str) -> nn.Module:
+def restore_channels(model: nn.Module, checkpoint: Mapping[str, Any], source: str) -> nn.Module:
     """The model saved in ``checkpoint`` (``model`` state dict + ``info``), for ``restore``.
 
     With ``info["channels"]`` and ``info["input_size"]`` (written by the channel-removal
     methods) the narrower structure is rebuilt from the dense ``model`` first; otherwise the
-    state dict is loaded into ``model`` itself.
+    state dict is loaded into ``model`` itself. (To reload a run's final model, use the public
+    ``prune_cli.load_pruned(path)``: it builds the dense model and calls the method's
+    ``restore``, which comes here.)
     """
     info = dict(checkpoint.get("info", {}))
     if info.get("channels"):

@@ -306,7 +306,8 @@ def test_disk_full_while_writing_a_checkpoint_names_it(tmp_path: Path, monkeypat
     full = OSError(errno.ENOSPC, "No space left on device")
     m = failed_run(tmp_path, monkeypatch, "torch.save", full)
     assert m["error"].startswith("ResourceError: disk full during train while writing ")
-    assert "train_" in m["error"] and ".pt (No space left on device)" in m["error"]
+    # the first file training writes: the weights it starts from (finetune.rewind's init point)
+    assert "rewind_init.pt (No space left on device)" in m["error"]
 
 
 def test_a_bad_value_fails_in_validate_before_any_data(tmp_path: Path, monkeypatch) -> None:

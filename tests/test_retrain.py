@@ -214,9 +214,10 @@ def test_scratch_seed_differs_from_the_run_seed() -> None:
 
 # ----------------------------------------------------------------------------- bad values
 def _config(**finetune) -> dict:
-    from hydra import compose, initialize_config_module
+    from hydra import compose, initialize_config_dir
 
-    with initialize_config_module("configs", version_base=None):
+    root = Path(__file__).resolve().parents[1] / "configs"
+    with initialize_config_dir(config_dir=str(root), version_base=None):
         cfg = compose("config", overrides=["cache.dir=/tmp/x"])
     raw = OmegaConf.to_container(cfg, resolve=False)
     raw["finetune"].update(finetune)

@@ -6,6 +6,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def _nonzero_rank() -> bool:
@@ -35,4 +36,18 @@ def atomic_write_text(path: Path, text: str) -> None:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.filename is None:  # a full disk: name the file
             raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
+
+
+def atomic_save_figure(fig: Any, path: Path, dpi: int = 120) -> None:
+    """Save a matplotlib figure (PNG) through a temporary file in the same directory, then
+    rename: a plot people compare is never half-written."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
         raise

@@ -51,17 +51,15 @@ import csv
 import io
 import json
 import math
-import os
 import statistics
 import sys
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prune_cli.io import atomic_write_text
+from prune_cli.io import atomic_save_figure, atomic_write_text
 
 EXIT_USER_ERROR = 2
 #: Statuses of runs that produced final figures; every other status is listed but not plotted.
@@ -551,18 +549,6 @@ def _series_label(row: dict[str, Any], several_setups: bool) -> str:
     return label
 
 
-def _save_figure(fig: Any, path: Path) -> None:
-    """Save a PNG through a temporary file in the same directory, then rename (atomic)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def dense_points(done: Sequence[dict[str, Any]], x_key: str) -> list[tuple[str, float, float]]:
     """The dense reference of every model/dataset among the completed rows ``done``, as plot
     points ``(label, x, top1)``: top-1 of the ``dense_reference`` stage (mean over runs), at 0
@@ -653,7 +639,7 @@ def write_plots(rows: Sequence[dict[str, Any]], out: Path) -> list[str]:
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-        _save_figure(fig, out / name)
+        atomic_save_figure(fig, out / name)
         plt.close(fig)
         written.append(name)
     return written
@@ -726,7 +712,7 @@ def write_schedule_plot(
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     name = "schedule_trajectory.png"
-    _save_figure(fig, out / name)
+    atomic_save_figure(fig, out / name)
     plt.close(fig)
     return [name]
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ import torch
 from torch import nn
 
 from prune_cli.errors import ConfigError
-from prune_cli.io import atomic_write_text
+from prune_cli.io import atomic_save_figure, atomic_write_text
 from prune_cli.metrics.counting import prunable_layers
 from prune_cli.pruning.importance import filter_scores, weight_scores
 from prune_cli.pruning.threshold import keep_mask
@@ -130,15 +128,8 @@ def write_plot(path: Path, rows: Sequence[Mapping[str, Any]], dense_top1: float,
     ax.set_title("Per-layer sensitivity")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=6, ncol=2 if len(layers) > 12 else 1, loc="lower left")
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_save_figure(fig, Path(path))
     finally:
         plt.close(fig)
 

@@ -358,3 +358,12 @@ def test_prune_run_prunes_a_torchvision_densenet_with_one_command(tmp_path) -> N
     assert discovery["coupling"]["concat"] > 0 and discovery["skipped"] == 0
     assert "warnings" not in m  # every group cut at the asked rate
     assert m["final"]["macs"] < 0.6 * m["baseline"]["macs"]
+
+
+def test_swin_is_refused_at_once_in_one_line() -> None:
+    """Swin and MaxViT are not traced in reasonable time: a clean refusal, not a hang."""
+    model = build_model("torchvision-swin_t", num_classes=10, in_channels=3, image_size=32)
+    with pytest.raises(ChannelRemovalError) as err:
+        discover(model, (3, 32, 32))
+    assert str(err.value).startswith("SwinTransformer cannot be pruned structurally")
+    assert "\n" not in str(err.value)

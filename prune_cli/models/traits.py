@@ -223,3 +223,17 @@ def stem_and_classifier(model: nn.Module, num_classes: int) -> dict[str, str]:
     if head is not None and head != stem:
         roles[head] = "classifier"
     return roles
+
+
+#: Architectures whose channels are not removed, and why: the dependency tracer does not finish
+#: on their attention in reasonable time (torchvision ``swin_t`` and ``maxvit_t`` ran over 40
+#: minutes, ``maxvit_t`` at 15 GB, in scripts/bench_coverage.py), so they are refused at once.
+NOT_STRUCTURALLY_PRUNABLE = {
+    "SwinTransformer": "Swin's shifted-window attention is not traced",
+    "MaxVit": "MaxViT's block and grid attention is not traced",
+}
+
+
+def not_structurally_prunable(model: nn.Module) -> str | None:
+    """Why ``model``'s channels cannot be removed, or None when they may be."""
+    return NOT_STRUCTURALLY_PRUNABLE.get(type(model).__name__)

@@ -211,10 +211,16 @@ def discover(
     every group is checked on a randomised copy of the model (:func:`verify_groups`). The model
     is traced in eval mode on a zero batch (its mode and weights are left as they were).
     """
-    from prune_cli.models.traits import is_shufflenet_v2
+    from prune_cli.models.traits import is_shufflenet_v2, not_structurally_prunable
     from prune_cli.pruning import shufflenet
 
     check_grouping(grouping)
+    reason = not_structurally_prunable(model)
+    if reason is not None:
+        raise ChannelRemovalError(
+            f"{type(model).__name__} cannot be pruned structurally: {reason}; prune its "
+            "weights instead (method=magnitude)"
+        )
     size = tuple(int(v) for v in input_size)
     found = shufflenet.discover(model) if is_shufflenet_v2(model) else _traced(model, size)
     if grouping == "single":

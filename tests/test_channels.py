@@ -339,6 +339,9 @@ def test_random_filter_control_removes_what_l1_filter_removes_at_random() -> Non
     assert count_params(rand.model)[0] == count_params(l1.model)[0]
 
 
+# slow: the CLI with torchvision models runs in tests/test_pretrained.py; DenseNet's
+# coupled groups are checked in-process above
+@pytest.mark.slow
 def test_prune_run_prunes_a_torchvision_densenet_with_one_command(tmp_path) -> None:
     """The issue's user command: any torchvision model, coupled groups, end to end."""
     import json

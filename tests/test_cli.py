@@ -99,6 +99,9 @@ def test_sweep_trains_the_dense_model_once(tmp_path: Path) -> None:
     assert len({json.dumps(m["latency"]["dense_reference"]) for m in metrics}) == 1
 
 
+# slow: a failing job in a sweep is also tested with the joblib and submitit launchers
+# (tests/test_sweeps.py); this is the basic launcher's case
+@pytest.mark.slow
 def test_bad_ratio_in_a_sweep_fails_alone(tmp_path: Path) -> None:
     # (and the dense latency measured interleaved with the final model's, as before issue 15)
     args = ("-m", *FAST, "ratio=0.5,1.5", "metrics.latency.dense=interleaved", SHORT_SUBDIR)

@@ -405,6 +405,8 @@ def test_optimized_and_magnitude_prune_the_same_pool_by_default() -> None:
     assert build_method({"name": "optimized", "fitness_split": "train"}, 0.5).holdout_size() == 0
 
 
+# slow: a full CLI run with the search; fitness split and comparison are tested in-process
+@pytest.mark.slow
 def test_end_to_end_run_reports_the_magnitude_comparison(tmp_path: Path) -> None:
     # FAST, shrunk further: this run fine-tunes twice (the magnitude baseline too).
     proc = prune_run(

@@ -335,6 +335,8 @@ def test_apply_masks_of_gradual_random_is_a_growing_subset(tiny_net) -> None:
 
 
 # ----------------------------------------------------------------------------- end to end
+# slow: one minute of CLI sweep; the schedules' mechanics are tested in-process above
+@pytest.mark.slow
 def test_cli_sweep_over_schedules_and_the_report(tmp_path: Path) -> None:
     """The issue's sweep, tiny: one dense training shared (cache), every schedule's stages in
     metrics.json, and prune-report's schedule plot."""

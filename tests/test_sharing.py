@@ -420,6 +420,8 @@ FAST = [
 ]
 
 
+# slow: sharing is tested in-process above; this is the CLI and the cache reload
+@pytest.mark.slow
 def test_cli_template_reuse_trains_shared_model_and_reloads_from_cache(tmp_path: Path) -> None:
     args = [*FAST, "model=shufflenet_v2_x0_5", "method=template_reuse"]
     first = prune_run(*args, "hydra.run.dir=first", cwd=tmp_path)

@@ -148,6 +148,8 @@ def test_missing_dataset_names_directory_and_files(tmp_path: Path) -> None:
     assert str(tmp_path / "nowhere") in line and "data_batch_1" in line
 
 
+# slow: five CLI runs; corrupt and missing files are also tested in tests/test_failures.py
+@pytest.mark.slow
 def test_pretrained_missing_corrupt_and_foreign(tmp_path: Path, default_run: Path) -> None:
     proc = prune_run(*FAST, f"pretrained={tmp_path / 'none.pt'}", cwd=tmp_path)
     assert proc.returncode == 2 and "does not exist" in _error_line(proc)

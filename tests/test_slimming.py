@@ -132,6 +132,32 @@ def test_resnet_residual_stream_is_never_pruned() -> None:
             assert after.out_channels < before.out_channels, name
 
 
+@pytest.mark.parametrize("name", ["network_slimming", "double_pruning"])
+def test_default_slimming_keeps_residual_streams_whole_even_with_the_smallest_gammas(
+    name: str,
+) -> None:
+    """The default ``groups`` is the paper's ``single``: with one global γ threshold a coupled
+    stream whose BNs have the smallest γ (as after short sparsity training) would be emptied;
+    the default never ranks it. ``groups=coupled`` is the opt-in that does."""
+    dense = _model("resnet20")
+    with torch.no_grad():
+        for module_name, module in dense.named_modules():
+            if module_name.startswith("layer3") and module_name.endswith("bn2"):
+                module.weight.mul_(1e-3)  # the stage-3 stream BNs: the smallest γ of the model
+    cfg = {"name": name, "weight_ratio": 0.0} if name == "double_pruning" else {"name": name}
+    stream = "layer3.0.conv2"
+
+    def channels(method) -> dict:
+        info = method.prune(method.prepare(dense), _ctx()).info
+        return info["channels"]
+
+    default = build_method(cfg, 0.3)
+    assert default.opts.groups == "single"
+    kept = channels(default)
+    assert stream not in kept or kept[stream][0] == 64
+    assert channels(build_method({**cfg, "groups": "coupled"}, 0.3))[stream][0] < 32
+
+
 def test_mobilenet_v3_se_block_follows_its_producer() -> None:
     dense = _model("mobilenet_v3_small")
     pruned, info = slim(dense, INPUT, 0.5)

@@ -51,7 +51,7 @@ from prune_cli.pruning import (
     rate_check,
 )
 from prune_cli.pruning.channels import channel_prune, restore_channels
-from prune_cli.pruning.groups import ChannelRemovalError
+from prune_cli.pruning.groups import GROUPINGS, ChannelRemovalError
 from prune_cli.pruning.importance import BNScale, weight_scores
 from prune_cli.pruning.masks import SCOPES
 from prune_cli.pruning.regularizers import BNSparsity
@@ -65,6 +65,7 @@ class DoublePruning(Method):
     class Options(ChannelOptions, ScheduleOptions):
         """``configs/method/double_pruning.yaml``; ``mode`` applies to both stages."""
 
+        groups: OneOf(*GROUPINGS) = "single"  # as network_slimming (see its docstring)
         channel_ratio: Ratio | None = None
         weight_ratio: Ratio | None = None
         slim_finetune_epochs: Int(ge=0) | None = 1

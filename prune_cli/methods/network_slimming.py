@@ -12,10 +12,13 @@
    the mean |γ| of its group's BNs that are followed by a nonlinearity
    (:class:`~prune_cli.pruning.importance.BNScale`): linear BNs (MobileNet projections) are never
    ranked, and depthwise BNs follow their producer.
-3. **Groups** (``method.groups``): ``single`` is the paper's setting (only groups with one
-   producer: post-activation ResNets rank their inner BNs, residual streams and concatenations
-   stay whole); ``coupled`` (default) also slims residual streams (every BN of the stream
-   averaged), concatenations and ShuffleNetV2 streams.
+3. **Groups** (``method.groups``): ``single`` (default) is the paper's setting (only groups with
+   one producer: post-activation ResNets rank their inner BNs, residual streams and
+   concatenations stay whole, methods.md §3); ``coupled`` also slims residual streams (every BN
+   of the stream averaged), concatenations and ShuffleNetV2 streams. ``single`` is the default
+   because one global γ threshold over coupled streams can empty a stream: the stream BNs'
+   γ end up small, so ResNet-20 at ratio 0.3 kept 1 of 64 stage-3 stream channels and fell
+   to chance (README, "Channel groups").
 4. **Guards.** A group keeps at least ``method.min_channels`` channels (an int, or a fraction of
    the group for a float < 1) and, with ``method.round_to`` = r, a multiple of r channels (more
    kept, never fewer); so the removed count can be below ``floor(N·ratio)``.
@@ -43,8 +46,9 @@ from prune_cli.methods.base import (
     ScheduleOptions,
 )
 from prune_cli.methods.registry import METHODS
-from prune_cli.options import Float
+from prune_cli.options import Float, OneOf
 from prune_cli.pruning.channels import restore_channels
+from prune_cli.pruning.groups import GROUPINGS
 from prune_cli.pruning.importance import BNScale
 from prune_cli.pruning.regularizers import BNSparsity
 from prune_cli.pruning.schedules import ChannelSteps
@@ -57,6 +61,7 @@ class NetworkSlimming(Method):
     class Options(ChannelOptions, ScheduleOptions):
         """``configs/method/network_slimming.yaml``."""
 
+        groups: OneOf(*GROUPINGS) = "single"
         l1_lambda: AutoOrNonNegative = "auto"
         bn_init: Float() | None = None
 

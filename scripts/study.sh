@@ -12,8 +12,8 @@
 # Methods at ratios 0.3 and 0.6: magnitude, random (weights, and filters as l1_filter's
 # control), l1_filter, network_slimming, double_pruning, dynamic_filter (plain, and with the
 # differentiable decorrelation penalty `cov` for the +1.47% claim), optimized (with the magnitude
-# mask fine-tuned alongside, for a paired comparison); template_reuse (ShuffleNetV2) and
-# soft_sharing at 1 and 2 templates per stage; method=none as the dense model.
+# mask fine-tuned alongside, for a paired comparison); template reuse (ShuffleNetV2) or soft
+# sharing (ResNet-20) at 1 and 2 templates per stage; method=none as the dense model.
 #
 # Every sweep writes one run directory per job under $STUDY/<sweep>/<overrides>/ and is run with
 # resume=true: a job whose metrics.json says completed is skipped, an interrupted one continues,
@@ -32,6 +32,7 @@ RATIOS=${RATIOS:-0.3,0.6}
 MODELS=${MODELS:-resnet20,shufflenet_v2_x0_5}
 DATASETS=${DATASETS:-cifar10,fer2013}
 PRUNE_RUN=${PRUNE_RUN:-prune-run}
+REPORT=${REPORT:-1}             # 0: only the runs (e.g. for parts of the study run side by side)
 failed=0
 # Overrides left out of the job directory names (they are the same for every job of a sweep,
 # or in its name): a job's directory is then method, ratio, seed and method.* only.
@@ -75,14 +76,17 @@ for dataset in "${datasets[@]}"; do
         sweep "$tag/optimized" "$model" "$dataset" ratio="$RATIOS" method=optimized \
             method.population=8 method.generations=6 method.patience=3 method.fitness_size=512 \
             method.finetune_baseline=true method.progress=false
-        sweep "$tag/soft_sharing" "$model" "$dataset" method=soft_sharing \
-            method.templates_per_stage=1,2
-        if [[ $model == shufflenet* ]]; then
+        if [[ $model == shufflenet* ]]; then  # template reuse is ShuffleNetV2's sharing
             sweep "$tag/template_reuse" "$model" "$dataset" method=template_reuse \
+                method.templates_per_stage=1,2
+        else
+            sweep "$tag/soft_sharing" "$model" "$dataset" method=soft_sharing \
                 method.templates_per_stage=1,2
         fi
     done
 done
 
-python scripts/study_report.py "$STUDY" --out docs/results.md || failed=1
+if [[ $REPORT == 1 ]]; then
+    python scripts/study_report.py "$STUDY" --out docs/results.md || failed=1
+fi
 exit $failed

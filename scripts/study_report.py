@@ -349,7 +349,7 @@ def in_plain_words(rows: list[dict[str, Any]]) -> list[str]:
 def page(study: Path, runs: list[dict[str, Any]], plots: dict[str, list[str]]) -> str:
     commit = _git("rev-parse", "HEAD")
     seeds = sorted({r["seed"] for r in runs})
-    compute_h = sum(r["seconds"] or 0.0 for r in runs) / 3600
+    compute_h = sum(r.get("seconds") or 0.0 for r in runs) / 3600
     claim_rows = claims(runs)
     lines = [
         f"# Results: every method on real data, {len(seeds)} seeds",

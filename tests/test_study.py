@@ -96,3 +96,16 @@ def test_page_lists_every_setup_and_claim() -> None:
     assert "### resnet20 / cifar10" in text
     assert "| dynamic_filter + cov | 0.6 |" in text
     assert "Decorrelation regularisation adds +1.47%" in text
+
+
+def test_plain_words_count_the_verdicts_of_each_claim() -> None:
+    rows = [
+        {"claim": "decorrelation", "verdict": "confirmed", "diff": 1.5, "unit": "top-1 (pp)"},
+        {"claim": "decorrelation", "verdict": "not shown", "diff": -0.25, "unit": "top-1 (pp)"},
+        {"claim": "decorrelation", "verdict": "not shown", "diff": 0.5, "unit": "top-1 (pp)"},
+    ]
+    lines = sr.in_plain_words(rows)
+    decorrelation = next(line for line in lines if "+1.47%" in line)
+    assert "not shown in 2, confirmed in 1 of 3 comparisons" in decorrelation
+    assert "from -0.25 to +1.50 top-1 (pp)" in decorrelation
+    assert all("not tested" in line for line in lines if line is not decorrelation)

@@ -275,3 +275,27 @@ def test_older_runs_without_a_dense_reference_fall_back_to_their_baseline(sweep:
     done = [r for r in rows if r["status"] == "completed"]
     assert {r["top1_dense"] for r in done} == {92.0}
     assert {r["baseline_kind"] for r in done} == {"unknown (older run)"}
+
+
+def test_schedules_and_distillation_arms_stay_side_by_side(tmp_path: Path) -> None:
+    """Issue 13's sweep (`-m method.schedule=oneshot,gradual,iterative finetune.kd.alpha=0,0.5`):
+    six arms, each its own row, group and plotted series, labelled by schedule and KD weight."""
+    root = tmp_path / "s"
+    k = 0
+    for schedule in ("oneshot", "gradual", "iterative"):
+        for alpha in ("0", "0.5"):
+            over = (f"method.schedule={schedule}", f"finetune.kd.alpha={alpha}")
+            run = make_run(root, f"{k}", ratio=0.9, top1=50.0 + k, overrides=over)
+            m = json.loads((run / "metrics.json").read_text())
+            if schedule != "oneshot":
+                m["schedule"] = {"name": schedule}
+            (run / "metrics.json").write_text(json.dumps(m))
+            k += 1
+    result = build_report([root], tmp_path / "report")
+    arms = {(r["schedule"], r["variant"]) for r in result["rows"]}
+    assert len(arms) == 6
+    assert ("gradual", "finetune.kd.alpha=0.5,method.schedule=gradual") in arms
+    assert len(netscore_table(result["rows"])) == 6  # no two arms averaged together
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    for alpha in ("0", "0.5"):
+        assert summary.count(f"finetune.kd.alpha={alpha},method.schedule=") >= 3

@@ -37,7 +37,10 @@ SETUPS=${SETUPS:-resnet20:cifar10,shufflenet_v2_x0_5:cifar10,resnet20:fer2013}
 COV_RATIOS=${COV_RATIOS:-0.6}   # DPF + decorrelation: the source's claim is at rate 0.6
 PRUNE_RUN=${PRUNE_RUN:-prune-run}
 JOBS=${JOBS:-1}                 # lanes side by side (each cores/JOBS threads); 2 on 2 cores is faster
-REPORT=${REPORT:-1}             # 0: only the runs (e.g. for parts of the study run side by side)
+REPORT=${REPORT:-1}
+# Only these sweeps of each setup (default: all): dense, methods, random_weight, random_filter,
+# dynamic_filter_cov, optimized, sharing (template_reuse or soft_sharing)
+SWEEPS=${SWEEPS:-}             # 0: only the runs (e.g. for parts of the study run side by side)
 failed=0
 # Overrides left out of the job directory names (they are the same for every job of a sweep,
 # or in its name): a job's directory is then method, ratio, seed and method.* only.
@@ -55,6 +58,9 @@ root_of() {  # the dataset root of a dataset config name
 sweep() {
     local name=$1 model=$2 dataset=$3
     shift 3
+    local kind=${name##*/}
+    [[ $kind == template_reuse || $kind == soft_sharing ]] && kind=sharing
+    if [[ -n $SWEEPS && ",$SWEEPS," != *",$kind,"* ]]; then return 0; fi
     local cmd=("$PRUNE_RUN" -m "hydra.sweep.dir=$STUDY/$name"
         "hydra.sweep.subdir=\${hydra.job.override_dirname}"
         "hydra.job.config.override_dirname.exclude_keys=[$FIXED_KEYS]"

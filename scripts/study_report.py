@@ -151,8 +151,43 @@ def _pairs(
     return a, b
 
 
-def claims(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each source-paper claim tested per setup (and ratio where it has one)."""
+def majority_rate(run_dir: str) -> float | None:
+    """Top-1 (%) of always answering the test split's most frequent class, from the run's saved
+    dataset config; None if the data cannot be read here."""
+    try:
+        import torch
+        from omegaconf import OmegaConf
+
+        from prune_cli.data import build_dataset
+
+        cfg = OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
+        labels = build_dataset(OmegaConf.to_container(cfg.dataset, resolve=True)).splits["test"]
+        counts = torch.bincount(torch.as_tensor(labels.labels).long())
+        return float(100.0 * counts.max() / counts.sum())
+    except Exception:  # a label only: the tables stand without it
+        return None
+
+
+#: A setup whose dense reference is within this many points of the majority-class rate has
+#: learnt nothing to prune: its comparisons are not tests of anything.
+CHANCE_MARGIN = 2.0
+
+
+def chance_setups(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """``setup -> majority-class rate`` for the setups whose dense reference is at chance."""
+    out = {}
+    for setup in sorted({r["setup"] for r in runs}):
+        members = _by(runs, setup=setup)
+        dense = mean_sd(r["dense"].get("top1") for r in members)[0]
+        rate = majority_rate(members[0]["path"]) if members[0].get("path") else None
+        if dense is not None and rate is not None and dense <= rate + CHANCE_MARGIN:
+            out[setup] = rate
+    return out
+
+
+def claims(runs: list[dict[str, Any]], at_chance: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Each source-paper claim tested per setup (and ratio where it has one); setups in
+    ``at_chance`` (dense model no better than the majority class) are marked untestable."""
     rows: list[dict[str, Any]] = []
     setups = sorted({r["setup"] for r in runs})
     ratios = sorted({r["ratio"] for r in runs if r["ratio"] is not None})
@@ -214,6 +249,10 @@ def claims(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 else "drop > 2 points"
             )
             rows.append(row)
+    chance = set(at_chance)
+    for row in rows:
+        if row["setup"] in chance:
+            row["verdict"] = "untestable: dense model at chance"
     return rows
 
 
@@ -276,7 +315,9 @@ def _ms(value: tuple[float | None, float | None, int], scale: float = 1.0, digit
     return f"{text} ({n})"
 
 
-def setup_table(runs: list[dict[str, Any]], setup: str) -> list[str]:
+def setup_table(
+    runs: list[dict[str, Any]], setup: str, chance: dict[str, float] | None = None
+) -> list[str]:
     members = _by(runs, setup=setup)
     dense = mean_sd(r["dense"].get("top1") for r in members)
     lines = [
@@ -285,6 +326,16 @@ def setup_table(runs: list[dict[str, Any]], setup: str) -> list[str]:
         f"Dense reference top-1: {_ms(dense)} (mean ± sd (n) over every run's reference: "
         "the same model per seed, so n counts runs, the spread is over seeds).",
         "",
+    ]
+    if chance and setup in chance:
+        lines += [
+            f"**At chance:** the dense model does not beat always answering the most frequent "
+            f"class ({chance[setup]:.2f}% of the test split) by {CHANCE_MARGIN:g} points: at "
+            "this budget it has learnt nothing to prune, so nothing below compares methods. "
+            "Give this setup more training (`EPOCHS=`) before reading it.",
+            "",
+        ]
+    lines += [
         "| method | ratio | top-1 after | weights removed % | params % of dense | "
         "MACs % of dense | NetScore | warnings |",
         "|---|---|---|---|---|---|---|---|",
@@ -350,7 +401,8 @@ def page(study: Path, runs: list[dict[str, Any]], plots: dict[str, list[str]]) -
     commit = _git("rev-parse", "HEAD")
     seeds = sorted({r["seed"] for r in runs})
     compute_h = sum(r.get("seconds") or 0.0 for r in runs) / 3600
-    claim_rows = claims(runs)
+    chance = chance_setups(runs)
+    claim_rows = claims(runs, chance)
     lines = [
         f"# Results: every method on real data, {len(seeds)} seeds",
         "",
@@ -386,7 +438,7 @@ def page(study: Path, runs: list[dict[str, Any]], plots: dict[str, list[str]]) -
         "",
     ]
     for setup in sorted({r["setup"] for r in runs}):
-        lines += setup_table(runs, setup)
+        lines += setup_table(runs, setup, chance)
         for name in plots.get(setup, []):
             lines.append(f"![{setup} {name}]({name})")
         lines.append("")

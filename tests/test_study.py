@@ -109,3 +109,38 @@ def test_plain_words_count_the_verdicts_of_each_claim() -> None:
     assert "not shown in 2, confirmed in 1 of 3 comparisons" in decorrelation
     assert "from -0.25 to +1.50 top-1 (pp)" in decorrelation
     assert all("not tested" in line for line in lines if line is not decorrelation)
+
+
+def test_majority_rate_reads_the_run_s_test_split(tmp_path: Path) -> None:
+    import numpy as np
+    from fakedata import write_fer_csv
+
+    # test split (PrivateTest): labels 3, 3, 3, 0 -> always answering 3 scores 75%
+    rows = [(i % 7, np.zeros((48, 48), np.uint8), "Training") for i in range(4)]
+    rows += [(e, np.zeros((48, 48), np.uint8), "PrivateTest") for e in (3, 3, 0, 3)]
+    write_fer_csv(tmp_path / "fer2013.csv", rows)
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(
+        f"dataset:\n  name: fer2013\n  root: {tmp_path}\n  val_size: 0\n"
+    )
+    assert sr.majority_rate(str(run)) == pytest.approx(75.0)
+    assert sr.majority_rate(str(tmp_path / "missing")) is None
+
+
+def test_a_setup_whose_dense_model_is_at_chance_tests_nothing(monkeypatch) -> None:
+    runs = []
+    for s in range(2):
+        for setup, dense in (("resnet20 / cifar10", 45.0), ("resnet20 / fer2013", 25.4)):
+            for method, top1, ns in (("double_pruning", 40.0, 90.0), ("network_slimming", 41, 80)):
+                r = record(method, s, top1 + s, netscore=ns + s * 1.5, dense={"top1": dense})
+                r["setup"], r["path"] = setup, setup
+                runs.append(r)
+    monkeypatch.setattr(sr, "majority_rate", lambda path: 24.0)
+    chance = sr.chance_setups(runs)
+    assert chance == {"resnet20 / fer2013": 24.0}  # 25.4 is within 2 points of 24
+    verdicts = {(r["setup"], r["claim"]): r["verdict"] for r in sr.claims(runs, chance)}
+    assert verdicts[("resnet20 / fer2013", "double_vs_slim")] == "untestable: dense model at chance"
+    assert verdicts[("resnet20 / cifar10", "double_vs_slim")] != "untestable: dense model at chance"
+    page = sr.page(Path("study"), runs, {})
+    assert page.count("**At chance:**") == 1 and "(24.00% of the test split)" in page

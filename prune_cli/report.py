@@ -252,6 +252,13 @@ def _variants(runs: Sequence[Run]) -> dict[Path, str]:
     }
 
 
+def _schedule(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The run's pruning schedule record; runs written before the pipeline kept only dicts
+    there hold dynamic_filter's rate schedule name (a string) instead: no schedule."""
+    schedule = metrics.get("schedule")
+    return schedule if isinstance(schedule, dict) else {}
+
+
 def make_rows(runs: Sequence[Run]) -> tuple[list[dict[str, Any]], list[str]]:
     """One flat dict per run (keys :data:`CSV_COLUMNS` + ``speedup_b<N>``) and the column list."""
     variants = _variants(runs)
@@ -305,7 +312,7 @@ def make_rows(runs: Sequence[Run]) -> tuple[list[dict[str, Any]], list[str]]:
             "prune_s": _num(timings.get("prune")),
             "finetune_s": _num(timings.get("finetune")),
             "total_s": _num(timings.get("total")),
-            "schedule": (m.get("schedule") or {}).get("name", "oneshot"),
+            "schedule": _schedule(m).get("name", "oneshot"),
             "analysis": m.get("analysis") or "",
             "warnings": "; ".join(m.get("warnings") or []),
             "run_dir": str(run.path),
@@ -654,7 +661,7 @@ def schedule_trajectory(metrics: dict[str, Any]) -> list[tuple[float, float]]:
     """``(parameters removed or zero vs the dense reference, top-1 %)`` along a run's schedule:
     the dense reference, then the stages of every iterative round, or the epoch points of a
     gradual schedule (top-1 on their evaluation split), then ``final``; empty for one shot."""
-    schedule = metrics.get("schedule") or {}
+    schedule = _schedule(metrics)
     dense = metrics.get("dense_reference") or metrics.get("baseline") or {}
     total = _num(dense.get("params"))
     if not schedule or not total or schedule.get("name") == "oneshot":

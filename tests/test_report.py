@@ -299,3 +299,16 @@ def test_schedules_and_distillation_arms_stay_side_by_side(tmp_path: Path) -> No
     summary = (tmp_path / "report" / "summary.md").read_text()
     for alpha in ("0", "0.5"):
         assert summary.count(f"finetune.kd.alpha={alpha},method.schedule=") >= 3
+
+
+def test_a_dynamic_filter_run_s_rate_schedule_name_is_not_a_pruning_schedule(
+    tmp_path: Path,
+) -> None:
+    """Older dynamic_filter runs stored their rate ramp's name under ``schedule``: the report
+    reads them as one-shot runs instead of failing."""
+    run = make_run(tmp_path / "s", "0", method="dynamic_filter")
+    m = json.loads((run / "metrics.json").read_text())
+    m["schedule"] = "constant"
+    (run / "metrics.json").write_text(json.dumps(m))
+    result = build_report([tmp_path / "s"], tmp_path / "report")
+    assert [r["schedule"] for r in result["rows"]] == ["oneshot"]

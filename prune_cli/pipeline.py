@@ -574,8 +574,7 @@ class Pipeline:
         # A method's inner fine-tunes (double_pruning's slimmed_finetuned) are timed as their own
         # stages; timings.prune is the pruning work alone.
         self._timed("prune", time.perf_counter() - tic - self._inner_fit_seconds)
-        # a schedule's record (a dict); dynamic_filter's "schedule" is its rate ramp's name
-        if isinstance(self.metrics["prune_info"].get("schedule"), dict):
+        if "schedule" in self.metrics["prune_info"]:
             self.metrics["schedule"] = self.metrics["prune_info"]["schedule"]
         tic = time.perf_counter()
         self.record("pruned", self.model)

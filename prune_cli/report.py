@@ -253,8 +253,8 @@ def _variants(runs: Sequence[Run]) -> dict[Path, str]:
 
 
 def _schedule(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The run's pruning schedule record; runs written before the pipeline kept only dicts
-    there hold dynamic_filter's rate schedule name (a string) instead: no schedule."""
+    """The run's pruning schedule record; older dynamic_filter runs hold their rate ramp's
+    name (a string) there instead: no schedule."""
     schedule = metrics.get("schedule")
     return schedule if isinstance(schedule, dict) else {}
 

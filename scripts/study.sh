@@ -14,9 +14,9 @@
 # Methods at ratios 0.3 and 0.6: magnitude, random (weights, and filters as l1_filter's
 # control), l1_filter, network_slimming, double_pruning, dynamic_filter (plain, and at 0.6, the
 # source's rate, with the differentiable decorrelation penalty `cov` for the +1.47% claim),
-# optimized (with the magnitude
-# mask fine-tuned alongside, for a paired comparison); template reuse (ShuffleNetV2) or soft
-# sharing (ResNet-20) at 1 and 2 templates per stage; method=none as the dense model.
+# optimized (with the magnitude mask fine-tuned alongside, for a paired comparison); template
+# reuse (ShuffleNetV2) or soft sharing (ResNet-20) at 1 and 2 templates per stage; method=none
+# as the dense model.
 #
 # Every sweep writes one run directory per job under $STUDY/<sweep>/<overrides>/ and is run with
 # resume=true: a job whose metrics.json says completed is skipped, an interrupted one continues,

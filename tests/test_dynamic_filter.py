@@ -303,6 +303,8 @@ def test_unstructured_mode_prunes_exact_weight_fraction(tiny_net: nn.Module) -> 
     assert zeros == n_conv // 2
     assert set(result.masks) == {"conv1.weight", "conv2.weight"}
     assert result.info["masks_from"] == "training"
+    # its rate ramp is not a pruning schedule record (the pipeline copies "schedule" to metrics)
+    assert result.info["rate_schedule"] == m.rate_schedule and "schedule" not in result.info
     MaskHold(model, result.masks)  # the masks fit the exported model
 
 

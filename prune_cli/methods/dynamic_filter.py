@@ -336,7 +336,7 @@ class DynamicFilter(Method):
             "rate": self.rate,
             "importance": self.importance,
             "scope": self.scope,
-            "schedule": self.rate_schedule,
+            "rate_schedule": self.rate_schedule,  # not "schedule": that is Method.schedule's
             "threshold_mode": self.threshold_mode,
             "reg": self.reg,
             "odecay": self.odecay,

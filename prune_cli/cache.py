@@ -48,7 +48,9 @@ PAYLOAD_VERSION = 1
 NOT_IN_KEY = ("num_workers",)
 #: Training settings added after version 1, left out of the key at these values (the behaviour
 #: before they existed), so that entries trained before them are still found.
-TRAIN_ADDED = {"compile": False}
+TRAIN_ADDED = {"compile": False, "optimizer": "sgd"}
+#: The same for model options added after version 1.
+MODEL_ADDED = {"stem": "auto"}
 
 
 def cache_key(payload: Mapping[str, Any]) -> str:
@@ -73,7 +75,7 @@ def training_payload(
     :meth:`prune_cli.methods.Method.training_signature`.
     """
     return {
-        "model": model,
+        "model": {k: v for k, v in model.items() if k not in MODEL_ADDED or v != MODEL_ADDED[k]},
         "dataset": {k: v for k, v in dataset.items() if k not in NOT_IN_KEY},
         "train": {k: v for k, v in train.items() if k not in TRAIN_ADDED or v != TRAIN_ADDED[k]},
         "seed": seed,

@@ -30,6 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BeforeValidator, ConfigDict, Field
 
 from prune_cli.data import dataset_options
+from prune_cli.engine.optim import OPTIMIZERS
 from prune_cli.errors import ConfigError, one_line
 from prune_cli.methods import METHODS
 from prune_cli.methods.base import Ratio
@@ -49,6 +50,7 @@ class TrainOptions(Options):
 
     epochs: Int(ge=1) = 4
     batch_size: Int(ge=1) = 128
+    optimizer: OneOf(*OPTIMIZERS) = "sgd"
     lr: Float(gt=0) = 0.1
     momentum: Float(ge=0, lt=1) = 0.9
     nesterov: Bool = False

@@ -42,6 +42,15 @@ def test_key_is_stable_so_existing_entries_are_found() -> None:
     assert cache_key(payload(method_training={})) != cache_key(payload())
 
 
+def test_options_added_later_keep_old_keys_at_their_old_behaviour() -> None:
+    base = payload()
+    train = {**base["train"], "optimizer": "sgd", "compile": False}
+    model = {**base["model"], "stem": "auto"}
+    assert cache_key(payload(train=train, model=model)) == "30c4813e2e7bce16"
+    assert cache_key(payload(train={**train, "optimizer": "adamw"})) != "30c4813e2e7bce16"
+    assert cache_key(payload(model={**model, "stem": "imagenet"})) != "30c4813e2e7bce16"
+
+
 class Trainer:
     """A ``train`` callable: perturbs the weights deterministically and records its calls."""
 

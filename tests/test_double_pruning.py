@@ -227,10 +227,11 @@ def test_resnet50_gets_its_offline_budget_and_nothing_else_does() -> None:
         headline = compose("config", overrides=["model=resnet50", "method=double_pruning"])
         default = compose("config")
         real = compose("config", overrides=["model=resnet50", "dataset=cifar10"])
-        mine = compose("config", overrides=["model=resnet50", "dataset.image_size=32"])
+        mine = compose("config", overrides=["model=resnet50", "model.stem=auto"])
     GlobalHydra.instance().clear()
-    assert headline.dataset.image_size == 16 and headline.dataset.crop_padding == 2
-    assert headline.model.zero_init_residual is True
-    assert (default.dataset.image_size, default.train.warmup_epochs) == (32, 0)
-    assert "zero_init_residual" not in real.model and "image_size" not in real.dataset
-    assert mine.dataset.image_size == 32  # the command line wins over the budget
+    assert headline.model.stem == "imagenet" and headline.model.zero_init_residual is True
+    assert (headline.train.optimizer, headline.finetune.optimizer) == ("adamw", "adamw")
+    assert (default.train.optimizer, default.finetune.optimizer) == ("sgd", "sgd")
+    assert "zero_init_residual" not in real.model and real.model.stem == "auto"
+    assert real.train.optimizer == "sgd" and real.train.lr == 0.1
+    assert mine.model.stem == "auto"  # the command line wins over the budget

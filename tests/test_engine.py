@@ -60,6 +60,20 @@ def test_sgd_nesterov_and_no_decay_group() -> None:
     assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
 
 
+def test_adamw_takes_the_configured_lr_and_decoupled_decay_and_bad_names_fail() -> None:
+    model = torch.nn.Linear(4, 2)
+    opt = build_optimizer(model, {"lr": 2e-3, "weight_decay": 0.05, "optimizer": "adamw"})
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["lr"] == 2e-3
+    assert opt.param_groups[0]["weight_decay"] == 0.05
+    before = model.weight.detach().clone()
+    model.weight.grad = torch.zeros_like(model.weight)
+    model.bias.grad = torch.zeros_like(model.bias)
+    opt.step()  # zero gradient: only the decoupled decay moves the weights, by lr * wd * w
+    assert torch.allclose(model.weight, before * (1 - 2e-3 * 0.05))
+    with pytest.raises(ConfigError, match=r"unknown optimizer 'adam'; choose one of: sgd, adamw"):
+        build_optimizer(model, {"lr": 0.1, "optimizer": "adam"})
+
+
 def test_evaluate_top1_top5_by_hand() -> None:
     class Fixed(torch.nn.Module):
         def forward(self, x):

@@ -196,6 +196,26 @@ def test_small_input_stems() -> None:
     assert mobilenet.features[0][0].stride == (1, 1)
 
 
+def test_resnet_stem_option_overrides_the_size_rule_and_rejects_unknown_stems() -> None:
+    imagenet = _build("resnet50", CIFAR, stem="imagenet")  # torchvision's stem at 32 px
+    assert imagenet.conv1.kernel_size == (7, 7) and imagenet.conv1.stride == (2, 2)
+    assert isinstance(imagenet.maxpool, nn.MaxPool2d)
+    assert imagenet(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    grey = _build("resnet18", FER, stem="imagenet")
+    assert grey.conv1.in_channels == 1 and grey.conv1.kernel_size == (7, 7)
+    cifar = _build("resnet18", IMAGENET, stem="cifar")  # the CIFAR stem at 224 px
+    assert cifar.conv1.kernel_size == (3, 3) and isinstance(cifar.maxpool, nn.Identity)
+    auto = _build("resnet18", CIFAR, stem="auto")
+    torch.manual_seed(0)
+    same = _build("resnet18", CIFAR, stem="auto")
+    torch.manual_seed(0)
+    default = _build("resnet18", CIFAR)
+    assert auto.conv1.kernel_size == (3, 3)
+    assert torch.equal(same.conv1.weight, default.conv1.weight)  # auto is the old default
+    with pytest.raises(ConfigError, match=r"unknown stem 'wide'; choose one of: auto, cifar"):
+        _build("resnet50", CIFAR, stem="wide")
+
+
 def test_large_input_keeps_torchvision_stem_but_takes_in_channels() -> None:
     resnet = _build("resnet18", (1, 224, 1000))
     assert resnet.conv1.in_channels == 1

@@ -12,6 +12,11 @@ from torch import nn
 from prune_cli.errors import ConfigError
 
 SCHEDULES = ("constant", "multistep", "cosine")
+#: ``train.optimizer`` / ``finetune.optimizer``. SGD with momentum is the pruning literature's
+#: (and every paper recipe here); AdamW (Loshchilov & Hutter 2019, decoupled weight decay) learns
+#: far faster in the few hundred steps of an offline CPU demo: ResNet-50 on 32 px ``shapes``
+#: reached 66% test top-1 in 3 epochs with AdamW and 15% with SGD (configs/budget/).
+OPTIMIZERS = ("sgd", "adamw")
 
 # Parameters whose name contains one of these never get weight decay (e.g. sharing
 # coefficients, whose scale is the thing being learned).
@@ -34,13 +39,20 @@ def param_groups(
 
 
 def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """SGD with momentum (optionally Nesterov) and weight decay, as the pruning literature uses."""
+    """SGD with momentum (optionally Nesterov) and weight decay, as the pruning literature uses,
+    or AdamW (``optimizer: adamw``; ``momentum``/``nesterov`` are then unused)."""
     lr = float(cfg["lr"])
     if not lr > 0:
         raise ConfigError(f"learning rate {lr} must be > 0")
+    name = str(cfg.get("optimizer", "sgd"))
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    groups = param_groups(model, float(cfg.get("weight_decay", 0.0)))
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
     momentum = float(cfg.get("momentum", 0.9))
     return torch.optim.SGD(
-        param_groups(model, float(cfg.get("weight_decay", 0.0))),
+        groups,
         lr=lr,
         momentum=momentum,
         nesterov=bool(cfg.get("nesterov", False)) and momentum > 0,

@@ -60,8 +60,8 @@ SMALL_INPUT_MAX = 64
 
 # Registered name -> constructor keyword arguments accepted as config options.
 OPTIONS: dict[str, tuple[str, ...]] = {
-    "resnet18": ("zero_init_residual",),
-    "resnet50": ("zero_init_residual",),
+    "resnet18": ("zero_init_residual", "stem"),
+    "resnet50": ("zero_init_residual", "stem"),
     "mobilenet_v2": ("width_mult", "dropout"),
     "mobilenet_v3_small": ("width_mult", "reduced_tail", "dropout"),
     "mobilenet_v3_large": ("width_mult", "reduced_tail", "dropout"),
@@ -82,6 +82,12 @@ FIXED_OPTIONS: dict[str, str] = {
     "input_size": "it comes from the dataset",
     "aux_logits": "the training loop takes one logits tensor, so auxiliary classifiers are off",
 }
+
+#: ``stem`` of the registered ResNets: ``auto`` = the CIFAR stem for small inputs (module
+#: docstring), ``cifar`` = always the CIFAR stem, ``imagenet`` = torchvision's 7x7/2 conv and
+#: max-pool at any input size (4x fewer MACs than the CIFAR stem at 32 px: the offline budget of
+#: ResNet-50 uses it).
+STEMS = ("auto", "cifar", "imagenet")
 
 #: Keyword arguments a builder reads itself besides those of the class it returns.
 _BUILDER_OPTIONS: dict[type[nn.Module], tuple[str, ...]] = {
@@ -177,13 +183,19 @@ def adapt_input(model: nn.Module, in_channels: int, image_size: int) -> nn.Modul
     return model
 
 
-def adapt_resnet(model: nn.Module, in_channels: int, image_size: int) -> nn.Module:
-    """torchvision ResNet: the CIFAR stem (3x3/1, no max-pool) for small inputs."""
-    if image_size <= SMALL_INPUT_MAX:
+def adapt_resnet(
+    model: nn.Module, in_channels: int, image_size: int, stem: str = "auto"
+) -> nn.Module:
+    """torchvision ResNet: the CIFAR stem (3x3/1, no max-pool) for small inputs (``stem=auto``),
+    always (``cifar``) or never (``imagenet``: torchvision's stem, only ``in_channels`` adapted)."""
+    if stem == "cifar" or (stem == "auto" and image_size <= SMALL_INPUT_MAX):
         replace_stem(model, in_channels, kernel_size=3, stride=1, padding=1)
         remove_initial_maxpool(model)
         return model
-    return adapt_input(model, in_channels, image_size)
+    _, conv = stem_conv(model)
+    if conv.in_channels != in_channels:
+        replace_stem(model, in_channels)
+    return model
 
 
 def adapt_inception(model: nn.Module, in_channels: int, image_size: int) -> nn.Module:
@@ -326,7 +338,15 @@ def _register(name: str) -> None:
         unknown = set(options) - set(OPTIONS[name])
         if unknown:
             raise unknown_options(name, unknown, OPTIONS[name])
-        return _build(name, name, num_classes, in_channels, image_size, options)
+        stem = str(options.pop("stem", "auto"))
+        if stem not in STEMS:
+            raise ConfigError(
+                f"model {name!r}: unknown stem {stem!r}; choose one of: {', '.join(STEMS)}"
+            )
+        if stem == "auto":
+            return _build(name, name, num_classes, in_channels, image_size, options)
+        model = _build(name, name, num_classes, 3, SMALL_INPUT_MAX + 1, options)
+        return adapt_resnet(model, in_channels, image_size, stem)
 
     factory.__name__ = name
     factory.__doc__ = f"torchvision {name} (weights=None), adapted to the input."

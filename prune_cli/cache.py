@@ -48,7 +48,7 @@ PAYLOAD_VERSION = 1
 NOT_IN_KEY = ("num_workers",)
 #: Training settings added after version 1, left out of the key at these values (the behaviour
 #: before they existed), so that entries trained before them are still found.
-TRAIN_ADDED = {"compile": False, "optimizer": "sgd"}
+TRAIN_ADDED = {"compile": False, "optimizer": "sgd", "schedule_every": "epoch"}
 #: The same for model options added after version 1.
 MODEL_ADDED = {"stem": "auto"}
 

@@ -30,7 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BeforeValidator, ConfigDict, Field
 
 from prune_cli.data import dataset_options
-from prune_cli.engine.optim import OPTIMIZERS
+from prune_cli.engine.optim import OPTIMIZERS, SCHEDULE_EVERY
 from prune_cli.errors import ConfigError, one_line
 from prune_cli.methods import METHODS
 from prune_cli.methods.base import Ratio
@@ -56,6 +56,7 @@ class TrainOptions(Options):
     nesterov: Bool = False
     weight_decay: Float(ge=0) = 5.0e-4
     schedule: OneOf(*SCHEDULES) = "cosine"
+    schedule_every: OneOf(*SCHEDULE_EVERY) = "epoch"
     milestones: list[Float(ge=0)] = Field(default_factory=lambda: [0.5, 0.75])
     gamma: Float(gt=0) = 0.1
     warmup_epochs: Int(ge=0) = 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import TinyNet
@@ -58,6 +60,31 @@ def test_sgd_nesterov_and_no_decay_group() -> None:
     assert groups[1]["weight_decay"] == 0.0 and groups[1]["params"][0] is model.coefficients
     opt = build_optimizer(model, {"lr": 0.1, "momentum": 0.9, "nesterov": True})
     assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
+
+
+def test_schedule_every_step_follows_the_cosine_at_each_step(data, tmp_path, monkeypatch) -> None:
+    """128 images / batch 32 = 4 steps per epoch, 2 epochs, warm-up of 1 epoch, cosine: step i
+    of epoch e runs at 0.05 * factor(e + i/4), by hand; per epoch, the rate is constant."""
+    seen: list[float] = []
+    step = torch.optim.SGD.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
+    cfg = {**CFG, "warmup_epochs": 1, "schedule_every": "step"}
+    fit(TinyNet(), data, cfg, device=torch.device("cpu"), files=StageFiles("s", tmp_path / "a"))
+    warm = [(t + 1) / 2 for t in (0, 0.25, 0.5, 0.75)]  # (epoch + 1) / (warmup + 1)
+    cos = [0.5 * (1 + math.cos(math.pi * (t - 1))) for t in (1, 1.25, 1.5, 1.75)]  # span 1
+    assert seen == pytest.approx([0.05 * f for f in warm + cos])
+    seen.clear()
+    fit(TinyNet(), data, {**cfg, "schedule_every": "epoch"}, device=torch.device("cpu"),
+        files=StageFiles("e", tmp_path / "b"))  # fmt: skip
+    assert seen == pytest.approx([0.025] * 4 + [0.05] * 4)
+    with pytest.raises(ConfigError, match=r"unknown schedule_every 'batch'; choose one of"):
+        fit(TinyNet(), data, {**cfg, "schedule_every": "batch"}, device=torch.device("cpu"),
+            files=StageFiles("x", tmp_path / "c"))  # fmt: skip
 
 
 def test_adamw_takes_the_configured_lr_and_decoupled_decay_and_bad_names_fail() -> None:

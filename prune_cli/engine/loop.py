@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from prune_cli import distributed
 from prune_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from prune_cli.engine.hooks import TrainHooks
-from prune_cli.engine.optim import build_optimizer, build_scheduler
+from prune_cli.engine.optim import build_optimizer, build_scheduler, step_lr_setter
 from prune_cli.errors import ConfigError, NonFiniteLossError
 from prune_cli.io import atomic_write_text
 
@@ -182,8 +182,12 @@ def train_one_epoch(
     forward: nn.Module | None = None,
     criterion: Criterion | None = None,
     max_batches: int | None = None,
+    set_lr: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One pass over ``batches``; returns (sum of per-image losses, correct count, images).
+
+    ``set_lr(epoch, i)``, when given, sets the learning rate before step ``i`` (a per-step
+    schedule, :func:`~prune_cli.engine.optim.step_lr_setter`).
 
     ``forward`` (default ``model``) computes the logits: the DistributedDataParallel wrapper of
     ``model`` in a distributed run; hooks always get ``model`` itself. ``criterion`` replaces
@@ -206,6 +210,8 @@ def train_one_epoch(
         if max_batches is not None and i >= max_batches:
             i -= 1  # the last step taken, for the final check
             break
+        if set_lr is not None:
+            set_lr(epoch, i)
         hooks.before_step(model, epoch * steps_per_epoch + i, epoch)
         with autocast_context(device, amp):
             inputs = _channels_last(images, channels_last)
@@ -325,6 +331,7 @@ class _Trainer:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     hooks: TrainHooks
     train_loader: Any
+    set_lr: Callable[[int, int], None] | None
     eval_loader: Any
     select_split: str
     device: torch.device
@@ -437,6 +444,9 @@ def _build_trainer(
         scheduler=scheduler,
         hooks=hooks,
         train_loader=train_loader,
+        set_lr=step_lr_setter(
+            optimizer, scheduler, settings.optim, settings.epochs, len(train_loader)
+        ),
         eval_loader=eval_loader,
         select_split=select_split,
         device=device,
@@ -495,6 +505,7 @@ def _train_and_evaluate(
         forward=trainer.forward,
         criterion=trainer.criterion,
         max_batches=_batches_left(settings.max_steps, epoch, len(trainer.train_loader)),
+        set_lr=trainer.set_lr,
     )
     if distributed.is_distributed():
         distributed.sync_buffers(model)

@@ -325,7 +325,8 @@ def test_fuzz_overrides_validate_or_fail_in_one_line_naming_the_key(overrides: t
         # Typed values are stable and usable.
         assert validate_config(typed) == typed, (key, value)
         _would_run(typed)
-    assert accepted > 50 and rejected > 200, (accepted, rejected)
+    # both outcomes are common (each new choice key lowers the share of accepted values a little)
+    assert accepted > 40 and rejected > 200, (accepted, rejected)
 
 
 def test_fuzz_lists_where_scalars_are_expected_and_back(base: dict[str, Any]) -> None:

@@ -97,6 +97,8 @@ def test_adamw_takes_the_configured_lr_and_decoupled_decay_and_bad_names_fail() 
     model.bias.grad = torch.zeros_like(model.bias)
     opt.step()  # zero gradient: only the decoupled decay moves the weights, by lr * wd * w
     assert torch.allclose(model.weight, before * (1 - 2e-3 * 0.05))
+    with pytest.raises(ConfigError, match=r"nesterov=true needs optimizer sgd"):
+        build_optimizer(model, {"lr": 0.1, "optimizer": "adamw", "nesterov": True})
     with pytest.raises(ConfigError, match=r"unknown optimizer 'adam'; choose one of: sgd, adamw"):
         build_optimizer(model, {"lr": 0.1, "optimizer": "adam"})
 

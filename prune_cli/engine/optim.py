@@ -44,7 +44,7 @@ def param_groups(
 
 def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
     """SGD with momentum (optionally Nesterov) and weight decay, as the pruning literature uses,
-    or AdamW (``optimizer: adamw``; ``momentum``/``nesterov`` are then unused)."""
+    or AdamW (``optimizer: adamw``: ``momentum`` unused, ``nesterov=true`` refused)."""
     lr = float(cfg["lr"])
     if not lr > 0:
         raise ConfigError(f"learning rate {lr} must be > 0")
@@ -53,6 +53,8 @@ def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Opt
         raise ConfigError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
     groups = param_groups(model, float(cfg.get("weight_decay", 0.0)))
     if name == "adamw":
+        if bool(cfg.get("nesterov", False)):  # said, not ignored
+            raise ConfigError("nesterov=true needs optimizer sgd; AdamW has no Nesterov momentum")
         return torch.optim.AdamW(groups, lr=lr)
     momentum = float(cfg.get("momentum", 0.9))
     return torch.optim.SGD(

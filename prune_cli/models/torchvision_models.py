@@ -305,8 +305,10 @@ def _build(
     in_channels: int,
     image_size: int,
     options: dict[str, object],
+    stem: str = "auto",
 ) -> nn.Module:
-    """:func:`build_torchvision`, with ``name`` (registered or ``torchvision-<arch>``) in errors."""
+    """:func:`build_torchvision`, with ``name`` (registered or ``torchvision-<arch>``) in errors;
+    ``stem`` is the registered ResNets' option (:data:`STEMS`)."""
     builder = _check_arch(arch)
     cls = model_class(arch)
     _check_torchvision_options(name, options, torchvision_options(arch))
@@ -322,6 +324,8 @@ def _build(
     if cls is tvm.MaxVit:
         kwargs["input_size"] = (image_size, image_size)
     model = _construct(name, builder, kwargs, options)
+    if cls is tvm.ResNet:
+        return adapt_resnet(model, in_channels, image_size, stem)
     return _ADAPTERS.get(cls, adapt_input)(model, in_channels, image_size)
 
 
@@ -343,10 +347,7 @@ def _register(name: str) -> None:
             raise ConfigError(
                 f"model {name!r}: unknown stem {stem!r}; choose one of: {', '.join(STEMS)}"
             )
-        if stem == "auto":
-            return _build(name, name, num_classes, in_channels, image_size, options)
-        model = _build(name, name, num_classes, 3, SMALL_INPUT_MAX + 1, options)
-        return adapt_resnet(model, in_channels, image_size, stem)
+        return _build(name, name, num_classes, in_channels, image_size, options, stem)
 
     factory.__name__ = name
     factory.__doc__ = f"torchvision {name} (weights=None), adapted to the input."

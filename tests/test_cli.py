@@ -33,9 +33,23 @@ def run_dirs(root: Path) -> list[Path]:
 def default_run(tmp_path_factory) -> Path:
     """One magnitude run at ratio 0.6 through the CLI, shared by several tests."""
     cwd = tmp_path_factory.mktemp("default")
-    proc = prune_run(*FAST, "ratio=0.6", "hydra.run.dir=run", cwd=cwd)
+    # PYTHONPROFILEIMPORTTIME: the run's imports, for the start-up test below
+    env = {"PYTHONPROFILEIMPORTTIME": "1"}
+    proc = _prune_run(*FAST, "ratio=0.6", "hydra.run.dir=run", cwd=cwd, threads=2, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    imports = [line for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    (cwd / "imports.txt").write_text("\n".join(imports))
     return cwd / "run"
+
+
+def test_default_run_does_not_import_torchvision(default_run: Path) -> None:
+    """Importing torchvision adds ~0.5 s to the start of every run; the default run (a CIFAR
+    ResNet on in-memory data) never needs it."""
+    imports = (default_run.parent / "imports.txt").read_text().splitlines()
+    assert len(imports) > 100  # the import log was recorded (torch alone is hundreds)
+    modules = {line.rsplit("|", 1)[1].strip() for line in imports}
+    assert "prune_cli.pipeline" in modules
+    assert "torchvision" not in modules
 
 
 def test_default_run_writes_complete_metrics(default_run: Path) -> None:

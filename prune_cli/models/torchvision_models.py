@@ -48,8 +48,8 @@ import inspect
 import re
 import typing
 from collections.abc import Callable
+from types import ModuleType
 
-import torchvision.models as tvm
 from torch import nn
 
 from prune_cli.errors import ConfigError
@@ -89,17 +89,35 @@ FIXED_OPTIONS: dict[str, str] = {
 #: ResNet-50 uses it).
 STEMS = ("auto", "cifar", "imagenet")
 
-#: Keyword arguments a builder reads itself besides those of the class it returns.
-_BUILDER_OPTIONS: dict[type[nn.Module], tuple[str, ...]] = {
-    tvm.MobileNetV3: ("width_mult", "reduced_tail", "dilated"),  # _mobilenet_v3_conf
-    tvm.EfficientNet: ("dropout",),  # popped with a per-variant default
-}
 
-#: Defaults that differ from torchvision's (see the module docstring), by model class.
-_DEFAULTS: dict[type[nn.Module], dict[str, object]] = {
-    tvm.GoogLeNet: {"aux_logits": False, "init_weights": True},
-    tvm.Inception3: {"aux_logits": False, "init_weights": True},
-}
+@functools.cache
+def _tvm() -> ModuleType:
+    """``torchvision.models``, imported when a torchvision model is first built or listed:
+    importing torchvision (its models, datasets, transforms and ops) adds ~0.5 s to the start of
+    every run, and the CIFAR models of the default runs do not need it."""
+    import torchvision.models
+
+    return torchvision.models
+
+
+@functools.cache
+def _builder_options() -> dict[type[nn.Module], tuple[str, ...]]:
+    """Keyword arguments a builder reads itself besides those of the class it returns."""
+    tvm = _tvm()
+    return {
+        tvm.MobileNetV3: ("width_mult", "reduced_tail", "dilated"),  # _mobilenet_v3_conf
+        tvm.EfficientNet: ("dropout",),  # popped with a per-variant default
+    }
+
+
+@functools.cache
+def _defaults() -> dict[type[nn.Module], dict[str, object]]:
+    """Defaults that differ from torchvision's (see the module docstring), by model class."""
+    tvm = _tvm()
+    return {
+        tvm.GoogLeNet: {"aux_logits": False, "init_weights": True},
+        tvm.Inception3: {"aux_logits": False, "init_weights": True},
+    }
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -206,16 +224,18 @@ def adapt_inception(model: nn.Module, in_channels: int, image_size: int) -> nn.M
     return model
 
 
-_ADAPTERS: dict[type[nn.Module], Callable[[nn.Module, int, int], nn.Module]] = {
-    tvm.ResNet: adapt_resnet,
-    tvm.Inception3: adapt_inception,
-}
+@functools.cache
+def _adapters() -> dict[type[nn.Module], Callable[[nn.Module, int, int], nn.Module]]:
+    """The input adaptation of the families that need more than :func:`adapt_input`."""
+    tvm = _tvm()
+    return {tvm.ResNet: adapt_resnet, tvm.Inception3: adapt_inception}
 
 
 # ----------------------------------------------------------------------------- any model
 @functools.cache
 def torchvision_archs() -> tuple[str, ...]:
     """Every torchvision classification model name (``torchvision.models.list_models``)."""
+    tvm = _tvm()
     return tuple(sorted(tvm.list_models(module=tvm)))
 
 
@@ -228,7 +248,7 @@ def _check_arch(arch: str) -> Callable[..., nn.Module]:
             f"unknown torchvision model {arch!r}; {hint} (one of the {len(archs)} names of "
             "torchvision.models.list_models(module=torchvision.models), listed in the README)"
         )
-    return tvm.get_model_builder(arch)
+    return _tvm().get_model_builder(arch)
 
 
 def model_class(arch: str) -> type[nn.Module]:
@@ -258,7 +278,7 @@ def torchvision_options(arch: str) -> list[str]:
         and p.default is not inspect.Parameter.empty
         and _settable(p.annotation)
     ]
-    names += _BUILDER_OPTIONS.get(cls, ())
+    names += _builder_options().get(cls, ())
     return sorted(set(names) - set(FIXED_OPTIONS))
 
 
@@ -312,7 +332,8 @@ def _build(
     builder = _check_arch(arch)
     cls = model_class(arch)
     _check_torchvision_options(name, options, torchvision_options(arch))
-    kwargs: dict[str, object] = {"num_classes": num_classes, **_DEFAULTS.get(cls, {}), **options}
+    kwargs: dict[str, object] = {"num_classes": num_classes, **_defaults().get(cls, {}), **options}
+    tvm = _tvm()
     if cls is tvm.VisionTransformer:
         patch = re.search(r"_(\d+)$", arch)  # vit_{b,l,h}_<patch size>
         if patch and image_size % int(patch.group(1)):
@@ -326,7 +347,7 @@ def _build(
     model = _construct(name, builder, kwargs, options)
     if cls is tvm.ResNet:
         return adapt_resnet(model, in_channels, image_size, stem)
-    return _ADAPTERS.get(cls, adapt_input)(model, in_channels, image_size)
+    return _adapters().get(cls, adapt_input)(model, in_channels, image_size)
 
 
 # ----------------------------------------------------------------------------- registered names

@@ -168,6 +168,29 @@ def majority_rate(run_dir: str) -> float | None:
         return None
 
 
+def _recipe(stage: Any) -> str:
+    optimizer = "AdamW" if str(stage.get("optimizer", "sgd")) == "adamw" else "SGD"
+    every = "per step" if str(stage.get("schedule_every", "epoch")) == "step" else "per epoch"
+    warmup = stage.get("warmup_epochs") or 0
+    return (
+        f"{stage.epochs} epoch(s), {optimizer} lr {float(stage.lr):g}, batch {stage.batch_size}, "
+        f"weight decay {float(stage.weight_decay):g}, {stage.schedule} {every}"
+        + (f" after {warmup} warm-up epoch(s)" if warmup else "")
+    )
+
+
+def budget_of(run_dir: str) -> str | None:
+    """The training budget of a run, from its saved config: dense training and fine-tuning
+    (epochs, optimizer, rate, batch, schedule); None if the config cannot be read."""
+    try:
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
+        return f"dense training {_recipe(cfg.train)}; fine-tuning {_recipe(cfg.finetune)}"
+    except Exception:  # a label only: the tables stand without it
+        return None
+
+
 #: A setup whose dense reference is within this many points of the majority-class rate has
 #: learnt nothing to prune: its comparisons are not tests of anything.
 CHANCE_MARGIN = 2.0
@@ -329,6 +352,9 @@ def setup_table(
         + ".",
         "",
     ]
+    budget = budget_of(members[0]["path"]) if members[0].get("path") else None
+    if budget:
+        lines += [f"Budget: {budget}.", ""]
     if chance and setup in chance:
         lines += [
             f"**At chance:** the dense model does not beat always answering the most frequent "
@@ -415,8 +441,8 @@ def page(study: Path, runs: list[dict[str, Any]], plots: dict[str, list[str]]) -
         f"pipelines took {compute_h:.2f} h in all (sum of `timings.total`; dense trainings are "
         "counted in the first run that needed each).",
         "",
-        "Scale: short budgets on 2 CPU cores (the study must fit about 2.5 hours): dense "
-        "training and fine-tuning epochs as set in `scripts/study.sh`; absolute accuracies are "
+        "Scale: short budgets on 2 CPU cores: dense training and fine-tuning as set in "
+        "`scripts/study.sh` (each setup's Budget line below); absolute accuracies are "
         "far below the papers' (hundreds of epochs on GPUs) and only *differences at equal "
         "budget* are meaningful. Mean ± sample sd (n) over seeds. Definitions: README, "
         '"What a run writes" (weights removed, params and MACs relative to the dense '

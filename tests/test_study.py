@@ -144,3 +144,23 @@ def test_a_setup_whose_dense_model_is_at_chance_tests_nothing(monkeypatch) -> No
     assert verdicts[("resnet20 / cifar10", "double_vs_slim")] != "untestable: dense model at chance"
     page = sr.page(Path("study"), runs, {})
     assert page.count("**At chance:**") == 1 and "(24.00% of the test split)" in page
+
+
+def test_each_setup_states_its_training_budget(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    stage = "epochs: {e}\n  batch_size: 64\n  optimizer: {o}\n  lr: {lr}\n  weight_decay: 0.05\n"
+    stage += "  schedule: cosine\n  schedule_every: {every}\n  warmup_epochs: {w}\n"
+    train = stage.format(e=6, o="adamw", lr=2e-3, every="step", w=1)
+    finetune = stage.format(e=1, o="sgd", lr=0.01, every="epoch", w=0)
+    (run / ".hydra" / "config.yaml").write_text(f"train:\n  {train}finetune:\n  {finetune}")
+    assert sr.budget_of(str(run)) == (
+        "dense training 6 epoch(s), AdamW lr 0.002, batch 64, weight decay 0.05, cosine per step "
+        "after 1 warm-up epoch(s); fine-tuning 1 epoch(s), SGD lr 0.01, batch 64, weight decay "
+        "0.05, cosine per epoch"
+    )
+    assert sr.budget_of(str(tmp_path / "missing")) is None
+    runs = [record("none", s, 0.7) for s in range(2)]
+    for r in runs:
+        r["path"] = str(run)
+    assert "Budget: dense training 6 epoch(s), AdamW" in sr.page(Path("study"), runs, {})

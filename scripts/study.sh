@@ -2,7 +2,7 @@
 # scripts/study.sh: every method of prune-cli on real data (../shared/data), 3 seeds, with the
 # source papers' claims tested at this scale (issue 12). One command:
 #
-#   JOBS=2 bash scripts/study.sh                # two lanes of one thread: ~2.5 h on 2 CPU cores
+#   JOBS=2 bash scripts/study.sh                # two lanes of one thread: ~3.3 h on 2 CPU cores
 #   bash scripts/study.sh                       # one lane; resumable: run either again
 #   STUDY=outputs/study/issue12 bash scripts/study.sh
 #   SEEDS=0 EPOCHS=1 FT_EPOCHS=1 bash scripts/study.sh   # a quick smoke of the whole pipeline
@@ -10,7 +10,7 @@
 # Setups: ResNet-20 on cifar10-mini (10,000 train / 2,000 test real CIFAR-10 images) and on
 # fer2013-mini (3,500 train, 700 PublicTest as validation, 700 PrivateTest as test, 48 px
 # grayscale faces); ShuffleNetV2 x0.5 (the mobile model; template reuse needs it) on
-# cifar10-mini, and on fer2013-mini with SETUPS=... (out of the 2.5 h budget).
+# cifar10-mini (on fer2013-mini with SETUPS=...: see SETUPS below).
 # Methods at ratios 0.3 and 0.6: magnitude, random (weights, and filters as l1_filter's
 # control), l1_filter, network_slimming, double_pruning, dynamic_filter (plain, and at 0.6, the
 # source's rate, with the differentiable decorrelation penalty `cov` for the +1.47% claim),
@@ -33,8 +33,10 @@ EPOCHS=${EPOCHS:-3}             # dense training epochs on cifar10-mini (the bud
 FT_EPOCHS=${FT_EPOCHS:-1}       # fine-tuning epochs after pruning
 FER_EPOCHS=${FER_EPOCHS:-6}     # dense training epochs on fer2013-mini (its own recipe: recipe_of)
 RATIOS=${RATIOS:-0.3,0.6}
-# model:dataset pairs (ResNet-20 and the mobile model ShuffleNetV2 x0.5 on both datasets)
-SETUPS=${SETUPS:-resnet20:cifar10,shufflenet_v2_x0_5:cifar10,resnet20:fer2013,shufflenet_v2_x0_5:fer2013}
+# model:dataset pairs. shufflenet_v2_x0_5:fer2013 is left out: at fer2013-mini's recipe its dense
+# model stays at chance (seed 0: 23.6% test against 25% for the majority class; AdamW lr 1e-2:
+# 31.4%), so it would test nothing; it needs a longer budget of its own.
+SETUPS=${SETUPS:-resnet20:cifar10,shufflenet_v2_x0_5:cifar10,resnet20:fer2013}
 COV_RATIOS=${COV_RATIOS:-0.6}   # DPF + decorrelation: the source's claim is at rate 0.6
 PRUNE_RUN=${PRUNE_RUN:-prune-run}
 JOBS=${JOBS:-1}                 # lanes side by side (each cores/JOBS threads); 2 on 2 cores is faster

@@ -2,7 +2,7 @@
 # scripts/study.sh: every method of prune-cli on real data (../shared/data), 3 seeds, with the
 # source papers' claims tested at this scale (issue 12). One command:
 #
-#   JOBS=2 bash scripts/study.sh                # two lanes of one thread: ~3.3 h on 2 CPU cores
+#   JOBS=2 bash scripts/study.sh                # two lanes of one thread: ~3.8 h on 2 CPU cores
 #   bash scripts/study.sh                       # one lane; resumable: run either again
 #   STUDY=outputs/study/issue12 bash scripts/study.sh
 #   SEEDS=0 EPOCHS=1 FT_EPOCHS=1 bash scripts/study.sh   # a quick smoke of the whole pipeline

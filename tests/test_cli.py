@@ -92,6 +92,10 @@ def test_default_run_holds_exactly_60_percent_of_conv_weights_at_zero(default_ru
     assert m["final"]["sparsity"] == pytest.approx(zeros / (n + fc), abs=1e-6)
 
 
+# slow (63 s): training once through the cache is also tested in the default suite by
+# tests/test_baselines.py (two runs, one training) and tests/test_sweeps.py (a joblib sweep), and
+# measured on the basic launcher by scripts/bench_sweep.py
+@pytest.mark.slow
 def test_sweep_trains_the_dense_model_once(tmp_path: Path) -> None:
     sweep = ["method=magnitude,random,l1_filter", SHORT_SUBDIR]
     proc = prune_run("-m", *FAST, *sweep, cwd=tmp_path)
@@ -184,6 +188,10 @@ def test_pretrained_missing_corrupt_and_foreign(tmp_path: Path, default_run: Pat
     assert m["baseline"]["top1"] == base
 
 
+# slow (50 s, three CLI runs): resuming is also tested in the default suite end to end by
+# tests/test_double_pruning.py (resume=<dir> after the final results are lost), tests/test_cache.py
+# (resume without the cache), and per stage in tests/test_engine.py
+@pytest.mark.slow
 def test_resume_a_run_directory(tmp_path: Path) -> None:
     proc = prune_run(*FAST, "cache.enabled=false", "hydra.run.dir=run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

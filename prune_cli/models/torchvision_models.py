@@ -224,13 +224,6 @@ def adapt_inception(model: nn.Module, in_channels: int, image_size: int) -> nn.M
     return model
 
 
-@functools.cache
-def _adapters() -> dict[type[nn.Module], Callable[[nn.Module, int, int], nn.Module]]:
-    """The input adaptation of the families that need more than :func:`adapt_input`."""
-    tvm = _tvm()
-    return {tvm.ResNet: adapt_resnet, tvm.Inception3: adapt_inception}
-
-
 # ----------------------------------------------------------------------------- any model
 @functools.cache
 def torchvision_archs() -> tuple[str, ...]:
@@ -347,7 +340,9 @@ def _build(
     model = _construct(name, builder, kwargs, options)
     if cls is tvm.ResNet:
         return adapt_resnet(model, in_channels, image_size, stem)
-    return _adapters().get(cls, adapt_input)(model, in_channels, image_size)
+    if cls is tvm.Inception3:
+        return adapt_inception(model, in_channels, image_size)
+    return adapt_input(model, in_channels, image_size)
 
 
 # ----------------------------------------------------------------------------- registered names

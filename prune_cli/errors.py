@@ -66,6 +66,10 @@ class AccessError(UserError):
     """No permission to read or write a path (or a read-only file system)."""
 
 
+class ExportError(UserError):
+    """An exported copy of a model does not compute what the model computes."""
+
+
 def unknown_choice(kind: str, value: object, choices: Iterable[str]) -> ConfigError:
     """The standard one-line error: ``unknown model 'resnet57'; choose one of: ...``."""
     return ConfigError(f"unknown {kind} {value!r}; choose one of: {', '.join(sorted(choices))}")

@@ -4,6 +4,8 @@
   ``(1, *input_size)``. It reloads with ``torch.jit.load(path)`` alone, holding the narrower
   structure of a channel-pruned model and the zeros of a weight-pruned one. Tracing records the
   eval-mode graph (BN uses its running statistics, dropout is off): export is for inference.
+  The traced copy is checked against the model on a random batch (:class:`ExportError` when
+  they differ, e.g. a forward whose control flow depends on the input's values).
 - **ONNX** (``.onnx``): ``torch.onnx.export`` with the TorchScript-based exporter (needs only the
   ``onnx`` package), input ``input`` and output ``logits`` with a dynamic batch dimension.
   :func:`run_onnx` runs the file with ONNX's reference evaluator (no onnxruntime needed), which
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prune_cli.errors import ConfigError
+from prune_cli.errors import ConfigError, ExportError
 
 FORMATS = ("torchscript", "onnx")
 
@@ -35,14 +37,32 @@ def _eval_cpu_copy(model: nn.Module) -> nn.Module:
 
 
 def export_torchscript(model: nn.Module, path: str | Path, input_size: Sequence[int]) -> Path:
-    """Trace ``model`` (eval mode, CPU) and save it as TorchScript at ``path``."""
+    """Trace ``model`` (eval mode, CPU), check the trace, and save it as TorchScript at ``path``.
+
+    Raises:
+        ExportError: the traced copy's logits differ from the model's on a random batch.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     net = _eval_cpu_copy(model)
     example = torch.zeros((1, *input_size))
+    probe = torch.randn((1, *input_size), generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about python values: none affect us
-        traced = torch.jit.trace(net, example)
+        warnings.simplefilter("ignore")  # tracer warnings about python values: the check decides
+        # check_trace=False: torch's own check traces the model again and compares the graphs
+        # (ResNet-20: 1.0-2.5 s against 0.3 s for the trace alone, every run of a sweep), and
+        # reports diverging outputs only as a warning. Comparing the logits on a batch other
+        # than the traced one is the check that matters, and it fails loudly.
+        traced = torch.jit.trace(net, example, check_trace=False)
+        expected, got = net(probe), traced(probe)
+    if not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
+        diff = (got - expected).abs().max().item()
+        raise ExportError(
+            f"TorchScript export of {type(model).__name__}: the traced copy's logits differ "
+            f"from the model's on a random batch (max abs difference {diff:.3g}); its forward "
+            "depends on the input's values, which tracing cannot record; set "
+            "export.torchscript=false"
+        )
     traced.save(str(path))
     return path
 

@@ -60,7 +60,7 @@ from prune_cli.engine.checkpoint import load_pretrained
 from prune_cli.engine.distill import Distiller
 from prune_cli.engine.hooks import CompositeHooks
 from prune_cli.engine.loop import FitResult, FitSettings, StageFiles, evaluate, write_history
-from prune_cli.errors import ConfigError, UserError, explain, one_line
+from prune_cli.errors import ConfigError, ExportError, UserError, explain, one_line
 from prune_cli.export import FORMATS, export_model
 from prune_cli.methods import PruneContext, build_method
 from prune_cli.metrics.deploy import onnxruntime_latency
@@ -769,8 +769,13 @@ class Pipeline:
         export_cfg = _plain(self.cfg.get("export")) or {}
         formats = [f for f in FORMATS if export_cfg.get(f, False)]
         if formats and distributed.is_main():
-            written = export_model(self.model, final_path, self.input_size, formats)
-            self.metrics["export"] = written
+            try:
+                self.metrics["export"] = export_model(
+                    self.model, final_path, self.input_size, formats
+                )
+            except ExportError as exc:  # the trained model stays; no wrong copy is written
+                self.metrics["export"] = {"error": str(exc)}
+                self.warn(f"export skipped: {exc}")
 
     def _portable_description(self) -> dict[str, Any]:
         """What :func:`prune_cli.load_pruned` needs to rebuild the final model (portable.py)."""

@@ -44,3 +44,19 @@ def needs_depth(num_classes: int, in_channels: int, depth: int) -> nn.Module:
 
 def not_a_model(num_classes: int, in_channels: int, image_size: int) -> str:
     return "not a module"
+
+
+class Gated(nn.Module):
+    """A forward whose control flow depends on the input's values (a blank image is scaled
+    differently): what tracing cannot record."""
+
+    def __init__(self, num_classes: int, in_channels: int, image_size: int) -> None:
+        super().__init__()
+        del image_size
+        self.conv = nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        scale = 2.0 if bool(x.amax() > 0) else 1.0
+        return self.fc(self.bn(self.conv(x * scale)).relu().mean((2, 3)))

@@ -21,6 +21,17 @@ FAST = [
     # ONNX Runtime latency (two ONNX exports per run) is tested in test_deploy.py/test_tracking.py
     "metrics.latency.backends=[torch]",
 ]
+#: A pipeline of well under a second per stage, for in-process runs: 16 training images of 8 px
+#: and one training epoch (add ``TINY_FINETUNE`` or ``finetune.epochs=0``).
+TINY_DATA = [
+    "dataset.train_size=16",
+    "dataset.test_size=8",
+    "dataset.image_size=8",
+    "dataset.crop_padding=1",
+    "train.epochs=1",
+    "train.batch_size=8",
+]
+TINY_FINETUNE = ["finetune.epochs=1", "finetune.batch_size=8"]
 #: For sweeps with FAST: Hydra's default job directory name lists every override, which with all
 #: of FAST exceeds the 255-character limit of a file name.
 SHORT_SUBDIR = "hydra.sweep.subdir=${hydra.job.num}"

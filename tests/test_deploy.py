@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import TINY_DATA
 from conftest import TinyNet
 from hydra import compose, initialize_config_dir
 from torch import nn
@@ -116,12 +117,7 @@ def test_backends_are_checked_in_one_line() -> None:
 
 def test_a_run_records_onnx_runtime_latency_and_the_report_shows_it(tmp_path: Path) -> None:
     tiny = [
-        "dataset.train_size=16",
-        "dataset.test_size=8",
-        "dataset.image_size=8",
-        "dataset.crop_padding=1",
-        "train.epochs=1",
-        "train.batch_size=8",
+        *TINY_DATA,
         "finetune.epochs=0",
         "export.torchscript=false",
         "method=l1_filter",

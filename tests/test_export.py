@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import TINY_DATA, TINY_FINETUNE
 from conftest import TinyNet
 from custom_models import Gated
 from hydra import compose, initialize_config_dir
@@ -40,16 +41,10 @@ def test_a_forward_that_branches_on_values_is_refused(tmp_path: Path) -> None:
 
 def test_a_run_whose_model_cannot_be_traced_finishes_and_says_so(tmp_path: Path) -> None:
     tiny = [
+        *TINY_DATA,
+        *TINY_FINETUNE,
         "model=custom",
         "model._target_=custom_models.Gated",
-        "dataset.train_size=16",
-        "dataset.test_size=8",
-        "dataset.image_size=8",
-        "dataset.crop_padding=1",
-        "train.epochs=1",
-        "train.batch_size=8",
-        "finetune.epochs=1",
-        "finetune.batch_size=8",
         "method=magnitude",
         "metrics.latency.enabled=false",
         f"cache.dir={tmp_path / 'cache'}",

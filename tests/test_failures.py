@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import prune_run
+from cli_helpers import TINY_DATA, TINY_FINETUNE, prune_run
 from fakedata import (
     face,
     write_cifar10,
@@ -265,18 +265,7 @@ def tiny_cfg(tmp_path: Path, *overrides: str):
         return compose("config", [*TINY, f"cache.dir={tmp_path / 'cache'}", *overrides])
 
 
-TINY = [
-    "dataset.train_size=16",
-    "dataset.test_size=8",
-    "dataset.image_size=8",
-    "dataset.crop_padding=1",
-    "train.epochs=1",
-    "train.batch_size=8",
-    "finetune.epochs=1",
-    "finetune.batch_size=8",
-    "metrics.latency.enabled=false",
-    "export.torchscript=false",
-]
+TINY = [*TINY_DATA, *TINY_FINETUNE, "metrics.latency.enabled=false", "export.torchscript=false"]
 
 
 def failed_run(tmp_path: Path, monkeypatch, target: str, exc: BaseException) -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import TINY_DATA
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file, save_file
 
@@ -27,12 +28,7 @@ from prune_cli.pipeline import Pipeline
 from prune_cli.portable import find_portable, load_pruned, read_portable
 
 TINY = [
-    "dataset.train_size=16",
-    "dataset.test_size=8",
-    "dataset.image_size=8",
-    "dataset.crop_padding=1",
-    "train.epochs=1",
-    "train.batch_size=8",
+    *TINY_DATA,
     "finetune.epochs=0",  # the final model is then the pruned one: enough to compare logits
     "metrics.latency.enabled=false",
     "export.torchscript=false",

@@ -28,7 +28,7 @@ import statistics
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,21 +196,39 @@ def budget_of(run_dir: str) -> str | None:
 CHANCE_MARGIN = 2.0
 
 
-def chance_setups(runs: list[dict[str, Any]]) -> dict[str, float]:
-    """``setup -> majority-class rate`` for the setups whose dense reference is at chance."""
+def majority_rates(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """``setup -> majority-class rate`` of its test split, for the setups whose data is here."""
     out = {}
     for setup in sorted({r["setup"] for r in runs}):
-        members = _by(runs, setup=setup)
-        dense = mean_sd(r["dense"].get("top1") for r in members)[0]
-        rate = majority_rate(members[0]["path"]) if members[0].get("path") else None
-        if dense is not None and rate is not None and dense <= rate + CHANCE_MARGIN:
+        first = _by(runs, setup=setup)[0]
+        rate = majority_rate(first["path"]) if first.get("path") else None
+        if rate is not None:
             out[setup] = rate
     return out
 
 
-def claims(runs: list[dict[str, Any]], at_chance: Iterable[str] = ()) -> list[dict[str, Any]]:
+def chance_setups(
+    runs: list[dict[str, Any]], rates: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """``setup -> majority-class rate`` for the setups whose dense reference is at chance."""
+    rates = majority_rates(runs) if rates is None else rates
+    out = {}
+    for setup, rate in rates.items():
+        dense = mean_sd(r["dense"].get("top1") for r in _by(runs, setup=setup))[0]
+        if dense is not None and dense <= rate + CHANCE_MARGIN:
+            out[setup] = rate
+    return out
+
+
+def claims(
+    runs: list[dict[str, Any]],
+    at_chance: Iterable[str] = (),
+    rates: Mapping[str, float] | None = None,
+) -> list[dict[str, Any]]:
     """Each source-paper claim tested per setup (and ratio where it has one); setups in
-    ``at_chance`` (dense model no better than the majority class) are marked untestable."""
+    ``at_chance`` (dense model no better than the majority class) are marked untestable, and
+    so is a top-1 comparison whose two sides are both at their setup's majority rate
+    (``rates``): a pruned model that learnt nothing tests no claim about accuracy."""
     rows: list[dict[str, Any]] = []
     setups = sorted({r["setup"] for r in runs})
     ratios = sorted({r["ratio"] for r in runs if r["ratio"] is not None})
@@ -274,9 +292,17 @@ def claims(runs: list[dict[str, Any]], at_chance: Iterable[str] = ()) -> list[di
             rows.append(row)
     chance = set(at_chance)
     for row in rows:
+        rate = (rates or {}).get(row["setup"])
         if row["setup"] in chance:
             row["verdict"] = "untestable: dense model at chance"
+        elif rate is not None and row["unit"] == "top-1 (pp)" and _both_at(row, rate):
+            row["verdict"] = "untestable: both sides at chance"
     return rows
+
+
+def _both_at(row: Mapping[str, Any], rate: float) -> bool:
+    means = (row["a"][0], row["b"][0])
+    return all(m is not None and m <= rate + CHANCE_MARGIN for m in means)
 
 
 CLAIMS = {
@@ -429,8 +455,9 @@ def page(study: Path, runs: list[dict[str, Any]], plots: dict[str, list[str]]) -
     commit = _git("rev-parse", "HEAD")
     seeds = sorted({r["seed"] for r in runs})
     compute_h = sum(r.get("seconds") or 0.0 for r in runs) / 3600
-    chance = chance_setups(runs)
-    claim_rows = claims(runs, chance)
+    rates = majority_rates(runs)
+    chance = chance_setups(runs, rates)
+    claim_rows = claims(runs, chance, rates)
     lines = [
         f"# Results: every method on real data, {len(seeds)} seeds",
         "",

@@ -164,3 +164,21 @@ def test_each_setup_states_its_training_budget(tmp_path: Path) -> None:
     for r in runs:
         r["path"] = str(run)
     assert "Budget: dense training 6 epoch(s), AdamW" in sr.page(Path("study"), runs, {})
+
+
+def test_a_comparison_whose_two_sides_learnt_nothing_tests_nothing(monkeypatch) -> None:
+    runs = []
+    for s in range(3):  # both DPF arms at the majority rate (23.57%) at 0.6; apart at 0.3
+        for variant, top1 in (("dynamic_filter", 23.57), ("dynamic_filter + cov", 23.57 + s / 9)):
+            for ratio, shift in ((0.3, 15.0), (0.6, 0.0)):
+                value = top1 + shift + (s if ratio == 0.3 else 0)
+                r = record("dynamic_filter", s, value, ratio=ratio)
+                r["variant"], r["setup"], r["path"] = variant, "shufflenet / fer2013", "p"
+                r["dense"] = {"top1": 41.8}
+                runs.append(r)
+    monkeypatch.setattr(sr, "majority_rate", lambda path: 23.57)
+    rates = sr.majority_rates(runs)
+    assert rates == {"shufflenet / fer2013": 23.57} and sr.chance_setups(runs, rates) == {}
+    verdicts = {r["ratio"]: r["verdict"] for r in sr.claims(runs, (), rates)}
+    assert verdicts == {0.3: "not shown", 0.6: "untestable: both sides at chance"}
+    assert sr.claims(runs)[1]["verdict"] == "not shown"  # without the rates: tested as before

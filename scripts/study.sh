@@ -2,10 +2,11 @@
 # scripts/study.sh: every method of prune-cli on real data (../shared/data), 3 seeds, with the
 # source papers' claims tested at this scale (issue 12). One command:
 #
-#   JOBS=2 bash scripts/study.sh                # two lanes of one thread: ~3.8 h on 2 CPU cores
+#   JOBS=2 bash scripts/study.sh                # two lanes of one thread: ~5.7 h on 2 CPU cores
 #   bash scripts/study.sh                       # one lane; resumable: run either again
 #   STUDY=outputs/study/issue12 bash scripts/study.sh
-#   SEEDS=0 EPOCHS=1 FT_EPOCHS=1 bash scripts/study.sh   # a quick smoke of the whole pipeline
+#   SEEDS=0 EPOCHS=1 FER_EPOCHS=1 FER_MOBILE_EPOCHS=1 STUDY=outputs/study/smoke REPORT=0 \
+#       bash scripts/study.sh                   # a quick smoke of the whole pipeline
 #
 # Setups: ResNet-20 and ShuffleNetV2 x0.5 (the mobile model; template reuse needs it) on
 # cifar10-mini (10,000 train / 2,000 test real CIFAR-10 images) and on fer2013-mini (3,500 train,

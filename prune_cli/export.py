@@ -59,9 +59,9 @@ def export_torchscript(model: nn.Module, path: str | Path, input_size: Sequence[
         diff = (got - expected).abs().max().item()
         raise ExportError(
             f"TorchScript export of {type(model).__name__}: the traced copy's logits differ "
-            f"from the model's on a random batch (max abs difference {diff:.3g}); its forward "
-            "depends on the input's values, which tracing cannot record; set "
-            "export.torchscript=false"
+            f"from the model's on a random batch (max abs difference {diff:.3g}): tracing "
+            "records one path, so a forward whose control flow depends on the input's values "
+            "does not trace; set export.torchscript=false"
         )
     traced.save(str(path))
     return path

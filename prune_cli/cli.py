@@ -20,15 +20,21 @@ Hydra's own tracebacks for composition errors, as usual.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import ctypes
 import datetime
+import gc
 import logging
 import os
 import re
 import sys
 import tempfile
+import threading
 import traceback
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -60,6 +66,8 @@ def find_config_dir() -> Path:
 CONFIG_DIR = find_config_dir()
 #: ``(message, exit status)`` of every job of this process that failed.
 _failures: list[tuple[str, int]] = []
+#: :func:`entry` turned the garbage collector off until the first job's imports are done.
+_gc_paused = False
 
 
 def group_choices(group: str) -> list[str]:
@@ -223,6 +231,7 @@ def report_failure(exc: Exception, run_dir: Path) -> tuple[str, int]:
 def _task(cfg: DictConfig) -> float | None:
     from prune_cli.pipeline import Pipeline
 
+    _imports_done()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         metrics = Pipeline(cfg, run_dir).run()
@@ -342,5 +351,70 @@ def main() -> None:
         sys.exit(min((status for _, status in _failures), default=EXIT_USER_ERROR))
 
 
+def _imports_done() -> None:
+    """After the first job's imports (torch, the pipeline): freeze the objects they made and
+    turn the garbage collector back on (see :func:`entry`)."""
+    global _gc_paused
+    if _gc_paused:
+        gc.freeze()  # later collections skip them: their cost no longer grows with torch's
+        gc.enable()
+        _gc_paused = False
+
+
+def entry() -> NoReturn:
+    """``prune-run`` as a program (the console script, ``python -m prune_cli.cli``):
+    :func:`main` in a process that ends with it, with two savings :func:`main` alone cannot
+    make for its in-process callers.
+
+    - The cyclic garbage collector is off while torch and the pipeline import: their ~400,000
+      objects otherwise set off full collections during the import (0.2 s), and frozen after
+      it (:func:`_imports_done`) they are left out of every later one.
+    - The process ends with ``os._exit`` after what a normal exit runs first (non-daemon
+      threads joined, threading and ``atexit`` hooks: log files, trackers, launcher workers;
+      output flushed), skipping the interpreter's teardown of torch's modules and objects one
+      by one: 0.7-0.9 s of every run and sweep on 2 CPU cores, doing nothing a user sees.
+    """
+    global _gc_paused
+    if gc.isenabled():
+        gc.disable()
+        _gc_paused = True
+    try:
+        main()
+        status = 0
+    except SystemExit as exc:
+        status = _exit_status(exc.code)
+    _leave(status)
+
+
+def _exit_status(code: object) -> int:
+    """The exit status ``sys.exit(code)`` gives (a message is printed and gives 1)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _leave(status: int) -> NoReturn:
+    """Exit with ``status`` as :func:`entry` says: the interpreter's own exit steps up to its
+    teardown, then ``os._exit``."""
+    try:
+        # Joins the non-daemon threads and runs the hooks registered with the threading module
+        # (concurrent.futures and loky executors), as the interpreter's exit does first.
+        threading._shutdown()  # type: ignore[attr-defined]
+    except Exception:  # another Python's internals: leave the usual way
+        sys.exit(status)
+    atexit._run_exitfuncs()  # logging.shutdown, trackers, Ray, ... (errors are printed there)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed or gone: nothing to flush
+            stream.flush()
+    # What C code printed (ONNX Runtime, oneDNN) may sit in stdio buffers; where there is no C
+    # library to ask (Windows), nothing of ours is buffered there.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).fflush(None)
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

@@ -59,7 +59,14 @@ from prune_cli.engine import (
 from prune_cli.engine.checkpoint import load_pretrained
 from prune_cli.engine.distill import Distiller
 from prune_cli.engine.hooks import CompositeHooks
-from prune_cli.engine.loop import FitResult, FitSettings, StageFiles, evaluate, write_history
+from prune_cli.engine.loop import (
+    DEFAULT_EVAL_BATCH_SIZE,
+    FitResult,
+    FitSettings,
+    StageFiles,
+    evaluate,
+    write_history,
+)
 from prune_cli.errors import ConfigError, ExportError, UserError, explain, one_line
 from prune_cli.export import FORMATS, export_model
 from prune_cli.methods import PruneContext, build_method
@@ -155,6 +162,7 @@ class Pipeline:
         # figures measured on the model as trained are cached beside it (TrainedCache.figures).
         self.trained_at: dict[str, Path] = {}
         self.dense_checkpoint: Path | None = None  # the dense reference's, when trained here
+        self.fitted: dict[str, FitResult] = {}  # the training stages run here (not from cache)
 
     # ------------------------------------------------------------------ helpers
     def _save_metrics(self) -> None:
@@ -165,10 +173,11 @@ class Pipeline:
     def _timed(self, stage: str, seconds: float) -> None:
         self.metrics["timings"][stage] = round(self.metrics["timings"].get(stage, 0) + seconds, 3)
 
+    def _eval_batch_size(self) -> int:
+        return int(self.cfg.train.get("eval_batch_size", DEFAULT_EVAL_BATCH_SIZE))
+
     def _test_eval(self, model: nn.Module) -> dict[str, float]:
-        loader = self.data.loader(
-            "test", int(self.cfg.train.get("eval_batch_size", 256)), train=False, device=self.device
-        )
+        loader = self.data.loader("test", self._eval_batch_size(), train=False, device=self.device)
         return evaluate(model, loader, self.device).as_dict()
 
     def record(
@@ -361,7 +370,7 @@ class Pipeline:
                 self.metrics["train"] = loaded
         self._timed("train", time.perf_counter() - tic)
         self.baseline_model = copy.deepcopy(self.model)
-        evaluation = self._trained_test_eval(self.model, self.trained_at.get("train"))
+        evaluation = self._trained_test_eval(self.model, self.trained_at.get("train"), "train")
         self.record("baseline", self.model, evaluation=evaluation)
 
     def _trained_figures(
@@ -382,19 +391,29 @@ class Pipeline:
         got = self.cache.figures(checkpoint, full, compute)
         return got.values, "cached" if got.cached else "measured"
 
-    def _trained_test_eval(self, model: nn.Module, checkpoint: Path | None) -> dict[str, float]:
-        """The test evaluation of ``model`` as trained into ``checkpoint``: once per
-        checkpoint and evaluation setting."""
+    def _trained_test_eval(
+        self, model: nn.Module, checkpoint: Path | None, stage: str
+    ) -> dict[str, float]:
+        """The test evaluation of ``model`` as trained into ``checkpoint`` by the training
+        ``stage``: once per checkpoint and evaluation setting."""
         key = {
             "kind": "test_eval",
             "split": "test",
-            "batch_size": int(self.cfg.train.get("eval_batch_size", 256)),
+            "batch_size": self._eval_batch_size(),
             "device": self.device.type,
             "world_size": distributed.world_size(),
         }
-        values, source = self._trained_figures(
-            model, checkpoint, key, lambda: self._test_eval(model)
-        )
+        fitted = self.fitted.get(stage)
+        # Trained here and evaluated on the test split after its last epoch, as evaluating
+        # again would do it on the same weights: the same figures, an evaluation sooner.
+        last = fitted.last_eval if fitted is not None and fitted.select_split == "test" else None
+        if fitted is None or fitted.eval_batch_size != key["batch_size"]:
+            last = None
+
+        def compute() -> dict[str, float]:
+            return last.as_dict() if last is not None else self._test_eval(model)
+
+        values, source = self._trained_figures(model, checkpoint, key, compute)
         if source == "cached":
             log.info("test evaluation of %s reused from the trained-model cache", checkpoint)
         return values
@@ -484,6 +503,7 @@ class Pipeline:
             hooks=hooks,
             seed=self.seed,
         )
+        self.fitted[files.stage] = result
         return self._fit_summary(result, model, settings.epochs), result.history
 
     def dense_reference(self) -> None:
@@ -523,7 +543,7 @@ class Pipeline:
                 source = "trained plainly" + (" (cache)" if summary.get("cache_entry") else "")
             self.dense_model = model
             self.dense_checkpoint = self.trained_at.get("dense_reference")
-            evaluation = self._trained_test_eval(model, self.dense_checkpoint)
+            evaluation = self._trained_test_eval(model, self.dense_checkpoint, "dense_reference")
             self.record("dense_reference", model, evaluation=evaluation)
             self.metrics["dense_reference"]["source"] = source
             self._save_metrics()

@@ -30,6 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BeforeValidator, ConfigDict, Field
 
 from prune_cli.data import dataset_options
+from prune_cli.engine.loop import DEFAULT_EVAL_BATCH_SIZE
 from prune_cli.engine.optim import OPTIMIZERS, SCHEDULE_EVERY
 from prune_cli.errors import ConfigError, one_line
 from prune_cli.methods import METHODS
@@ -63,7 +64,7 @@ class TrainOptions(Options):
     label_smoothing: Float(ge=0, lt=1) = 0.0
     amp: Bool = True
     channels_last: Bool = True
-    eval_batch_size: Int(ge=1) = 256
+    eval_batch_size: Int(ge=1) = DEFAULT_EVAL_BATCH_SIZE
     select_best: Bool = True
     compile: Bool = False
 

@@ -6,8 +6,10 @@ These run the real console entry point in a subprocess (as a user would), on the
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,10 @@ import torch
 from cli_helpers import FAST, SHORT_SUBDIR
 from cli_helpers import prune_run as _prune_run
 
-from prune_cli.engine import load_checkpoint
+from prune_cli import cli
+from prune_cli.data import build_dataset
+from prune_cli.engine import evaluate, load_checkpoint
+from prune_cli.models import build_model
 
 STAGE_KEYS = {"top1", "top5", "params", "params_nonzero", "macs", "macs_nonzero", "sparsity",
               "netscore"}  # fmt: skip
@@ -90,6 +95,18 @@ def test_default_run_holds_exactly_60_percent_of_conv_weights_at_zero(default_ru
     m = json.loads((default_run / "metrics.json").read_text())
     fc = final["model"]["fc.weight"].numel()
     assert m["final"]["sparsity"] == pytest.approx(zeros / (n + fc), abs=1e-6)
+
+
+def test_baseline_figures_are_the_trained_checkpoint_evaluated_again(default_run: Path) -> None:
+    """The baseline's test figures come from the training's last-epoch evaluation (no second
+    pass over the test split): they must be what evaluating the saved model gives."""
+    data = build_dataset({"name": "shapes", "train_size": 384, "test_size": 128})
+    model = build_model("resnet20", num_classes=data.num_classes, in_channels=3, image_size=32)
+    model.load_state_dict(load_checkpoint(default_run / "checkpoints" / "trained.pt")["model"])
+    again = evaluate(model, data.loader("test", 128, train=False))
+    baseline = json.loads((default_run / "metrics.json").read_text())["baseline"]
+    assert baseline["top1"] == round(again.top1, 4) and baseline["top5"] == round(again.top5, 4)
+    assert baseline["loss"] == pytest.approx(again.loss, abs=2e-6)
 
 
 # slow (63 s): training once through the cache is also tested in the default suite by
@@ -214,3 +231,50 @@ def test_resume_a_run_directory(tmp_path: Path) -> None:
     assert again["pruned"]["top1"] == first["pruned"]["top1"]
     assert again["final"]["top1"] == first["final"]["top1"]
     assert "loaded from" in (run / "prune-run.log").read_text()
+
+
+def test_the_program_exit_runs_exit_hooks_and_waits_for_threads(tmp_path: Path) -> None:
+    """``prune-run`` leaves with ``os._exit`` (no interpreter teardown): what a normal exit
+    runs first must still run, and the status and the error line must be the usual ones."""
+    script = "\n".join(
+        [
+            "import atexit, sys, threading, time",
+            "from prune_cli import cli",
+            "atexit.register(lambda: open('atexit.txt', 'w').write('ran'))",
+            "def late(): time.sleep(0.3); open('thread.txt', 'w').write('done')",
+            "threading.Thread(target=late).start()",
+            "sys.argv = ['prune-run', 'model=nope']",
+            "cli.entry()",
+            "open('after.txt', 'w').write('entry returned')",
+        ]
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("prune-run: error: unknown model 'nope'")
+    assert (tmp_path / "atexit.txt").read_text() == "ran"
+    assert (tmp_path / "thread.txt").read_text() == "done"
+    assert not (tmp_path / "after.txt").exists()
+
+
+def test_exit_statuses_are_those_of_sys_exit(capsys) -> None:
+    assert [cli._exit_status(code) for code in (None, 0, 2, 130)] == [0, 0, 2, 130]
+    assert cli._exit_status("prune-run: broken") == 1
+    assert capsys.readouterr().err == "prune-run: broken\n"
+
+
+def test_garbage_collection_resumes_after_the_imports() -> None:
+    was = gc.isenabled()
+    try:
+        gc.disable()
+        cli._gc_paused = True
+        cli._imports_done()
+        assert gc.isenabled() and cli._gc_paused is False
+        gc.disable()
+        cli._imports_done()  # only the pause entry() made is undone
+        assert not gc.isenabled()
+    finally:
+        gc.unfreeze()
+        if was:
+            gc.enable()

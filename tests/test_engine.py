@@ -138,8 +138,10 @@ def test_fit_trains_writes_history_and_checkpoints(data, tmp_path) -> None:
     assert res.select_split == "test" and res.best_epoch in (1, 2, 3)
     assert res.best_top1 == max(r["eval_top1"] for r in res.history)
     assert (tmp_path / "train_last.pt").is_file() and (tmp_path / "train_best.pt").is_file()
-    after = evaluate(model, data.loader("test", 64, train=False)).loss
-    assert after < before
+    after = evaluate(model, data.loader("test", 64, train=False))
+    assert after.loss < before
+    # the last epoch's evaluation is the returned model's, exactly as evaluated again
+    assert res.last_eval == after and res.eval_batch_size == 64
 
 
 class _Interrupt(TrainHooks):
@@ -199,7 +201,7 @@ def test_fit_settings_are_typed_and_bad_values_are_one_line_errors() -> None:
     assert (s.epochs, s.batch_size, s.eval_batch_size) == (2, 32, 64)
     assert s.amp and not s.channels_last and not s.select_best and s.label_smoothing == 0.0
     assert s.optim["lr"] == 0.05 and FitSettings.from_cfg(s) is s
-    assert FitSettings.from_cfg({"epochs": 0, "batch_size": 1}).eval_batch_size == 256
+    assert FitSettings.from_cfg({"epochs": 0, "batch_size": 1}).eval_batch_size == 128
     for key, value in [("epochs", "ten"), ("epochs", -1), ("batch_size", 0), ("epochs", True)]:
         with pytest.raises(ConfigError, match=f"training setting {key} .* valid: an integer >="):
             FitSettings.from_cfg({**CFG, key: value})

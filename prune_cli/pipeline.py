@@ -68,7 +68,7 @@ from prune_cli.engine.loop import (
     write_history,
 )
 from prune_cli.errors import ConfigError, ExportError, UserError, explain, one_line
-from prune_cli.export import FORMATS, export_model
+from prune_cli.export import FORMATS, export_model, onnx_bytes
 from prune_cli.methods import PruneContext, build_method
 from prune_cli.metrics.deploy import onnxruntime_latency
 from prune_cli.metrics.latency import compare_latency, latency_setting, measure_latency
@@ -130,7 +130,16 @@ class Pipeline:
     """One run. ``run()`` executes the stages and returns the ``metrics.json`` content."""
 
     #: The stages ``run()`` calls, in order.
-    STAGES = ("validate", "setup", "train", "dense_reference", "prune", "finetune", "evaluate")
+    STAGES = (
+        "validate",
+        "setup",
+        "train",
+        "dense_reference",
+        "prune",
+        "finetune",
+        "evaluate",
+        "export",
+    )
 
     def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
         self.cfg = cfg
@@ -163,6 +172,7 @@ class Pipeline:
         self.trained_at: dict[str, Path] = {}
         self.dense_checkpoint: Path | None = None  # the dense reference's, when trained here
         self.fitted: dict[str, FitResult] = {}  # the training stages run here (not from cache)
+        self.final_onnx: bytes | None = None  # the final model's ONNX graph, once made
 
     # ------------------------------------------------------------------ helpers
     def _save_metrics(self) -> None:
@@ -785,17 +795,6 @@ class Pipeline:
             self.metrics["portable"] = save_portable(
                 final_path, self.model, self.masks, self._portable_description()
             )
-        # A copy that reloads without prune-cli's classes (the narrower structure included).
-        export_cfg = _plain(self.cfg.get("export")) or {}
-        formats = [f for f in FORMATS if export_cfg.get(f, False)]
-        if formats and distributed.is_main():
-            try:
-                self.metrics["export"] = export_model(
-                    self.model, final_path, self.input_size, formats
-                )
-            except ExportError as exc:  # the trained model stays; no wrong copy is written
-                self.metrics["export"] = {"error": str(exc)}
-                self.warn(f"export skipped: {exc}")
 
     def _portable_description(self) -> dict[str, Any]:
         """What :func:`prune_cli.load_pruned` needs to rebuild the final model (portable.py)."""
@@ -878,6 +877,53 @@ class Pipeline:
             self.metrics.setdefault("latency", {})["onnxruntime"] = self._onnxruntime_latency()
         self._timed("evaluate", time.perf_counter() - tic)
 
+    def export(self) -> None:
+        """The final model as files that reload without prune-cli's classes (the narrower
+        structure included): ``export.onnx`` (the graph whose ONNX Runtime latency was
+        measured, not made twice) and ``export.torchscript``. A format that does not export
+        (:class:`ExportError`: the copy computes other logits; or the exporter's own error) is
+        skipped and said; the run completes with its checkpoints."""
+        export_cfg = _plain(self.cfg.get("export")) or {}
+        formats = [f for f in FORMATS if export_cfg.get(f, False)]
+        if not formats or not self.method.produces_model or not distributed.is_main():
+            return
+        tic = time.perf_counter()
+        written: dict[str, str] = {}
+        errors = []
+        for fmt in formats:
+            try:
+                written.update(
+                    export_model(
+                        self.model,
+                        self.ckpt_dir / "final.pt",
+                        self.input_size,
+                        [fmt],
+                        onnx_data=self.final_onnx,
+                    )
+                )
+            except OSError:
+                raise  # a full disk, no permission: the run's failure, as for its checkpoints
+            except Exception as exc:  # no wrong copy is written
+                message = (
+                    str(exc)
+                    if isinstance(exc, ExportError)
+                    else (f"{fmt} export failed: {type(exc).__name__}: {one_line(exc)}")
+                )
+                errors.append(message)
+                self.warn(f"export skipped: {message}")
+        self.metrics["export"] = {**written, **({"error": "; ".join(errors)} if errors else {})}
+        self._timed("export", time.perf_counter() - tic)
+
+    def _final_onnx_bytes(self) -> bytes | None:
+        """The final model as ONNX, made once for its latency and its export (None when it
+        does not export: both then say why)."""
+        if self.final_onnx is None:
+            try:
+                self.final_onnx = onnx_bytes(self.model, self.input_size)
+            except Exception:  # the latency and the export report the exporter's error
+                return None
+        return self.final_onnx
+
     def _onnxruntime_latency(self) -> dict[str, Any]:
         """The dense reference and the final model in ONNX Runtime: interleaved, or (the
         default, ``metrics.latency.dense=reuse``) the dense one once per trained checkpoint,
@@ -890,9 +936,12 @@ class Pipeline:
             "warmup": int(lat_cfg.warmup),
             "repeats": int(lat_cfg.repeats),
         }
+        final_onnx = self._final_onnx_bytes()
+        exported = {"final": final_onnx} if final_onnx is not None else {}
         if str(lat_cfg.dense) == "interleaved":
             both = {"dense_reference": self.dense_model, "final": self.model}
-            return {**onnxruntime_latency(both, **args), "dense_source": "interleaved"}
+            result = onnxruntime_latency(both, **args, exported=exported)
+            return {**result, "dense_source": "interleaved"}
         key = {"kind": "onnxruntime", **latency_setting(self.device), **args}
         key.update(device=str(self.device), input_size=list(self.input_size))
         dense, source = self._trained_figures(
@@ -901,7 +950,7 @@ class Pipeline:
             key,
             lambda: onnxruntime_latency({"dense_reference": self.dense_model}, **args),
         )
-        final = onnxruntime_latency({"final": self.model}, **args)
+        final = onnxruntime_latency({"final": self.model}, **args, exported=exported)
         if "skipped" in dense or "skipped" in final:
             return final if "skipped" in final else dense
         before, after = dense["dense_reference"], final["final"]

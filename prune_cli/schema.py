@@ -155,8 +155,8 @@ class CacheOptions(Options):
 
 
 class ExportOptions(Options):
-    torchscript: Bool = True
-    onnx: Bool = False
+    onnx: Bool = True
+    torchscript: Bool = False
 
 
 class RunOptions(Options):

@@ -25,7 +25,7 @@ FT_EPOCHS=${FT_EPOCHS:-3}       # fine-tuning epochs after pruning
 PRUNE_RUN=${PRUNE_RUN:-prune-run}
 failed=0
 FIXED_KEYS=model,dataset,dataset.root,train.epochs,finetune.epochs,metrics.latency.enabled
-FIXED_KEYS=$FIXED_KEYS,export.torchscript,resume,method,ratio
+FIXED_KEYS=$FIXED_KEYS,export.onnx,resume,method,ratio
 
 sweep() {
     local name=$1
@@ -37,7 +37,7 @@ sweep() {
         "hydra.job.config.override_dirname.exclude_keys=[$FIXED_KEYS]"
         model=resnet20 dataset=cifar10 "dataset.root=$DATA/cifar10-mini" method=magnitude
         ratio=0.9 "train.epochs=$EPOCHS" "finetune.epochs=$FT_EPOCHS"
-        metrics.latency.enabled=false export.torchscript=false resume=true "seed=$SEEDS" "$@")
+        metrics.latency.enabled=false export.onnx=false resume=true "seed=$SEEDS" "$@")
     echo "+ ${cmd[*]}"
     "${cmd[@]}" || { failed=1; echo "retrain_study.sh: sweep '$name' had failed jobs"; }
 }

@@ -47,7 +47,7 @@ failed=0
 # Overrides left out of the job directory names (they are the same for every job of a sweep,
 # or in its name): a job's directory is then method, ratio, seed and method.* only.
 FIXED_KEYS=model,dataset,dataset.root,train.epochs,finetune.epochs,metrics.latency.enabled
-FIXED_KEYS=$FIXED_KEYS,export.torchscript,resume,train.batch_size,train.optimizer,train.lr
+FIXED_KEYS=$FIXED_KEYS,export.onnx,resume,train.batch_size,train.optimizer,train.lr
 FIXED_KEYS=$FIXED_KEYS,train.weight_decay,train.warmup_epochs,train.schedule_every
 FIXED_KEYS=$FIXED_KEYS,finetune.optimizer,finetune.lr,finetune.weight_decay,finetune.schedule_every
 
@@ -94,7 +94,7 @@ sweep() {
         "hydra.job.config.override_dirname.exclude_keys=[$FIXED_KEYS]"
         "model=$model" "dataset=$dataset" "dataset.root=$(root_of "$dataset")"
         "${recipe[@]}" "finetune.epochs=$FT_EPOCHS" "metrics.latency.enabled=false"
-        "export.torchscript=false" "resume=true" "seed=$SEEDS" "$@")
+        "export.onnx=false" "resume=true" "seed=$SEEDS" "$@")
     echo "+ ${cmd[*]}"
     "${cmd[@]}" || { failed=1; echo "study.sh: sweep '$name' had failed jobs (see its runs)"; }
 }

@@ -18,8 +18,10 @@ FAST = [
     "metrics.latency.batch_sizes=[1,4]",
     "metrics.latency.warmup=1",
     "metrics.latency.repeats=2",
-    # ONNX Runtime latency (two ONNX exports per run) is tested in test_deploy.py/test_tracking.py
+    # ONNX Runtime latency (two ONNX exports per run) is tested in test_deploy.py/test_tracking.py,
+    # the export (final.onnx) in test_export.py and test_double_pruning.py
     "metrics.latency.backends=[torch]",
+    "export.onnx=false",
 ]
 #: A pipeline of well under a second per stage, for in-process runs: 16 training images of 8 px
 #: and one training epoch (add ``TINY_FINETUNE`` or ``finetune.epochs=0``).

@@ -352,7 +352,7 @@ def test_prune_run_prunes_a_torchvision_densenet_with_one_command(tmp_path) -> N
         "model=torchvision", "model.arch=densenet121", "method=l1_filter", "ratio=0.3",
         "dataset.train_size=64", "dataset.test_size=32", "train.epochs=1", "finetune.epochs=1",
         "train.batch_size=32", "finetune.batch_size=32", "metrics.latency.enabled=false",
-        "export.torchscript=false", "hydra.run.dir=run", cwd=tmp_path,
+        "export.onnx=false", "hydra.run.dir=run", cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -119,7 +119,7 @@ def test_a_run_records_onnx_runtime_latency_and_the_report_shows_it(tmp_path: Pa
     tiny = [
         *TINY_DATA,
         "finetune.epochs=0",
-        "export.torchscript=false",
+        "export.onnx=false",
         "method=l1_filter",
         "metrics.latency.batch_sizes=[1,4]",
         "metrics.latency.warmup=1",

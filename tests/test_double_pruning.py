@@ -10,6 +10,8 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+import onnxruntime
 import pytest
 import torch
 from test_cli import FAST, prune_run
@@ -17,7 +19,6 @@ from torch import nn
 
 from prune_cli.engine import load_checkpoint
 from prune_cli.errors import ConfigError
-from prune_cli.export import load_torchscript
 from prune_cli.methods import PruneContext, build_method
 from prune_cli.models import build_model
 from prune_cli.pruning import MaskHold
@@ -144,7 +145,8 @@ def test_bad_values_are_config_errors(override: dict, match: str) -> None:
 
 
 def test_end_to_end_reports_every_stage_and_resumes(tmp_path: Path) -> None:
-    proc = prune_run(*FAST, "method=double_pruning", "ratio=0.6", "hydra.run.dir=run", cwd=tmp_path)
+    args = [*FAST, "method=double_pruning", "ratio=0.6", "export.onnx=true", "hydra.run.dir=run"]
+    proc = prune_run(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
@@ -172,9 +174,12 @@ def test_end_to_end_reports_every_stage_and_resumes(tmp_path: Path) -> None:
     convs = [v for k, v in final_ckpt["model"].items() if v.dim() == 4]
     zeros, total = sum(int((w == 0).sum()) for w in convs), sum(w.numel() for w in convs)
     assert zeros == math.floor(0.6 * total)
-    # TorchScript export reloads without prune-cli classes and keeps the zeros.
-    scripted = load_torchscript(run / "checkpoints" / "final.ts")
-    assert scripted(torch.zeros(2, *INPUT)).shape == (2, 10)
+    # The ONNX export (the default) runs without prune-cli's classes, in ONNX Runtime.
+    exported = run / "checkpoints" / "final.onnx"
+    assert metrics["export"] == {"onnx": str(exported)}
+    session = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"input": np.zeros((2, *INPUT), dtype=np.float32)})
+    assert logits.shape == (2, 10)
     # Resume rebuilds the narrower model from pruned.pt (method.restore) and completes.
     (run / "metrics.json").unlink()
     proc = prune_run(f"resume={run}", cwd=tmp_path)

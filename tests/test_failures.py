@@ -265,7 +265,7 @@ def tiny_cfg(tmp_path: Path, *overrides: str):
         return compose("config", [*TINY, f"cache.dir={tmp_path / 'cache'}", *overrides])
 
 
-TINY = [*TINY_DATA, *TINY_FINETUNE, "metrics.latency.enabled=false", "export.torchscript=false"]
+TINY = [*TINY_DATA, *TINY_FINETUNE, "metrics.latency.enabled=false", "export.onnx=false"]
 
 
 def failed_run(tmp_path: Path, monkeypatch, target: str, exc: BaseException) -> dict:
@@ -347,7 +347,7 @@ IMAGENET_RUN = [
     "finetune.epochs=1",
     "finetune.batch_size=4",
     "metrics.latency.enabled=false",
-    "export.torchscript=false",
+    "export.onnx=false",
     "cache.enabled=false",
 ]
 

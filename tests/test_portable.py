@@ -31,7 +31,7 @@ TINY = [
     *TINY_DATA,
     "finetune.epochs=0",  # the final model is then the pruned one: enough to compare logits
     "metrics.latency.enabled=false",
-    "export.torchscript=false",
+    "export.onnx=false",
 ]
 
 #: name -> overrides; each changes the architecture except ``magnitude`` (masks only).

@@ -149,7 +149,7 @@ def test_prune_run_torchvision_model_from_imagenet_weights(
         *FAST, "model=torchvision", "model.arch=resnet18", f"pretrained={imagenet_resnet18}",
         "method=none", "finetune.epochs=0", "hydra.run.dir=run",
         # ResNet-18 at 32 px is 0.56 GMACs an image: keep the evaluation small.
-        "dataset.test_size=32", "metrics.latency.enabled=false", "export.torchscript=false",
+        "dataset.test_size=32", "metrics.latency.enabled=false", "export.onnx=false",
         cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

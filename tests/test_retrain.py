@@ -288,7 +288,7 @@ def test_sound_combinations_pass() -> None:
 def test_cli_distils_and_rewinds_to_init_and_refuses_a_missing_rewind_point(
     tmp_path: Path,
 ) -> None:
-    args = [*FAST, "finetune.kd.alpha=0.5", "finetune.rewind=init", "export.torchscript=false"]
+    args = [*FAST, "finetune.kd.alpha=0.5", "finetune.rewind=init", "export.onnx=false"]
     proc = prune_run(*args, "hydra.run.dir=run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -315,7 +315,7 @@ def test_a_sweep_over_none_and_late_rewinding_trains_the_epoch_k_entry_itself(
     tmp_path: Path,
 ) -> None:
     fast = [a for a in FAST if not a.startswith("train.epochs")]
-    proc = prune_run("-m", *fast, "train.epochs=2", "export.torchscript=false",
+    proc = prune_run("-m", *fast, "train.epochs=2", "export.onnx=false",
                      "finetune.rewind=none,epoch:1,init", "hydra.sweep.subdir=${hydra.job.num}",
                      cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

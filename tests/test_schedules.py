@@ -347,7 +347,7 @@ def test_cli_sweep_over_schedules_and_the_report(tmp_path: Path) -> None:
     args = ["-m", "method=magnitude", "method.schedule=oneshot,gradual,iterative", "ratio=0.9"]
     args += ["method.rounds=2", "method.frequency=2", "metrics.latency.enabled=false"]
     args += [
-        "export.torchscript=false",
+        "export.onnx=false",
         "hydra.sweep.dir=sweep",
         "hydra.sweep.subdir=${hydra.job.num}",
     ]
@@ -386,7 +386,7 @@ def test_cli_sensitivity_run_then_layer_ratios(tmp_path: Path) -> None:
 
     from prune_cli.report import build_report
 
-    quiet = ["metrics.latency.enabled=false", "export.torchscript=false"]
+    quiet = ["metrics.latency.enabled=false", "export.onnx=false"]
     quiet += ["dataset.image_size=16", "dataset.test_size=64"]  # 21 layers x 1 ratio: quick
     proc = prune_run(
         *FAST, *quiet, "method=sensitivity", "method.ratios=[0.9]", "method.max_drop=100",

@@ -50,7 +50,7 @@ TINY = [
     "finetune.epochs=1",
     "finetune.batch_size=8",
     "metrics.latency.enabled=false",
-    "export.torchscript=false",
+    "export.onnx=false",
 ]
 
 

@@ -99,6 +99,12 @@ def time_interleaved(
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def _onnx_of(
+    name: str, model: nn.Module, input_size: Sequence[int], exported: Mapping[str, bytes]
+) -> bytes:
+    return exported[name] if name in exported else onnx_bytes(model, input_size)
+
+
 def onnxruntime_latency(
     models: Mapping[str, nn.Module],
     input_size: tuple[int, int, int],
@@ -107,10 +113,12 @@ def onnxruntime_latency(
     warmup: int = 3,
     repeats: int = 10,
     threads: int | None = None,
+    exported: Mapping[str, bytes] | None = None,
 ) -> dict[str, Any]:
     """Latency of every model exported to ONNX, in ONNX Runtime (module docstring). With two or
     more ``models``, ``speedup`` is the first one's latency / the last one's (the run passes
-    ``dense_reference`` then ``final``)."""
+    ``dense_reference`` then ``final``). ``exported[name]``: that model's ONNX bytes
+    (:func:`~prune_cli.export.onnx_bytes`), made already (the run writes them as its export)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -121,7 +129,7 @@ def onnxruntime_latency(
     threads = int(threads or torch.get_num_threads())
     try:
         sessions = {
-            name: _session(onnx_bytes(model, input_size), provider, threads)
+            name: _session(_onnx_of(name, model, input_size, exported or {}), provider, threads)
             for name, model in models.items()
         }
     except Exception as exc:  # a model the exporter or the runtime cannot take

@@ -15,9 +15,10 @@ dataset, default training and fine-tuning) from an empty cache:
    (``latency.dense_source == "cached"``: their evaluate stage does nothing else). Target:
    wall / ideal <= 1.05. The rest is broken down into evaluation beyond the final model's
    (the dense model's test evaluation and latency), the test evaluation of the pruned model
-   (``timings.evaluate_pruned``: the ``pruned`` stage's figures), the other in-pipeline time
-   (building the dataset and model, loading the cached checkpoint, saving checkpoints), and
-   what lies outside the pipeline (interpreter start, imports, Hydra);
+   (``timings.evaluate_pruned``: the ``pruned`` stage's figures), the export of the final
+   model (``timings.export``: ``final.onnx``), the other in-pipeline time (building the
+   dataset and model, loading the cached checkpoint, saving checkpoints), and what lies
+   outside the pipeline (interpreter start, imports, Hydra);
 2. with a parallel launcher and ``--workers`` jobs at once, wall time against the sequential
    sweep: ``--launcher parallel`` (joblib, the default), ``ray`` (a private local Ray instance,
    ``--workers`` CPUs, one per run: ``pip install -e '.[ray]'``) or ``gpu_pool`` (one job per GPU;
@@ -102,6 +103,7 @@ def breakdown(wall: float, metrics: list[dict[str, Any]], final_eval: float) -> 
     in_pipeline = sum(t["total"] for t in timings)
     extra_eval = sum(t.get("evaluate", 0.0) for t in timings) - finals
     pruned_eval = sum(t.get("evaluate_pruned", 0.0) for t in timings)
+    export = sum(t.get("export", 0.0) for t in timings)
     return {
         "ideal": ideal,
         "train": train,
@@ -109,7 +111,8 @@ def breakdown(wall: float, metrics: list[dict[str, Any]], final_eval: float) -> 
         "final evaluation": finals,
         "more evaluation": extra_eval,
         "pruned evaluation": pruned_eval,
-        "other in pipeline": in_pipeline - ideal - extra_eval - pruned_eval,
+        "export": export,
+        "other in pipeline": in_pipeline - ideal - extra_eval - pruned_eval - export,
         "outside pipeline": wall - in_pipeline,
     }
 
@@ -121,7 +124,9 @@ def report(label: str, wall: float, parts: dict[str, float], n: int) -> None:
     print(f"    (train {parts['train']:.1f} s + prune/fine-tune {parts['prune+finetune']:.1f} s"
           f" + final evaluation {parts['final evaluation']:.1f} s)")  # fmt: skip
     print(f"  wall / ideal: {wall / ideal:.3f}  (target <= 1.05)")
-    for key in ("more evaluation", "pruned evaluation", "other in pipeline", "outside pipeline"):
+    keys = ("more evaluation", "pruned evaluation", "export", "other in pipeline",
+            "outside pipeline")  # fmt: skip
+    for key in keys:
         share = 100.0 * parts[key] / wall
         print(f"  {key:<18} {parts[key]:7.1f} s  ({share:4.1f}% of wall)")
 

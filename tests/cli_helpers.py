@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 #: Overrides that shrink the default run to a few seconds (tiny data, one epoch per stage).
 FAST = [
@@ -53,3 +55,18 @@ def prune_run(
         text=True,
         timeout=600,
     )
+
+
+def run_in_process(run_dir: Path, overrides: Sequence[str]) -> Any:
+    """Compose the config with ``overrides`` and run the pipeline in this process into
+    ``run_dir``; returns the :class:`~prune_cli.pipeline.Pipeline` (its ``metrics`` etc.)."""
+    from hydra import compose, initialize_config_dir
+
+    from prune_cli.cli import CONFIG_DIR
+    from prune_cli.pipeline import Pipeline
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", list(overrides))
+    pipeline = Pipeline(cfg, run_dir)
+    pipeline.run()
+    return pipeline

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import TINY_DATA
+from cli_helpers import TINY_DATA, run_in_process
 from conftest import TinyNet
 from hydra import compose, initialize_config_dir
 from torch import nn
@@ -25,7 +25,6 @@ from prune_cli.metrics.deploy import (
     choose_provider,
     onnxruntime_latency,
 )
-from prune_cli.pipeline import Pipeline
 from prune_cli.report import build_report
 from prune_cli.schema import validate_config
 
@@ -127,9 +126,7 @@ def test_a_run_records_onnx_runtime_latency_and_the_report_shows_it(tmp_path: Pa
         "metrics.latency.backends=[onnxruntime]",
         f"cache.dir={tmp_path / 'cache'}",
     ]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", tiny)
-    Pipeline(cfg, tmp_path / "run").run()
+    run_in_process(tmp_path / "run", tiny)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     latency = metrics["latency"]
     assert set(latency) == {"onnxruntime"}  # only the backend asked for

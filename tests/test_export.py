@@ -8,15 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import TINY_DATA, TINY_FINETUNE
+from cli_helpers import TINY_DATA, TINY_FINETUNE, run_in_process
 from conftest import TinyNet
 from custom_models import Gated
-from hydra import compose, initialize_config_dir
 
-from prune_cli.cli import CONFIG_DIR
 from prune_cli.errors import ExportError
 from prune_cli.export import export_onnx, export_torchscript, load_torchscript, onnx_bytes
-from prune_cli.pipeline import Pipeline
 
 INPUT = (3, 8, 8)
 
@@ -69,9 +66,7 @@ def test_a_run_whose_model_does_not_export_finishes_and_says_so(
            "metrics.latency.repeats=1", "metrics.latency.warmup=0"]
           if latency == "onnxruntime" else ["metrics.latency.enabled=false"]),
     ]  # fmt: skip
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", tiny)
-    Pipeline(cfg, tmp_path / "run").run()
+    run_in_process(tmp_path / "run", tiny)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "completed"
     assert "final" in metrics
@@ -95,10 +90,8 @@ def test_the_exported_onnx_is_the_graph_whose_latency_was_measured(tmp_path: Pat
         "metrics.latency.warmup=0",
         f"cache.dir={tmp_path / 'cache'}",
     ]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", tiny)
-    pipeline = Pipeline(cfg, tmp_path / "run")
-    metrics = pipeline.run()
+    pipeline = run_in_process(tmp_path / "run", tiny)
+    metrics = pipeline.metrics
     assert "final" in metrics["latency"]["onnxruntime"]
     exported = Path(metrics["export"]["onnx"])
     assert exported == tmp_path / "run" / "checkpoints" / "final.onnx"

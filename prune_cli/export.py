@@ -57,12 +57,11 @@ def _check_logits(
     if torch.allclose(got, expected, rtol=rtol, atol=atol):
         return
     diff = (got - expected).abs().max().item()
-    flag = "torchscript" if fmt == "TorchScript" else fmt.lower()
     raise ExportError(
         f"{fmt} export of {type(model).__name__}: {copy_name} logits differ from the model's "
         f"on a random batch (max abs difference {diff:.3g}): export records one path, so a "
         "forward whose control flow depends on the input's values does not export; set "
-        f"export.{flag}=false"
+        f"export.{fmt.lower()}=false"
     )
 
 

@@ -413,12 +413,15 @@ class Pipeline:
             "device": self.device.type,
             "world_size": distributed.world_size(),
         }
-        fitted = self.fitted.get(stage)
         # Trained here and evaluated on the test split after its last epoch, as evaluating
         # again would do it on the same weights: the same figures, an evaluation sooner.
-        last = fitted.last_eval if fitted is not None and fitted.select_split == "test" else None
-        if fitted is None or fitted.eval_batch_size != key["batch_size"]:
-            last = None
+        fitted = self.fitted.get(stage)
+        same = (
+            fitted is not None
+            and fitted.select_split == "test"
+            and fitted.eval_batch_size == key["batch_size"]
+        )
+        last = fitted.last_eval if same else None
 
         def compute() -> dict[str, float]:
             return last.as_dict() if last is not None else self._test_eval(model)

@@ -47,7 +47,20 @@ from prune_cli.errors import ConfigError, UserError, explain, one_line, unknown_
 log = logging.getLogger("prune_cli")
 
 #: Config groups whose names users type; checked before Hydra composes anything.
-CHECKED_GROUPS = ("model", "dataset", "method", "train", "finetune", "experiment", "logger")
+CHECKED_GROUPS = (
+    "model",
+    "dataset",
+    "method",
+    "train",
+    "finetune",
+    "experiment",
+    "logger",
+    "weights",
+)
+#: ``weights`` is in the defaults list with no default (``weights=NAME``); ``experiment`` is
+#: not (it is appended after everything, so that it can override every group). Both take
+#: either spelling on the command line: ``NAME`` is mapped onto the one Hydra wants.
+GROUP_SPELLING = {"weights": "weights", "+weights": "weights", "experiment": "+experiment"}
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -158,6 +171,18 @@ def several_loggers(args: list[str]) -> list[str]:
         listed = value.startswith(("[", "'")) or "(" in value  # choice(...): an explicit sweep
         if key.lstrip("+") == "logger" and "," in value and not listed:
             arg = f"{key}=[{value}]"
+        out.append(arg)
+    return out
+
+
+def group_selection(args: list[str]) -> list[str]:
+    """``experiment=NAME`` -> ``+experiment=NAME`` and ``+weights=NAME`` -> ``weights=NAME``
+    (:data:`GROUP_SPELLING`), so that either spelling selects the group."""
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key in GROUP_SPELLING:
+            arg = f"{GROUP_SPELLING[key]}={value}"
         out.append(arg)
     return out
 
@@ -310,7 +335,7 @@ def main() -> None:
         check_overrides(args)
         check_mandatory(args)
         check_model_options(args)
-        args = several_loggers(expand_resume(args))
+        args = several_loggers(group_selection(expand_resume(args)))
         if torchrun:
             from prune_cli import distributed
 

@@ -67,10 +67,12 @@ from prune_cli.engine.loop import (
     evaluate,
     write_history,
 )
+from prune_cli.engine.precision import resolve_precision
 from prune_cli.errors import ConfigError, ExportError, UserError, explain, one_line
 from prune_cli.export import FORMATS, export_model, onnx_bytes
 from prune_cli.methods import PruneContext, build_method
 from prune_cli.metrics.deploy import onnxruntime_latency
+from prune_cli.metrics.expected import check_expected_accuracy
 from prune_cli.metrics.latency import compare_latency, latency_setting, measure_latency
 from prune_cli.metrics.report import (
     netscore_units,
@@ -78,7 +80,8 @@ from prune_cli.metrics.report import (
     stage_metrics,
     write_metrics_json,
 )
-from prune_cli.models import build_model
+from prune_cli.models import build_model, build_skeleton
+from prune_cli.models.base import key_map_of
 from prune_cli.models.traits import stem_and_classifier
 from prune_cli.portable import describe, save_portable
 from prune_cli.pruning import MaskHold, rate_check
@@ -186,9 +189,21 @@ class Pipeline:
     def _eval_batch_size(self) -> int:
         return int(self.cfg.train.get("eval_batch_size", DEFAULT_EVAL_BATCH_SIZE))
 
+    def _eval_precision(self) -> str:
+        return str(self.cfg.metrics.get("precision", "fp32"))
+
     def _test_eval(self, model: nn.Module) -> dict[str, float]:
         loader = self.data.loader("test", self._eval_batch_size(), train=False, device=self.device)
-        return evaluate(model, loader, self.device).as_dict()
+        return evaluate(model, loader, self.device, precision=self._eval_precision()).as_dict()
+
+    def _stage_settings(self, node: Mapping[str, Any]) -> dict[str, Any]:
+        """A ``train``/``finetune`` node for :func:`fit`, with the evaluations' precision."""
+        return {**node, "eval_precision": self._eval_precision()}
+
+    def _fit_notes(self, result: FitResult) -> None:
+        """What a training stage did otherwise than asked goes to the run's warnings."""
+        for note in result.notes:
+            self.warn(note)
 
     def record(
         self,
@@ -226,6 +241,7 @@ class Pipeline:
         """Final and best-epoch accuracy of a training stage; best is chosen on val when present."""
         summary: dict[str, Any] = {
             "epochs": epochs,
+            **({"numerics": result.numerics} if result.numerics else {}),
             "selected_on": result.select_split,
             "best_epoch": result.best_epoch,
             "best_top1_selection": result.best_top1,
@@ -342,17 +358,37 @@ class Pipeline:
         if not self.cfg.get("pretrained"):
             return None
         path = Path(str(self.cfg.pretrained)).expanduser()
-        return path if path.is_absolute() else Path(_original_cwd()) / path
+        return Path(os.path.normpath(path if path.is_absolute() else Path(_original_cwd()) / path))
 
     def _load_pretrained(self, model: nn.Module, path: Path, map_state: Any = None) -> dict:
-        return load_pretrained(
+        """Load ``pretrained=`` into ``model``; a file in another code base's layout is mapped
+        with the model family's declared key map, against the plain architecture's keys (a
+        method may have re-parameterised ``model``: ``map_state`` maps onto that)."""
+        plain = None
+        if map_state is not None:
+            plain = build_skeleton(
+                self.model_name,
+                num_classes=self.data.num_classes,
+                in_channels=self.data.in_channels,
+                image_size=self.data.image_size,
+                **self.model_options,
+            ).state_dict()
+        loaded = load_pretrained(
             model,
             path,
             expect_arch=self.model_name,
             map_location=self.device,
             map_state=map_state,
             replaceable=stem_and_classifier(model, self.data.num_classes),
+            key_map=key_map_of(self.model_name),
+            plain_keys=plain,
         )
+        for role, layer in loaded.get("pretrained_weights", {}).get("replaced", {}).items():
+            self.warn(
+                f"pretrained: the {role} {layer['layer']} does not fit the file and keeps its "
+                f"fresh initialisation ({layer['reason']})"
+            )
+        return loaded
 
     def train(self) -> None:
         """Dense training, shared through the cache, or loading ``pretrained``.
@@ -416,10 +452,12 @@ class Pipeline:
         # Trained here and evaluated on the test split after its last epoch, as evaluating
         # again would do it on the same weights: the same figures, an evaluation sooner.
         fitted = self.fitted.get(stage)
+        key["precision"] = self._eval_precision()
         same = (
             fitted is not None
             and fitted.select_split == "test"
             and fitted.eval_batch_size == key["batch_size"]
+            and fitted.eval_precision == key["precision"]
         )
         last = fitted.last_eval if same else None
 
@@ -450,10 +488,15 @@ class Pipeline:
             # its own cache entry (the same dense training, keyed apart), so a sweep over
             # finetune.rewind=none,epoch:K never finds an entry trained without them.
             signature = {**signature, "rewind_epochs": [self.plan.rewind_epoch]}
+        train = _plain(cfg.train)
+        # ``auto`` names what this machine does natively: the key holds what training used.
+        train["precision"] = resolve_precision(
+            str(train.get("precision", "fp32")), self.device
+        ).name
         payload = training_payload(
             model=_plain(cfg.model),
             dataset=_plain(cfg.dataset),
-            train=_plain(cfg.train),
+            train=train,
             seed=self.seed,
             deterministic=bool(cfg.get("deterministic", False)),
             method_training=signature if start is None else {**signature, "start": start},
@@ -502,7 +545,7 @@ class Pipeline:
         """Train ``model`` with the ``train`` settings and the given training hooks; the
         weights it starts from (and those after epoch K for ``finetune.rewind=epoch:K``) are
         kept beside the trained model as rewind points (:mod:`prune_cli.cache`)."""
-        settings = FitSettings.from_cfg(_plain(self.cfg.train))
+        settings = FitSettings.from_cfg(self._stage_settings(_plain(self.cfg.train)))
         if not (files.resume and files.last.is_file()):  # a resumed one saved its start before
             save_rewind_point(files.ckpt_dir, "init", model)
         if files.stage == "train" and self.plan.rewind_epoch is not None:
@@ -517,6 +560,7 @@ class Pipeline:
             seed=self.seed,
         )
         self.fitted[files.stage] = result
+        self._fit_notes(result)
         return self._fit_summary(result, model, settings.epochs), result.history
 
     def dense_reference(self) -> None:
@@ -560,7 +604,27 @@ class Pipeline:
             self.record("dense_reference", model, evaluation=evaluation)
             self.metrics["dense_reference"]["source"] = source
             self._save_metrics()
+        if pretrained is not None:
+            self._check_expected_accuracy()
         self._timed("dense_reference", time.perf_counter() - tic)
+
+    def _check_expected_accuracy(self) -> None:
+        """The pretrained dense model against its published top-1 (``weights.top1``, set by a
+        ``weights=`` config or by hand): recorded as ``metrics.json`` ``weights``, and a gap
+        beyond ``weights.tolerance`` is a warning (:mod:`prune_cli.metrics.expected`)."""
+        weights = _plain(self.cfg.get("weights")) or {}
+        if weights.get("top1") is None:
+            return
+        record, warning = check_expected_accuracy(
+            weights,
+            float(self.metrics["dense_reference"]["top1"]),
+            len(self.data.splits["test"]),
+        )
+        self.metrics["weights"] = record
+        if warning is not None:
+            self.warn(warning)
+        else:
+            self._save_metrics()
 
     def prune(self) -> None:
         tic = time.perf_counter()
@@ -662,7 +726,7 @@ class Pipeline:
         """Fine-tune with the ``finetune`` settings (or ``settings``; ``epochs`` overrides),
         holding ``masks`` (or with ``hooks`` that hold masks of their own: a gradual
         schedule's), distilling from the dense reference when ``finetune.kd.alpha > 0``."""
-        settings = _plain(self.cfg.finetune) if settings is None else dict(settings)
+        settings = self._stage_settings(_plain(self.cfg.finetune) if settings is None else settings)
         if epochs is not None:
             settings["epochs"] = int(epochs)
         tic = time.perf_counter()
@@ -684,6 +748,7 @@ class Pipeline:
             seed=self.seed + 1,
             criterion=self._distiller(),
         )
+        self._fit_notes(result)
         self.metrics[stage] = self._fit_summary(result, model, int(settings["epochs"]))
         if self.plan.distills:
             self.metrics[stage]["kd"] = self._kd_record()

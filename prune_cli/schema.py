@@ -32,6 +32,7 @@ from pydantic import BeforeValidator, ConfigDict, Field
 from prune_cli.data import dataset_options
 from prune_cli.engine.loop import DEFAULT_EVAL_BATCH_SIZE
 from prune_cli.engine.optim import OPTIMIZERS, SCHEDULE_EVERY
+from prune_cli.engine.precision import MEMORY_FORMATS, PRECISIONS
 from prune_cli.errors import ConfigError, one_line
 from prune_cli.methods import METHODS
 from prune_cli.methods.base import Ratio
@@ -62,8 +63,9 @@ class TrainOptions(Options):
     gamma: Float(gt=0) = 0.1
     warmup_epochs: Int(ge=0) = 0
     label_smoothing: Float(ge=0, lt=1) = 0.0
-    amp: Bool = True
-    channels_last: Bool = True
+    #: auto: bf16 autocast where the hardware does it natively, else fp32 (engine/precision.py)
+    precision: OneOf(*PRECISIONS) = "auto"
+    memory_format: OneOf(*MEMORY_FORMATS) = "auto"
     eval_batch_size: Int(ge=1) = DEFAULT_EVAL_BATCH_SIZE
     select_best: Bool = True
     compile: Bool = False
@@ -144,6 +146,9 @@ class LatencyOptions(Options):
 
 
 class MetricsOptions(Options):
+    #: The evaluations' and latencies' precision: fp32 keeps figures comparable with published
+    #: ones (auto, bf16, fp16 as for training).
+    precision: OneOf(*PRECISIONS) = "fp32"
     netscore: NetScoreOptions = NetScoreOptions()
     latency: LatencyOptions = LatencyOptions()
 
@@ -157,6 +162,26 @@ class CacheOptions(Options):
 class ExportOptions(Options):
     onnx: Bool = True
     torchscript: Bool = False
+
+
+class WeightsOptions(Options):
+    """``weights.*``: what a known pretrained checkpoint (``configs/weights/<name>.yaml``)
+    must match and should score. A weights config sets ``pretrained`` to ``file`` and the model,
+    its options and the input normalization the file was trained with; the run then compares
+    the loaded dense model's test top-1 with ``top1`` (:mod:`prune_cli.pretrained`). With a
+    file of one's own, ``+weights.top1=...`` asks for the same check."""
+
+    name: Text() | None = None
+    model: Text("a model name") | None = None
+    file: Text("a checkpoint path") | None = None
+    #: The published test top-1 (percent) of these weights, on ``test_images`` test images.
+    top1: Float(ge=0, le=100) | None = None
+    test_images: Int(ge=1) | None = None
+    #: How far (points) the measured top-1 may be from ``top1`` before the run says so.
+    tolerance: Float(ge=0) = 0.5
+    source: Text() | None = None
+    license: Text() | None = None
+    normalization: Text() | None = None
 
 
 class RunOptions(Options):
@@ -180,6 +205,7 @@ class RunOptions(Options):
     logger: LoggerOptions = LoggerOptions()
     #: The arm of an experiment (configs/experiment/*_arm/*.yaml): a label for the report.
     experiment_arm: Text() | None = None
+    weights: WeightsOptions | None = None
 
 
 def _resolved(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -215,7 +241,9 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
     """The run config checked against the schema and returned typed (values converted where
     needed, e.g. ``train.epochs="3"`` -> 3). The first problem is a one-line ConfigError."""
     raw = _resolved(cfg)
+    _check_renamed(raw)
     run = parse(RunOptions, raw, group="the config")
+    _check_weights(run)
     dataset = dataset_options(raw["dataset"])
     method_cls = METHODS.get(str(raw["method"].get("name")))
     method = method_cls.parse_options(raw["method"])
@@ -223,3 +251,37 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
     typed["dataset"] = dataset.model_dump(exclude_unset=True)
     typed["method"] = raw["method"] if method is None else method.model_dump(exclude_unset=True)
     return OmegaConf.create(_keep_spelling(raw, typed))
+
+
+def _check_weights(run: RunOptions) -> None:
+    """A known checkpoint (``weights=``) is for one model and one file: a run that asks for
+    another model or another file with it is refused before any work."""
+    weights = run.weights
+    if weights is None or weights.name is None:
+        return
+    if weights.model is not None and run.model.name != weights.model:
+        raise ConfigError(
+            f"weights={weights.name} is for model {weights.model!r}, not {run.model.name!r}; "
+            f"drop model={run.model.name} (or pick weights for {run.model.name})"
+        )
+    if weights.file is not None and run.pretrained != weights.file:
+        raise ConfigError(
+            f"weights={weights.name} loads {weights.file!r}, but pretrained={run.pretrained!r}; "
+            "drop one of the two"
+        )
+
+
+#: Keys of earlier releases -> what replaced them.
+RENAMED_KEYS = {
+    "amp": "precision (auto | fp32 | bf16 | fp16)",
+    "channels_last": "memory_format (auto | channels_last | contiguous)",
+}
+
+
+def _check_renamed(raw: Mapping[str, Any]) -> None:
+    """A key an earlier release had (``train.amp``) gets one line naming its replacement."""
+    for group in ("train", "finetune"):
+        node = raw.get(group)
+        for key, replacement in RENAMED_KEYS.items():
+            if isinstance(node, Mapping) and key in node:
+                raise ConfigError(f"{group}.{key} was replaced by {group}.{replacement}")

@@ -197,9 +197,10 @@ def test_stage_files_extra_state_and_no_resume(data, tmp_path) -> None:
 
 
 def test_fit_settings_are_typed_and_bad_values_are_one_line_errors() -> None:
-    s = FitSettings.from_cfg({**CFG, "amp": True, "select_best": False})
+    s = FitSettings.from_cfg({**CFG, "precision": "bf16", "select_best": False})
     assert (s.epochs, s.batch_size, s.eval_batch_size) == (2, 32, 64)
-    assert s.amp and not s.channels_last and not s.select_best and s.label_smoothing == 0.0
+    assert s.precision == "bf16" and s.memory_format == "contiguous"
+    assert not s.select_best and s.label_smoothing == 0.0
     assert s.optim["lr"] == 0.05 and FitSettings.from_cfg(s) is s
     assert FitSettings.from_cfg({"epochs": 0, "batch_size": 1}).eval_batch_size == 128
     for key, value in [("epochs", "ten"), ("epochs", -1), ("batch_size", 0), ("epochs", True)]:

@@ -116,7 +116,10 @@ def test_config_keys_are_all_in_the_schema(base: dict[str, Any]) -> None:
         (("train", "epochs", -3), "train.epochs -3 is out of range; valid: an integer >= 1"),
         (("train", "epochs", 2.5), "train.epochs 2.5 is not an integer; valid: an integer >= 1"),
         (("train", "lr", "fast"), "train.lr 'fast' is not a number; valid: a number > 0"),
-        (("train", "amp", "yes"), "train.amp 'yes' is not true or false; valid: true, false"),
+        (("train", "precision", "half"), "unknown train.precision 'half'; choose one of: auto, fp32, bf16, fp16"),  # noqa: E501
+        (("finetune", "memory_format", "nhwc"), "unknown finetune.memory_format 'nhwc'; choose one of: auto, channels_last, contiguous"),  # noqa: E501
+        (("train", "amp", True), "train.amp was replaced by train.precision (auto | fp32 | bf16 | fp16)"),  # noqa: E501
+        (("metrics", "precision", "int8"), "unknown metrics.precision 'int8'; choose one of: auto, fp32, bf16, fp16"),  # noqa: E501
         (("finetune", "epochs", -1), "finetune.epochs -1 is out of range; valid: an integer >= 0"),
         (("train", "momentum", 1.0), "train.momentum 1.0 is out of range; valid: a number in [0, 1)"),  # noqa: E501
         (("train", "schedule", "step"), "unknown train.schedule 'step'; choose one of: constant, multistep, cosine"),  # noqa: E501
@@ -152,7 +155,7 @@ def test_unknown_keys_name_the_valid_keys(base: dict[str, Any]) -> None:
     cfg = copy.deepcopy(base)
     cfg["train"]["epoch"] = 3
     msg = one_line_error(cfg)
-    assert msg.startswith("unknown key train.epoch; valid keys of train: amp, batch_size")
+    assert msg.startswith("unknown key train.epoch; valid keys of train: batch_size, compile")
     cfg = copy.deepcopy(base)
     cfg["dataset"]["on_bad_file"] = "skip"  # shapes reads no file
     assert "unknown key dataset.on_bad_file; valid keys of dataset shapes:" in one_line_error(cfg)

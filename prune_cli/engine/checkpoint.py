@@ -14,6 +14,7 @@ from torch import nn
 
 from prune_cli.distributed import is_main
 from prune_cli.errors import CheckpointError
+from prune_cli.models.base import KeyMap
 from prune_cli.models.names import model_overrides
 
 log = logging.getLogger("prune_cli")
@@ -75,6 +76,69 @@ def state_dict_of(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     return state
 
 
+#: Where other training code keeps the weights inside the dict it saves (Lightning and many
+#: research repositories: ``state_dict``; timm/DeiT training scripts: ``model``; PyTorch's
+#: tutorials: ``model_state_dict``), tried in this order.
+WEIGHTS_KEYS = ("state_dict", "model", "model_state_dict")
+#: Prefixes a wrapper puts on every key of the module it wraps when that is saved:
+#: ``nn.DataParallel`` / ``DistributedDataParallel`` (``module.``), ``torch.compile``
+#: (``_orig_mod.``).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def library_state(
+    checkpoint: Mapping[str, Any],
+    own: Mapping[str, torch.Tensor],
+    key_map: KeyMap | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A weights file of another code base in the naming of a model whose state dict is ``own``.
+
+    The weights are taken from the first of :data:`WEIGHTS_KEYS` that holds a dict (else the
+    file itself); entries that are not tensors (``best_prec1``, an epoch counter) are left
+    out; a wrapper prefix (:data:`WRAPPER_PREFIXES`) on *every* key that the model's keys do not
+    have is stripped; ``key_map`` (the model family's declared renames) maps the rest. Returns
+    the state and what was done, for ``metrics.json``.
+    """
+    where = next((k for k in WEIGHTS_KEYS if isinstance(checkpoint.get(k), dict)), None)
+    raw = checkpoint[where] if where is not None else checkpoint
+    state = {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}
+    record: dict[str, Any] = {}
+    if where is not None:
+        record["weights_key"] = where
+    ignored = sorted(str(k) for k, v in raw.items() if not isinstance(v, torch.Tensor))
+    if where is not None:  # what the file keeps beside the weights (best_prec1, an epoch)
+        ignored += sorted(str(k) for k in checkpoint if k != where)
+    if ignored:
+        record["ignored_entries"] = ignored
+    stripped = []
+    for prefix in WRAPPER_PREFIXES * 2:  # both, in either order (DDP around a compiled model)
+        if (
+            state
+            and all(k.startswith(prefix) for k in state)
+            and not any(k.startswith(prefix) for k in own)
+        ):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+            stripped.append(prefix)
+    if stripped:
+        record["prefixes_stripped"] = stripped
+    if key_map is not None:
+        modules = {k.rpartition(".")[0] for k in own}
+
+        def fits(key: str) -> bool:
+            return key in own or key.rpartition(".")[0] in modules
+
+        renamed = {k: key_map.rename(k, fits) for k in state}
+        renamed = {k: new for k, new in renamed.items() if new != k and new not in state}
+        if renamed:
+            state = {renamed.get(k, k): v for k, v in state.items()}
+            record["key_map"] = {
+                "sources": key_map.sources,
+                "renamed": len(renamed),
+                "example": next(f"{k} -> {new}" for k, new in renamed.items()),
+            }
+    return state, record
+
+
 def load_state_into(
     model: nn.Module, checkpoint: dict[str, Any], source: str, expect_arch: str | None = None
 ) -> None:
@@ -95,39 +159,56 @@ def load_state_into(
     model.load_state_dict(state)
 
 
+#: Keys a file may lack and the model keeps its own value of: BatchNorm's step counter, which
+#: files saved before PyTorch 0.4.1 do not have (it only matters with ``momentum=None``).
+OPTIONAL_KEY_SUFFIXES = (".num_batches_tracked",)
+
+
+def _examples(keys: list[str], count: int = 3) -> str:
+    shown = ", ".join(keys[:count])
+    return shown + (f", ... ({len(keys) - count} more)" if len(keys) > count else "")
+
+
 def _check_fit(
     state: Mapping[str, torch.Tensor],
     own: Mapping[str, torch.Tensor],
     keys: Mapping[str, torch.Tensor],
     source: str,
     name: str,
+    key_map: KeyMap | None = None,
 ) -> None:
     """Raise the one-line :class:`CheckpointError` if ``state`` and ``own`` differ on ``keys``
-    (missing keys, unexpected keys or shapes)."""
-    missing = [k for k in own if k in keys and k not in state]
+    (missing keys, unexpected keys or shapes), naming the keys that do not fit and, when the
+    model family declares one (``key_map``), what the mismatch usually means."""
+    missing = [
+        k for k in own if k in keys and k not in state and not k.endswith(OPTIONAL_KEY_SUFFIXES)
+    ]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in keys and k in state and state[k].shape != own[k].shape]
     if missing or unexpected or wrong:
         detail = []
         if missing:
-            detail.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+            detail.append(f"{len(missing)} missing keys ({_examples(missing)})")
         if unexpected:
-            detail.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+            detail.append(f"{len(unexpected)} unexpected keys ({_examples(unexpected)})")
         if wrong:
             k = wrong[0]
             detail.append(
                 f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} in checkpoint, "
                 f"{tuple(own[k].shape)} in model)"
             )
+        hint = key_map.hint(missing, unexpected) if key_map is not None else None
         raise CheckpointError(
             f"checkpoint {source!r} does not fit model {name!r} with this dataset: "
             + "; ".join(detail)
+            + (f"; {hint}" if hint else "")
         )
 
 
 def is_own_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
-    """A checkpoint prune-cli wrote (the weights under ``"model"``), not a library's state dict."""
-    return isinstance(checkpoint.get("model"), dict)
+    """A checkpoint prune-cli wrote (the weights under ``"model"``, the model name under
+    ``"arch"``), not a library's or another code base's file."""
+    return isinstance(checkpoint.get("model"), dict) and isinstance(checkpoint.get("arch"), str)
 
 
 def load_pretrained(
@@ -138,6 +219,8 @@ def load_pretrained(
     map_location: str | torch.device = "cpu",
     map_state: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
     replaceable: Mapping[str, str] | None = None,
+    key_map: KeyMap | None = None,
+    plain_keys: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Load ``pretrained=PATH`` into ``model``; returns what metrics.json records as ``train``.
 
@@ -145,13 +228,18 @@ def load_pretrained(
 
     - a prune-cli checkpoint (``trained.pt``, ``final.pt``...): it must be of ``expect_arch``
       and fit exactly (:func:`load_state_into`); the record is ``{"pretrained": path}``;
-    - a library's weights file: a plain state dict (torchvision's ``resnet18-f37072fd.pth``,
-      timm's ``pytorch_model.bin`` / ``.pth``; also one wrapped as ``{"state_dict": ...}``) or a
-      ``.safetensors`` file. A layer of ``replaceable`` (module name -> role, e.g. ``{"fc":
-      "classifier", "conv1": "stem"}``, from :func:`prune_cli.models.traits.stem_and_classifier`)
-      whose keys do not fit (another number of classes; an adapted stem) keeps its fresh
-      initialisation, which is logged and recorded under ``pretrained_weights``; any other
-      mismatch raises the one-line :class:`CheckpointError`.
+    - a weights file of a library or another code base: a plain state dict (torchvision's
+      ``resnet18-f37072fd.pth``, timm's ``pytorch_model.bin``), one wrapped in a dict
+      (``{"state_dict": ..., "best_prec1": ...}``), or a ``.safetensors`` file. It is brought
+      into the model's naming by :func:`library_state` (wrapper prefix, non-tensor entries, the
+      family's declared ``key_map``, applied against ``plain_keys``: the state dict of the
+      architecture before a method re-parameterised it, default ``model``'s), and BatchNorm
+      step counters it lacks keep the model's values. A layer of ``replaceable`` (module name
+      -> role, e.g. ``{"fc": "classifier", "conv1": "stem"}``, from
+      :func:`prune_cli.models.traits.stem_and_classifier`) whose keys do not fit (another
+      number of classes; an adapted stem) keeps its fresh initialisation, which is logged and
+      recorded under ``pretrained_weights.replaced``; any other mismatch raises the one-line
+      :class:`CheckpointError` naming the keys.
 
     ``map_state`` maps the file's plain layout onto the model's (a method's
     ``pretrained_state``, e.g. ``weight`` -> ``weight_orig``).
@@ -163,9 +251,12 @@ def load_pretrained(
         state = map_state(state_dict_of(checkpoint))
         load_state_into(model, {**checkpoint, "model": state}, source, expect_arch=expect_arch)
         return {"pretrained": source}
-    wrapped = checkpoint.get("state_dict")
-    state = map_state(state_dict_of(wrapped if isinstance(wrapped, dict) else checkpoint))
     own = model.state_dict()
+    plain, layout = library_state(checkpoint, own if plain_keys is None else plain_keys, key_map)
+    missing_counters = sum(
+        1 for k in (plain_keys or own) if k.endswith(OPTIONAL_KEY_SUFFIXES) and k not in plain
+    )
+    state = map_state(plain)
     replaced = _replaced_layers(state, own, replaceable or {})
     kept = {k for layer in replaced.values() for k in layer["keys"]}
     prefixes = tuple(f"{layer['layer']}." for layer in replaced.values())
@@ -175,9 +266,10 @@ def load_pretrained(
         {k: v for k, v in own.items() if k not in kept},
         source,
         expect_arch,
+        key_map,
     )
-    model.load_state_dict({k: own[k] if k in kept else state[k] for k in own})
-    loaded = len(own) - len(kept)
+    model.load_state_dict({k: state[k] if k in state and k not in kept else own[k] for k in own})
+    loaded = sum(1 for k in own if k in state and k not in kept)
     log.info("pretrained weights loaded from %s: %d of %d tensors", source, loaded, len(own))
     for role, layer in replaced.items():
         log.info(
@@ -186,12 +278,15 @@ def load_pretrained(
             layer["layer"],
             layer["reason"],
         )
+    if missing_counters:
+        layout["bn_counters_missing"] = missing_counters
     return {
         "pretrained": source,
         "pretrained_weights": {
             "format": "safetensors" if Path(source).suffix == ".safetensors" else "state_dict",
             "tensors_loaded": loaded,
             "tensors_in_model": len(own),
+            **layout,
             "replaced": replaced,
         },
     }

@@ -8,7 +8,6 @@ stops with a clear error on a NaN/inf loss, keeping the last good checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import logging
@@ -27,6 +26,7 @@ from prune_cli import distributed
 from prune_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from prune_cli.engine.hooks import TrainHooks
 from prune_cli.engine.optim import build_optimizer, build_scheduler, step_lr_setter
+from prune_cli.engine.precision import Precision, choose_memory_format, resolve_precision
 from prune_cli.errors import ConfigError, NonFiniteLossError
 from prune_cli.io import atomic_write_text
 
@@ -77,20 +77,26 @@ class FitResult:
     best_top1: float | None = None
     best_path: Path | None = None
     seconds: float = 0.0
-    #: The evaluation after the last epoch this call trained, when it was the plain one
-    #: (:func:`evaluate` without AMP or channels-last, as the pipeline's stage figures are
-    #: measured): the returned model on ``select_split`` in batches of ``eval_batch_size``.
-    #: Evaluating that model again gives the same figures, so a caller may take these instead.
+    #: The evaluation after the last epoch this call trained (:func:`evaluate` of the returned
+    #: model, NCHW, on ``select_split`` in batches of ``eval_batch_size``, in
+    #: ``eval_precision``). Evaluating that model again the same way gives the same figures,
+    #: so a caller may take these instead.
     last_eval: EvalResult | None = None
     eval_batch_size: int | None = None
+    eval_precision: str | None = None
+    #: What the stage trained in: precision (:meth:`Precision.record`) and memory format.
+    numerics: dict[str, Any] = field(default_factory=dict)
+    #: What the stage did otherwise than asked (a memory format that fell back), for the
+    #: run's warnings.
+    notes: list[str] = field(default_factory=list)
 
 
-def autocast_context(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when asked for (no loss scaling needed); nothing on the CPU."""
-    if amp and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+def autocast_context(device: torch.device, precision: str | Precision = "fp32") -> Any:
+    """The autocast context of ``precision`` (a name, resolved for ``device``, or a
+    :class:`Precision`); nothing for fp32."""
+    if not isinstance(precision, Precision):
+        precision = resolve_precision(precision, device)
+    return precision.autocast()
 
 
 def _channels_last(x: torch.Tensor, on: bool) -> torch.Tensor:
@@ -103,10 +109,11 @@ def evaluate(
     loader: Any,
     device: torch.device | str = "cpu",
     *,
-    amp: bool = False,
-    channels_last: bool = False,
+    precision: str | Precision = "fp32",
 ) -> EvalResult:
-    """Top-1 / top-5 accuracy (percent) and mean cross-entropy of ``model`` over ``loader``.
+    """Top-1 / top-5 accuracy (percent) and mean cross-entropy of ``model`` over ``loader``,
+    computed in ``precision`` (``metrics.precision``; fp32 keeps figures comparable with
+    published ones).
 
     Top-5 is computed over ``min(5, num_classes)`` classes, so it is 100% with <= 5 classes.
     """
@@ -117,10 +124,9 @@ def evaluate(
     correct1 = torch.zeros((), dtype=torch.int64, device=device)
     correct5 = torch.zeros((), dtype=torch.int64, device=device)
     n = 0
-    cl = channels_last and device.type == "cuda"
     for images, labels in loader:
-        with autocast_context(device, amp):
-            logits = model(_channels_last(images, cl))
+        with autocast_context(device, precision):
+            logits = model(images)
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
         k = min(5, logits.shape[1])
@@ -187,8 +193,9 @@ def train_one_epoch(
     epoch: int = 0,
     steps_per_epoch: int = 0,
     smoothing: float = 0.0,
-    amp: bool = False,
+    precision: str | Precision = "fp32",
     channels_last: bool = False,
+    scaler: torch.amp.GradScaler | None = None,
     on_check: Callable[[torch.Tensor, int], None] | None = None,
     forward: nn.Module | None = None,
     criterion: Criterion | None = None,
@@ -200,6 +207,10 @@ def train_one_epoch(
     ``set_lr(epoch, i)``, when given, sets the learning rate before step ``i`` (a per-step
     schedule, :func:`~prune_cli.engine.optim.step_lr_setter`).
 
+    ``precision`` is the autocast precision; ``channels_last`` converts each batch to NHWC
+    (the model must be in that format already); ``scaler`` scales the loss of fp16 training,
+    and unscales the gradients before the hooks see them.
+
     ``forward`` (default ``model``) computes the logits: the DistributedDataParallel wrapper of
     ``model`` in a distributed run; hooks always get ``model`` itself. ``criterion`` replaces
     the cross-entropy (a :class:`~prune_cli.engine.distill.Distiller`); ``max_batches`` stops
@@ -210,6 +221,8 @@ def train_one_epoch(
     NaN or inf stops the run early.
     """
     check_every = 1 if device.type == "cpu" else 25
+    if not isinstance(precision, Precision):
+        precision = resolve_precision(precision, device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     # The objective (task loss + regulariser) is summed apart: a NaN regulariser must stop
     # training too, even while the task loss is still finite.
@@ -224,7 +237,7 @@ def train_one_epoch(
         if set_lr is not None:
             set_lr(epoch, i)
         hooks.before_step(model, epoch * steps_per_epoch + i, epoch)
-        with autocast_context(device, amp):
+        with precision.autocast():
             inputs = _channels_last(images, channels_last)
             logits = (model if forward is None else forward)(inputs)
             if criterion is None:
@@ -234,9 +247,16 @@ def train_one_epoch(
             extra = hooks.extra_loss(model)
             total = loss if extra is None else loss + extra
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        hooks.after_backward(model)
-        optimizer.step()
+        if scaler is None:
+            total.backward()
+            hooks.after_backward(model)
+            optimizer.step()
+        else:  # the hooks (a regulariser's subgradient, masked gradients) need true gradients
+            scaler.scale(total).backward()
+            scaler.unscale_(optimizer)
+            hooks.after_backward(model)
+            scaler.step(optimizer)
+            scaler.update()
         hooks.after_step(model)
         batch = labels.numel()
         loss_sum += loss.detach().double() * batch
@@ -256,16 +276,19 @@ class FitSettings:
 
     ``optim`` holds the node for :mod:`prune_cli.engine.optim`, which reads and validates its
     keys (lr, momentum, nesterov, weight_decay, schedule, milestones, gamma, warmup_epochs).
-    ``amp`` and ``channels_last`` are requests: they take effect on CUDA only. ``compile``
-    trains through ``torch.compile`` of the model (see :func:`fit`).
+    ``precision`` and ``memory_format`` are what training asks for (:mod:`.precision`: ``auto``
+    takes what the hardware does natively); ``eval_precision`` is the per-epoch evaluation's
+    (``metrics.precision``). ``compile`` trains through ``torch.compile`` of the model (see
+    :func:`fit`).
     """
 
     epochs: int
     batch_size: int
     eval_batch_size: int = DEFAULT_EVAL_BATCH_SIZE
     label_smoothing: float = 0.0
-    amp: bool = False
-    channels_last: bool = False
+    precision: str = "fp32"
+    memory_format: str = "contiguous"
+    eval_precision: str = "fp32"
     select_best: bool = True
     compile: bool = False
     optim: Mapping[str, Any] = field(default_factory=dict)
@@ -283,8 +306,9 @@ class FitSettings:
             batch_size=_integer(cfg, "batch_size", None, 1),
             eval_batch_size=_integer(cfg, "eval_batch_size", DEFAULT_EVAL_BATCH_SIZE, 1),
             label_smoothing=float(cfg.get("label_smoothing", 0.0)),
-            amp=bool(cfg.get("amp", False)),
-            channels_last=bool(cfg.get("channels_last", False)),
+            precision=str(cfg.get("precision", "fp32")),
+            memory_format=str(cfg.get("memory_format", "contiguous")),
+            eval_precision=str(cfg.get("eval_precision", "fp32")),
             select_best=bool(cfg.get("select_best", True)),
             compile=bool(cfg.get("compile", False)),
             optim=dict(cfg),
@@ -346,8 +370,10 @@ class _Trainer:
     eval_loader: Any
     select_split: str
     device: torch.device
-    amp: bool
+    precision: Precision
+    eval_precision: Precision
     channels_last: bool
+    scaler: torch.amp.GradScaler | None = None
     forward: nn.Module | None = None  # the DDP wrapper of ``model`` in a distributed run
     criterion: Criterion | None = None  # None: cross-entropy
 
@@ -384,6 +410,10 @@ def fit(
     trainer = _build_trainer(model, data, settings, device, hooks or TrainHooks(), seed)
     trainer.criterion = criterion
     result = FitResult(select_split=trainer.select_split)
+    result.numerics, note = _choose_numerics(trainer, settings)
+    if note is not None:
+        log.warning("%s: %s", files.stage, note)
+        result.notes.append(note)
     start_epoch = _restore_last(trainer, files, result) if files.resume else 0
     if result.best_epoch is not None and files.best.is_file():
         result.best_path = files.best
@@ -395,9 +425,9 @@ def fit(
         lr = trainer.optimizer.param_groups[0]["lr"]
         train_stats, ev = _train_and_evaluate(trainer, settings, files, epoch)
         elapsed = time.perf_counter() - tic
-        plain = not (trainer.amp or trainer.channels_last)
-        result.last_eval = ev if plain else None
-        result.eval_batch_size = settings.eval_batch_size if plain else None
+        result.last_eval = ev
+        result.eval_batch_size = settings.eval_batch_size
+        result.eval_precision = trainer.eval_precision.name
         result.seconds += elapsed
         row = _history_row(files.stage, epoch, lr, train_stats, trainer.select_split, ev, elapsed)
         result.history.append(row)
@@ -413,6 +443,8 @@ def fit(
         )
     if files.history_csv is not None and result.history:
         write_history(files.history_csv, files.stage, result.history)
+    if trainer.channels_last:  # the model leaves as it came: the stages after it expect NCHW
+        model.to(memory_format=torch.contiguous_format)
     distributed.barrier()  # rank 0's checkpoints are on disk before any rank reads them
     return result
 
@@ -430,6 +462,31 @@ def _training_forward(model: nn.Module, device: torch.device, compile: bool) -> 
     return None if forward is model else forward
 
 
+def _choose_numerics(trainer: _Trainer, settings: FitSettings) -> tuple[dict[str, Any], str | None]:
+    """Settle the memory format (``auto``: channels-last if the model passes the check on one
+    evaluation batch, :func:`~.precision.choose_memory_format`), put the model in it, and say
+    what the stage trains in: ``(record for metrics.json, warning or None)``."""
+    batch = next(iter(trainer.eval_loader), None)
+    images = batch[0][:16] if batch is not None else torch.zeros(0)
+    channels_last, note = choose_memory_format(
+        settings.memory_format, trainer.model, images, trainer.precision
+    )
+    if channels_last:
+        trainer.model.to(memory_format=torch.channels_last)
+    trainer.channels_last = channels_last
+    record = {
+        **trainer.precision.record(),
+        "memory_format": {
+            "requested": settings.memory_format,
+            "used": "channels_last" if channels_last else "contiguous",
+        },
+        "eval_precision": trainer.eval_precision.name,
+    }
+    if not trainer.precision.native:
+        note = "; ".join(filter(None, [note, trainer.precision.why]))
+    return record, note
+
+
 def _build_trainer(
     model: nn.Module,
     data: Any,
@@ -438,11 +495,9 @@ def _build_trainer(
     hooks: TrainHooks,
     seed: int,
 ) -> _Trainer:
-    """Optimizer, schedule and loaders of a stage; ``model`` goes channels-last when asked."""
-    on_cuda = device.type == "cuda"
-    channels_last = settings.channels_last and on_cuda
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    """Optimizer, schedule, loaders and numerics of a stage (the memory format is settled by
+    :func:`_choose_numerics`)."""
+    precision = resolve_precision(settings.precision, device)
     optimizer = build_optimizer(model, settings.optim)
     scheduler = build_scheduler(optimizer, settings.optim, settings.epochs)
     # Distributed: the batch size is the global batch, split evenly across ranks.
@@ -464,8 +519,10 @@ def _build_trainer(
         eval_loader=eval_loader,
         select_split=select_split,
         device=device,
-        amp=settings.amp and on_cuda,
-        channels_last=channels_last,
+        precision=precision,
+        eval_precision=resolve_precision(settings.eval_precision, device),
+        channels_last=False,
+        scaler=precision.grad_scaler(),
     )
 
 
@@ -480,6 +537,8 @@ def _restore_last(trainer: _Trainer, files: StageFiles, result: FitResult) -> in
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng_cpu"].cpu())
+    if trainer.scaler is not None and "scaler" in state:
+        trainer.scaler.load_state_dict(state["scaler"])
     result.history = list(state["history"])
     result.best_epoch = state.get("best_epoch")
     result.best_top1 = state.get("best_top1")
@@ -513,8 +572,9 @@ def _train_and_evaluate(
         epoch=epoch,
         steps_per_epoch=len(trainer.train_loader),
         smoothing=settings.label_smoothing,
-        amp=trainer.amp,
+        precision=trainer.precision,
         channels_last=trainer.channels_last,
+        scaler=trainer.scaler,
         on_check=lambda total, i: _check_finite(_reduced(total), files.stage, epoch, i, files.last),
         forward=trainer.forward,
         criterion=trainer.criterion,
@@ -529,9 +589,13 @@ def _train_and_evaluate(
         loss_sum, correct, seen = sums[0], sums[1].long(), int(sums[2])
     trainer.hooks.on_epoch_end(model, epoch)
     trainer.scheduler.step()
-    ev = evaluate(
-        model, trainer.eval_loader, device, amp=trainer.amp, channels_last=trainer.channels_last
-    )
+    # Evaluated as the pipeline evaluates a stage's model (NCHW, metrics.precision), so that
+    # the last epoch's figures are the ones evaluating the returned model would give.
+    if trainer.channels_last:
+        model.to(memory_format=torch.contiguous_format)
+    ev = evaluate(model, trainer.eval_loader, device, precision=trainer.eval_precision)
+    if trainer.channels_last:
+        model.to(memory_format=torch.channels_last)
     return (loss_sum, correct, seen), ev
 
 
@@ -594,6 +658,7 @@ def _save_epoch(
             "best_epoch": result.best_epoch,
             "best_top1": result.best_top1,
             "seconds": result.seconds,
+            **({"scaler": trainer.scaler.state_dict()} if trainer.scaler is not None else {}),
             **files.extra_state,
         },
     )

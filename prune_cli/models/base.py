@@ -8,7 +8,9 @@ dataset; ``options`` are the extra keys of ``configs/model/<name>.yaml``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -44,3 +46,56 @@ def unknown_options(model: str, unknown: Iterable[str], valid: Iterable[str]) ->
         f"unknown option(s) {', '.join(sorted(unknown))} for model {model!r}; "
         f"valid options: {choices}"
     )
+
+
+@dataclass(frozen=True)
+class KeyMap:
+    """How other implementations of a model family name their checkpoint keys, declared next
+    to the model (timm's ``checkpoint_filter_fn``, as data rather than code).
+
+    ``rules`` are ``(pattern, replacement)`` regular expressions; a key of a file that the
+    model does not have is renamed by the first rule whose result the model has, and is left as
+    it is otherwise (then the load refuses it, naming it). ``hints`` are ``(side, pattern,
+    text)``: when a key the model expects but the file lacks (``side`` "missing") or a key of the
+    file the model lacks ("unexpected") matches ``pattern``, ``text`` says what that usually
+    means (an option of the model that does not match the file); it ends the one-line refusal.
+    ``sources`` says whose layouts these are.
+    """
+
+    sources: str
+    rules: tuple[tuple[str, str], ...] = ()
+    hints: tuple[tuple[str, str, str], ...] = ()
+
+    def rename(self, key: str, fits: Callable[[str], bool]) -> str:
+        """``key`` in the model's naming: the first rule's result that ``fits`` the model, or
+        ``key`` itself when it fits already or no rule maps it onto the model."""
+        if fits(key):
+            return key
+        for pattern, replacement in self.rules:
+            renamed = re.sub(pattern, replacement, key)
+            if renamed != key and fits(renamed):
+                return renamed
+        return key
+
+    def hint(self, missing: Iterable[str], unexpected: Iterable[str]) -> str | None:
+        """What the first hint that matches a missing or an unexpected key says, or None."""
+        keys = {"missing": list(missing), "unexpected": list(unexpected)}
+        for side, pattern, text in self.hints:
+            if any(re.search(pattern, key) for key in keys[side]):
+                return text
+        return None
+
+
+#: Model name -> the checkpoint key map of its family (:func:`register_key_map`).
+KEY_MAPS: dict[str, KeyMap] = {}
+
+
+def register_key_map(names: Iterable[str], key_map: KeyMap) -> None:
+    """Declare ``key_map`` for the models ``names`` (called by the module defining them)."""
+    for name in names:
+        KEY_MAPS[name] = key_map
+
+
+def key_map_of(name: str) -> KeyMap | None:
+    """The declared checkpoint key map of model ``name``, if its family has one."""
+    return KEY_MAPS.get(name)

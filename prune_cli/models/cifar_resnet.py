@@ -1,5 +1,5 @@
-"""CIFAR ResNets (He et al., CVPR 2016, §4.2): ``resnet20``, ``resnet32``, ``resnet56``,
-``resnet110``.
+"""CIFAR ResNets (He et al., CVPR 2016, §4.2): ``resnet20``, ``resnet32``, ``resnet44``,
+``resnet56``, ``resnet110`` (the depths of the paper's Table 6 up to 110).
 
 Architecture (depth = 6n + 2): a 3x3 stem conv (``in_channels`` -> 16) + BN + ReLU, three stages of
 n basic blocks with 16, 32 and 64 channels (the first block of stages 2 and 3 has stride 2), global
@@ -21,6 +21,12 @@ gamma = 1 and beta = 0, the linear layer PyTorch's default.
 
 The network is fully convolutional up to the global pooling, so ``image_size`` does not change the
 architecture; it is accepted because every model factory takes it.
+
+Checkpoints of other implementations load with ``pretrained=PATH`` through :data:`KEY_MAP`: the
+widely used pretrained CIFAR ResNets of akamaster/pytorch_resnet_cifar10 (option A, saved from
+``DataParallel``: the ``module.`` prefix is stripped by the loader) name the classifier
+``linear`` and an option-B projection ``shortcut.0`` / ``shortcut.1`` (as kuangliu/pytorch-cifar
+does); chenyaofo/pytorch-cifar-models uses this module's names already.
 """
 
 from __future__ import annotations
@@ -30,10 +36,36 @@ import torch.nn.functional as F
 from torch import nn
 
 from prune_cli.errors import unknown_choice
-from prune_cli.models.base import MODELS, init_conv_bn
+from prune_cli.models.base import MODELS, KeyMap, init_conv_bn, register_key_map
 
 SHORTCUTS = ("A", "B")
 STAGE_WIDTHS = (16, 32, 64)
+DEPTHS = (20, 32, 44, 56, 110)
+
+#: Other implementations' checkpoint keys onto this module's (module docstring).
+KEY_MAP = KeyMap(
+    sources="akamaster/pytorch_resnet_cifar10, kuangliu/pytorch-cifar",
+    rules=(
+        (r"^linear\.", "fc."),
+        (r"\.shortcut\.(\d+)\.", r".downsample.\1."),
+    ),
+    hints=(
+        (
+            "missing",
+            r"\.downsample\.",
+            "the file has no shortcut projections: a zero-padding (option-A) checkpoint needs "
+            "model.shortcut=A",
+        ),
+        (
+            "unexpected",
+            r"\.(downsample|shortcut)\.\d",
+            "the file has shortcut projections: a projection (option-B) checkpoint needs "
+            "model.shortcut=B",
+        ),
+        ("missing", r"^layer\d\.\d+\.", "the file has fewer blocks: check the model's depth"),
+        ("unexpected", r"^layer\d\.\d+\.", "the file has more blocks: check the model's depth"),
+    ),
+)
 
 
 class ZeroPadShortcut(nn.Module):
@@ -137,5 +169,6 @@ def _register(depth: int) -> None:
     MODELS.register(f"resnet{depth}")(factory)
 
 
-for _depth in (20, 32, 56, 110):
+for _depth in DEPTHS:
     _register(_depth)
+register_key_map((f"resnet{depth}" for depth in DEPTHS), KEY_MAP)

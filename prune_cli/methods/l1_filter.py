@@ -17,9 +17,14 @@ fine-tunes it.
 - ``method.schedule``: ``oneshot`` or ``iterative`` (rounds cut the model further, each to its
   ratio of the *original* channel counts, so the last equals one shot); ``gradual`` is refused
   (masked channels would have to be removed physically at the end: use iterative).
-- ``method.layer_ratios``: a ``{conv: ratio}`` file (``method=sensitivity``'s
+- ``method.layer_ratios``: ``{conv: ratio}``, inline or a file (``method=sensitivity``'s
   ``layer_ratios.json``, ``granularity=filter``); each channel group removes the smallest ratio
   of its producers listed (the most sensitive decides); groups with no listed producer stay whole.
+  Li et al.'s ResNet-56-pruned-B is such a mapping (``experiment=li2017_resnet56_pruned_b``).
+- ``method.macs_reduction``: a MAC budget instead of the ratio (``2.13`` = the dense model's MACs
+  over the pruned model's): the smallest ratio that reaches it is solved for
+  (:func:`~prune_cli.pruning.budget.ratio_for_macs_reduction`) and recorded in
+  ``prune_info.macs_reduction``; a budget the guards do not let it reach is a warning.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from prune_cli.methods.base import (
     ScheduleOptions,
 )
 from prune_cli.methods.registry import METHODS
-from prune_cli.options import OneOf, Text
+from prune_cli.options import Float, OneOf, Text
+from prune_cli.pruning.budget import ratio_for_macs_reduction
 from prune_cli.pruning.channels import channel_prune, restore_channels
 from prune_cli.pruning.groups import discover
 from prune_cli.pruning.importance import CRITERIA, FilterNorm
@@ -55,7 +61,11 @@ class L1FilterPruning(Method):
 
         scope: OneOf("layerwise", "global") = "layerwise"
         norm: OneOf(*CRITERIA) = "l1"
-        layer_ratios: Text("a path to a {layer: ratio} JSON or YAML file") | None = None
+        layer_ratios: (
+            Text("a path to a {layer: ratio} JSON or YAML file") | dict[str, float] | None
+        ) = None
+        #: Dense MACs over pruned MACs to reach; the ratio is solved for (null: use ratio).
+        macs_reduction: Float(ge=1) | None = None
 
     opts: Options
 
@@ -63,6 +73,8 @@ class L1FilterPruning(Method):
     def refuses_schedule(cls, cfg: Mapping[str, Any]) -> str | None:
         if cfg.get("layer_ratios"):
             return "method.layer_ratios prunes one shot"
+        if cfg.get("macs_reduction") is not None:
+            return "method.macs_reduction prunes one shot"
         if cfg.get("schedule") == "gradual":
             return "gradual channel removal is not supported; use method.schedule=iterative"
         return None
@@ -73,9 +85,40 @@ class L1FilterPruning(Method):
         settings = {"scope": scope, **self.opts.channel_settings()}
         if self.opts.layer_ratios:
             return self._per_layer(model, ctx, importance, settings)
+        if self.opts.macs_reduction is not None:
+            return self._to_macs_budget(model, ctx, importance, settings)
         step = ChannelSteps(importance, ctx.input_size, ctx.device, **settings)
         model, _, info = self.scheduled(model, ctx, step, self.ratio)
         return PruneResult(model=model, masks={}, info={**step.info, **info})
+
+    def _to_macs_budget(
+        self, model: nn.Module, ctx: PruneContext, importance: FilterNorm, settings: dict
+    ) -> PruneResult:
+        """One shot at the smallest ratio that reaches ``method.macs_reduction``."""
+        target = float(self.opts.macs_reduction)  # type: ignore[arg-type]
+
+        def cut(ratio: float) -> nn.Module:
+            return channel_prune(
+                model, importance, ratio, input_size=ctx.input_size, **settings
+            ).model
+
+        ratio, search = ratio_for_macs_reduction(model, cut, target, ctx.input_size)
+        pruned = channel_prune(model, importance, ratio, input_size=ctx.input_size, **settings)
+        info = {**pruned.info, "macs_reduction": search}
+        info["warnings"] = [
+            f"l1_filter: ratio {self.ratio} not used: method.macs_reduction={target:g} solved "
+            f"for ratio {search['ratio']:.4f}"
+        ]
+        if not search["reached"]:
+            info["warnings"].append(
+                f"l1_filter: method.macs_reduction={target:g} not reached: at most "
+                f"{search['achieved']:.3f}x with these groups and guards"
+            )
+        # The rate asked for is the solved one.
+        rate = info.get("rates", {}).get("channels")
+        if rate is not None:
+            rate["target"] = search["ratio"]
+        return PruneResult(model=pruned.model.to(ctx.device), masks={}, info=info)
 
     def _per_layer(
         self, model: nn.Module, ctx: PruneContext, importance: FilterNorm, settings: dict
@@ -85,6 +128,8 @@ class L1FilterPruning(Method):
             raise ConfigError("method.layer_ratios needs method.scope=layerwise, not global")
         convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
         ratios = read_layer_ratios(self.opts.layer_ratios, convs)
+        source = self.opts.layer_ratios
+        source = "inline" if isinstance(source, Mapping) else str(source)
         groups = discover(model, ctx.input_size, self.opts.groups).groups
         per_group = {}
         for g in groups:
@@ -96,7 +141,7 @@ class L1FilterPruning(Method):
             **settings,
         )  # fmt: skip
         info = pruned.info
-        info["layer_ratios"] = {"file": str(self.opts.layer_ratios), "ratios": ratios}
+        info["layer_ratios"] = {"file": source, "ratios": ratios}
         # The rate asked for is the file's, not the run's ratio.
         rate = info.get("rates", {}).get("channels")
         if rate is not None:

@@ -85,6 +85,10 @@ class NetworkSlimming(Method):
         """``γ.grad += λ·sign(γ)`` for every BatchNorm2d (methods.md §3 step 1)."""
         self.sparsity.after_backward(model)
 
+    #: ``pretrained=`` weights start the sparsity training (``train.*``): slimming ranks the
+    #: γ that the L1 term has driven apart, which a plainly trained model's γ are not.
+    trains_from_pretrained = True
+
     def baseline_kind(self, trained: bool = True) -> str:
         return self.sparsity.baseline_kind() if trained else "dense"
 

@@ -139,9 +139,13 @@ def write_layer_ratios(path: Path, ratios: Mapping[str, float]) -> None:
     atomic_write_text(path, json.dumps(dict(ratios), indent=2) + "\n")
 
 
-def read_layer_ratios(path: str | Path, valid: Sequence[str]) -> dict[str, float]:
-    """The ``{layer: ratio}`` mapping of a JSON or YAML file, every layer one of ``valid`` and
-    every ratio in [0, 1); one-line ConfigError otherwise."""
+def read_layer_ratios(
+    path: str | Path | Mapping[str, Any], valid: Sequence[str]
+) -> dict[str, float]:
+    """The ``{layer: ratio}`` mapping given inline or in a JSON or YAML file, every layer one of
+    ``valid`` and every ratio in [0, 1); one-line ConfigError otherwise."""
+    if isinstance(path, Mapping):
+        return _checked_ratios(path, valid, "the inline mapping")
     path = Path(path).expanduser()
     try:
         text = path.read_text()
@@ -159,11 +163,17 @@ def read_layer_ratios(path: str | Path, valid: Sequence[str]) -> dict[str, float
         raise ConfigError(
             f"method.layer_ratios {str(path)!r} is not a mapping of layer names to ratios"
         )
+    return _checked_ratios(data, valid, path.name)
+
+
+def _checked_ratios(data: Mapping[str, Any], valid: Sequence[str], where: str) -> dict[str, float]:
+    if not data:
+        raise ConfigError("method.layer_ratios is empty; valid: a mapping of layer names to ratios")
     unknown = [str(k) for k in data if str(k) not in set(valid)]
     if unknown:
         shown = ", ".join(valid[:8]) + (f", ... ({len(valid)} layers)" if len(valid) > 8 else "")
         raise ConfigError(
-            f"method.layer_ratios: unknown layer {unknown[0]!r} in {path.name}; valid: {shown}"
+            f"method.layer_ratios: unknown layer {unknown[0]!r} in {where}; valid: {shown}"
         )
     out = {}
     for key, value in data.items():

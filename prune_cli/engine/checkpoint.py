@@ -14,6 +14,7 @@ from torch import nn
 
 from prune_cli.distributed import is_main
 from prune_cli.errors import CheckpointError
+from prune_cli.models.library_weights import replaced_layers
 from prune_cli.models.names import model_overrides
 
 log = logging.getLogger("prune_cli")
@@ -166,7 +167,7 @@ def load_pretrained(
     wrapped = checkpoint.get("state_dict")
     state = map_state(state_dict_of(wrapped if isinstance(wrapped, dict) else checkpoint))
     own = model.state_dict()
-    replaced = _replaced_layers(state, own, replaceable or {})
+    replaced = replaced_layers(state, own, replaceable or {})
     kept = {k for layer in replaced.values() for k in layer["keys"]}
     prefixes = tuple(f"{layer['layer']}." for layer in replaced.values())
     _check_fit(
@@ -195,33 +196,3 @@ def load_pretrained(
             "replaced": replaced,
         },
     }
-
-
-def _replaced_layers(
-    state: Mapping[str, torch.Tensor],
-    own: Mapping[str, torch.Tensor],
-    replaceable: Mapping[str, str],
-) -> dict[str, dict[str, Any]]:
-    """``{role: {"layer", "keys", "reason"}}`` for each replaceable layer that does not fit."""
-    replaced: dict[str, dict[str, Any]] = {}
-    for layer, role in replaceable.items():
-        prefix = f"{layer}."
-        keys = sorted({k for k in [*own, *state] if k.startswith(prefix)})
-        reason = None
-        # The weight's shapes tell most (out x in channels), so they are the reason given.
-        for k in sorted(keys, key=lambda k: ("weight" not in k.rsplit(".", 1)[-1], k)):
-            if k not in own or k not in state:
-                where = "model" if k in own else "file"
-                reason = f"{k} only in the {where}"
-            elif own[k].shape != state[k].shape:
-                shapes = f"{tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
-                reason = f"{k} is {shapes}"
-            if reason:
-                break
-        if reason:
-            replaced[role] = {
-                "layer": layer,
-                "keys": [k for k in keys if k in own],
-                "reason": reason,
-            }
-    return replaced

@@ -49,8 +49,9 @@ NOT_IN_KEY = ("num_workers",)
 #: Training settings added after version 1, left out of the key at these values (the behaviour
 #: before they existed), so that entries trained before them are still found.
 TRAIN_ADDED = {"compile": False, "optimizer": "sgd", "schedule_every": "epoch"}
-#: The same for model options added after version 1.
-MODEL_ADDED = {"stem": "auto"}
+#: The same for model options added after version 1 (``weights``: torchvision's, ``pretrained``:
+#: timm's; at other values they are in the key, so the pretrained init trains its own entry).
+MODEL_ADDED = {"stem": "auto", "weights": None, "pretrained": False}
 
 
 def cache_key(payload: Mapping[str, Any]) -> str:

@@ -80,7 +80,7 @@ from prune_cli.metrics.report import (
     stage_metrics,
     write_metrics_json,
 )
-from prune_cli.models import build_model, build_skeleton
+from prune_cli.models import build_model, build_skeleton, weights_warnings
 from prune_cli.models.base import key_map_of
 from prune_cli.models.traits import stem_and_classifier
 from prune_cli.portable import describe, save_portable
@@ -343,16 +343,20 @@ class Pipeline:
 
     def _build_plain_model(self, seed: int | None = None) -> nn.Module:
         """The configured architecture, freshly initialised from the run seed (the same seed
-        gives the same initial weights whatever the method), or from ``seed``."""
+        gives the same initial weights whatever the method), or from ``seed``; layers that did
+        not get the library weights asked for (``model.weights``) are warnings."""
         model_kwargs = {k: v for k, v in _plain(self.cfg.model).items() if k != "name"}
         torch.manual_seed(self.seed if seed is None else seed)
-        return build_model(
+        model = build_model(
             self.model_name,
             num_classes=self.data.num_classes,
             in_channels=self.data.in_channels,
             image_size=self.data.image_size,
             **model_kwargs,
         )
+        for message in weights_warnings(model):
+            self.warn(message)
+        return model
 
     def _pretrained_path(self) -> Path | None:
         if not self.cfg.get("pretrained"):

@@ -50,7 +50,7 @@ from prune_cli import __version__
 from prune_cli.errors import CheckpointError
 from prune_cli.io import atomic_write_text
 from prune_cli.methods import build_method
-from prune_cli.models import build_model
+from prune_cli.models import build_model, without_library_weights
 
 FORMAT = "prune-cli/pruned-model"
 VERSION = 1
@@ -222,13 +222,14 @@ def rebuild_model(
     structure = description["structure"]
     seed = int(meth["seed"])
     torch.manual_seed(seed)  # the run's own order: the same seed before the dense model is built
-    model = build_model(
-        str(spec["name"]),
-        num_classes=int(data["num_classes"]),
-        in_channels=int(data["in_channels"]),
-        image_size=int(data["image_size"]),
-        **dict(spec.get("options") or {}),
-    )
+    with without_library_weights():  # (``model.weights``: the state below replaces them all)
+        model = build_model(
+            str(spec["name"]),
+            num_classes=int(data["num_classes"]),
+            in_channels=int(data["in_channels"]),
+            image_size=int(data["image_size"]),
+            **dict(spec.get("options") or {}),
+        )
     method = build_method(dict(meth["config"]), float(meth["ratio"]), seed)
     model = method.prepare(model)
     sharing = structure.get("sharing")

@@ -152,8 +152,8 @@ def test_torchvision_options_pass_through_and_bad_ones_fail_cleanly() -> None:
     assert any(isinstance(m, nn.Dropout) and m.p == 0.5 for m in model.modules())
     with pytest.raises(ConfigError, match="mobilenet_v3_small"):
         _build("mobilenet_v3_small", CIFAR, no_such_option=1)
-    with pytest.raises(ConfigError, match="weights"):
-        _build("resnet18", CIFAR, weights="IMAGENET1K_V1")
+    with pytest.raises(ConfigError, match="unknown weights 'IMAGENET1K_V9'"):
+        _build("resnet18", CIFAR, weights="IMAGENET1K_V9")
 
 
 @pytest.mark.parametrize(("name", "size"), [("vgg16", 4), ("vgg11", 8), ("squeezenet1_1", 2)])

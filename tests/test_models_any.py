@@ -212,8 +212,10 @@ def test_torchvision_options_are_validated_against_the_constructor() -> None:
     message = str(info.value)
     assert "no_such_option" in message and "stochastic_depth_prob" in message
     assert "\n" not in message
-    with pytest.raises(ConfigError, match=r"weights.*nothing is downloaded"):
-        _tv("densenet121", weights="DEFAULT")
+    with pytest.raises(ConfigError, match=r"unknown weights 'V9'.*IMAGENET1K_V1, DEFAULT"):
+        _tv("densenet121", weights="V9")
+    with pytest.raises(ConfigError, match=r"progress.*progress bar"):
+        _tv("densenet121", progress=False)
     with pytest.raises(ConfigError, match=r"aux_logits.*one logits tensor"):
         _tv("googlenet", aux_logits=True)
     with pytest.raises(ConfigError, match=r"input_size.*dataset"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from torch import nn
 from prune_cli.distributed import is_main
 from prune_cli.errors import CheckpointError
 from prune_cli.models.base import KeyMap
+from prune_cli.models.library_weights import replaced_layers
 from prune_cli.models.names import model_overrides
 
 log = logging.getLogger("prune_cli")
@@ -121,6 +123,7 @@ def library_state(
             stripped.append(prefix)
     if stripped:
         record["prefixes_stripped"] = stripped
+    metadata = _module_versions(raw, "".join(stripped))
     if key_map is not None:
         modules = {k.rpartition(".")[0] for k in own}
 
@@ -136,7 +139,31 @@ def library_state(
                 "renamed": len(renamed),
                 "example": next(f"{k} -> {new}" for k, new in renamed.items()),
             }
-    return state, record
+    return with_versions(state, metadata), record
+
+
+def _module_versions(raw: Mapping[str, Any], prefix: str) -> dict[str, Any] | None:
+    """The per-module versions ``state_dict()`` keeps beside the tensors (``_metadata``), with
+    the wrapper ``prefix`` stripped: some modules load older layouts by them (MNASNet)."""
+    metadata = getattr(raw, "_metadata", None)
+    if metadata is None:
+        return None
+    out = {}
+    for key, value in metadata.items():
+        if prefix and key.startswith(prefix.rstrip(".")):
+            key = key[len(prefix) :] if key.startswith(prefix) else ""
+        out[key] = value
+    return out
+
+
+def with_versions(
+    state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None
+) -> dict[str, torch.Tensor]:
+    """``state`` as a state dict that carries ``metadata`` (module versions), when there is any."""
+    out: Any = OrderedDict(state)
+    if metadata is not None:
+        out._metadata = dict(metadata)
+    return out
 
 
 def load_state_into(
@@ -257,7 +284,7 @@ def load_pretrained(
         1 for k in (plain_keys or own) if k.endswith(OPTIONAL_KEY_SUFFIXES) and k not in plain
     )
     state = map_state(plain)
-    replaced = _replaced_layers(state, own, replaceable or {})
+    replaced = replaced_layers(state, own, replaceable or {})
     kept = {k for layer in replaced.values() for k in layer["keys"]}
     prefixes = tuple(f"{layer['layer']}." for layer in replaced.values())
     _check_fit(
@@ -268,7 +295,8 @@ def load_pretrained(
         expect_arch,
         key_map,
     )
-    model.load_state_dict({k: state[k] if k in state and k not in kept else own[k] for k in own})
+    merged = {k: state[k] if k in state and k not in kept else own[k] for k in own}
+    model.load_state_dict(with_versions(merged, getattr(plain, "_metadata", None)))
     loaded = sum(1 for k in own if k in state and k not in kept)
     log.info("pretrained weights loaded from %s: %d of %d tensors", source, loaded, len(own))
     for role, layer in replaced.items():
@@ -290,33 +318,3 @@ def load_pretrained(
             "replaced": replaced,
         },
     }
-
-
-def _replaced_layers(
-    state: Mapping[str, torch.Tensor],
-    own: Mapping[str, torch.Tensor],
-    replaceable: Mapping[str, str],
-) -> dict[str, dict[str, Any]]:
-    """``{role: {"layer", "keys", "reason"}}`` for each replaceable layer that does not fit."""
-    replaced: dict[str, dict[str, Any]] = {}
-    for layer, role in replaceable.items():
-        prefix = f"{layer}."
-        keys = sorted({k for k in [*own, *state] if k.startswith(prefix)})
-        reason = None
-        # The weight's shapes tell most (out x in channels), so they are the reason given.
-        for k in sorted(keys, key=lambda k: ("weight" not in k.rsplit(".", 1)[-1], k)):
-            if k not in own or k not in state:
-                where = "model" if k in own else "file"
-                reason = f"{k} only in the {where}"
-            elif own[k].shape != state[k].shape:
-                shapes = f"{tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
-                reason = f"{k} is {shapes}"
-            if reason:
-                break
-        if reason:
-            replaced[role] = {
-                "layer": layer,
-                "keys": [k for k in keys if k in own],
-                "reason": reason,
-            }
-    return replaced

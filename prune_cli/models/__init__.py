@@ -14,6 +14,10 @@ Beyond the registry (:mod:`.names` explains the names):
 - ``timm-<arch>``: any timm model, with the optional ``timm`` extra (:mod:`.timm_models`);
 - ``custom-<pkg.module.factory>``: a user's factory (:mod:`.custom`).
 
+torchvision's and timm's models take the libraries' pretrained weights (``weights=``,
+``pretrained=true``); :mod:`.library_weights` loads them and records what did not fit, which
+:func:`weights_warnings` reports.
+
 What the mechanics need to know about a model's architecture is in :mod:`.traits`.
 """
 
@@ -32,6 +36,7 @@ from prune_cli.errors import ConfigError
 from prune_cli.models import cifar_resnet, torchvision_models, vgg, wide_resnet  # noqa: F401
 from prune_cli.models.base import MODELS, InputSizeError, ModelFactory, unknown_options
 from prune_cli.models.custom import build_custom
+from prune_cli.models.library_weights import weights_warnings, without_library_weights
 from prune_cli.models.names import (
     SOURCE_KEYS,
     model_overrides,
@@ -58,6 +63,8 @@ __all__ = [
     "split_model_name",
     "torchvision_archs",
     "torchvision_options",
+    "weights_warnings",
+    "without_library_weights",
 ]
 
 _SOURCE_BUILDERS = {"torchvision": build_torchvision, "timm": build_timm, "custom": build_custom}
@@ -221,9 +228,10 @@ def build_skeleton(
 ) -> nn.Module:
     """Model ``name`` as :func:`build_model` builds it, with every parameter and buffer on the
     meta device: the architecture (modules, shapes, parameter counts) without memory or
-    initialisation cost, e.g. for inspecting ``regnet_y_128gf``. Not checked with a forward."""
+    initialisation cost, e.g. for inspecting ``regnet_y_128gf``; library weights
+    (``weights``, timm's ``pretrained``) are not read. Not checked with a forward."""
     _check_sizes(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
-    with _state_on_meta():
+    with _state_on_meta(), without_library_weights():
         return _construct(name, num_classes, in_channels, image_size, dict(kwargs))
 
 

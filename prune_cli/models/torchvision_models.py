@@ -1,19 +1,37 @@
-"""torchvision architectures, randomly initialised and adapted to the dataset's input.
+"""torchvision architectures adapted to the dataset's input, randomly initialised or with
+torchvision's pretrained weights.
 
 Two ways in, one construction:
 
 - the registered short names ``resnet18``, ``resnet50``, ``mobilenet_v2``,
   ``mobilenet_v3_small``, ``mobilenet_v3_large``, ``shufflenet_v2_x0_5``, ``shufflenet_v2_x1_0``,
   ``squeezenet1_1``, ``efficientnet_b0``, ``mnasnet1_0`` (``configs/model/<name>.yaml``), whose
-  config options are the ones in :data:`OPTIONS`;
+  config options are the ones in :data:`OPTIONS` and ``weights``;
 - :func:`build_torchvision` for *any* name of :func:`torchvision_archs` (``model=torchvision
-  model.arch=<name>``, model name ``torchvision-<name>``), whose options are the constructor's
-  keyword arguments (:func:`torchvision_options`). ``model=torchvision model.arch=resnet18`` builds
-  the same module, with the same initial weights for a seed, as ``model=resnet18``.
+  model.arch=<name>``, model name ``torchvision-<name>``), whose options are ``weights`` and the
+  constructor's keyword arguments (:func:`torchvision_options`). ``model=torchvision
+  model.arch=resnet18`` builds the same module, with the same initial weights for a seed, as
+  ``model=resnet18``.
 
-Both use torchvision's definitions with ``weights=None`` (nothing is downloaded) and
-``num_classes`` from the dataset. Options torchvision would silently ignore (some classes take
-``**kwargs``) are rejected, and so are the ones fixed here (:data:`FIXED_OPTIONS`).
+Both use torchvision's definitions with ``num_classes`` from the dataset. Options torchvision
+would silently ignore (some classes take ``**kwargs``) are rejected, and so are the ones fixed
+here (:data:`FIXED_OPTIONS`).
+
+``weights`` (default ``null``: random initialisation) takes ``DEFAULT`` or a member of the
+arch's weights enum (``IMAGENET1K_V1``, or in full ``ResNet18_Weights.IMAGENET1K_V1``;
+:func:`resolve_weights`). The model is built and adapted as without weights, then torchvision's
+weights are loaded into it (:func:`load_torchvision_weights`), read through torchvision's own
+``weights.get_state_dict`` (torch.hub: the file in ``torch.hub.get_dir()/checkpoints``, i.e.
+``$TORCH_HOME/hub/checkpoints``, else downloaded there; ``weights_only=True``). The weights are
+for 1,000 ImageNet classes and torchvision's stem: the classifier for another number of classes
+and a replaced stem (another ``in_channels``, the ResNets' CIFAR stem) keep their fresh
+initialisation, which is logged and recorded for ``metrics.json`` ``warnings``
+(:mod:`.library_weights`); a stem that only loses its stride keeps its weights
+(``model=resnet18 model.stem=imagenet`` keeps ResNet's 7x7 one). Weights that do not fit
+otherwise (ViT's position embedding at another image size) are a one-line error, and so is a
+missing file that cannot be downloaded (it names the path where torchvision looks).
+GoogLeNet and Inception-v3 get ``transform_input=True`` with weights and 3 input channels, as
+torchvision's builders do.
 
 Adaptations, done on the *stem conv* (the first ``nn.Conv2d`` in module order) and the *initial
 max-pool* (the first ``nn.MaxPool2d``, if it runs before the second conv):
@@ -48,13 +66,25 @@ import inspect
 import re
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from torch import nn
 
-from prune_cli.errors import ConfigError
+from prune_cli.errors import CheckpointError, ConfigError, one_line
 from prune_cli.models.base import MODELS, InputSizeError, unknown_options
+from prune_cli.models.library_weights import (
+    DOWNLOAD_FAILURES,
+    LOCAL_FILE_HINT,
+    load_library_state,
+    loads_weights,
+    set_weights_record,
+    torch_hub_file,
+    with_metadata,
+)
 from prune_cli.models.names import source_model_name
+from prune_cli.models.traits import stem_and_classifier
 
 SMALL_INPUT_MAX = 64
 
@@ -72,11 +102,12 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "mnasnet1_0": ("dropout",),
 }
 
+#: Options of every registered name besides its own: ``weights`` (:func:`resolve_weights`).
+COMMON_OPTIONS = ("weights",)
+
 #: Constructor arguments set here, never by a config option, and why.
 FIXED_OPTIONS: dict[str, str] = {
-    "weights": "nothing is downloaded; train from scratch or pass pretrained=PATH (a local "
-    "weights file)",
-    "progress": "nothing is downloaded",
+    "progress": "a download shows torchvision's progress bar",
     "num_classes": "it comes from the dataset",
     "image_size": "it comes from the dataset",
     "input_size": "it comes from the dataset",
@@ -257,10 +288,11 @@ def _settable(annotation: object) -> bool:
 
 
 def torchvision_options(arch: str) -> list[str]:
-    """The config options of ``model=torchvision model.arch=<arch>``: the keyword arguments of
-    the model class's constructor that a config value can set, the ones its builder reads, minus
-    :data:`FIXED_OPTIONS`. (An argument the builder itself passes, such as ``growth_rate`` of
-    ``densenet121``, is refused by torchvision when given, as a one-line error.)"""
+    """The config options of ``model=torchvision model.arch=<arch>``: ``weights``
+    (:func:`resolve_weights`), the keyword arguments of the model class's constructor that a
+    config value can set, the ones its builder reads, minus :data:`FIXED_OPTIONS`. (An argument
+    the builder itself passes, such as ``growth_rate`` of ``densenet121``, is refused by
+    torchvision when given, as a one-line error.)"""
     cls = model_class(arch)
     keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     names = [
@@ -271,7 +303,7 @@ def torchvision_options(arch: str) -> list[str]:
         and p.default is not inspect.Parameter.empty
         and _settable(p.annotation)
     ]
-    names += _builder_options().get(cls, ())
+    names += [*_builder_options().get(cls, ()), "weights"]
     return sorted(set(names) - set(FIXED_OPTIONS))
 
 
@@ -304,9 +336,10 @@ def _construct(
 def build_torchvision(
     arch: str, num_classes: int, in_channels: int, image_size: int, **options: object
 ) -> nn.Module:
-    """torchvision's ``arch`` (any name of :func:`torchvision_archs`), ``weights=None``, adapted
-    to ``(in_channels, image_size)`` as the module docstring says; ``options`` are passed to its
-    constructor (:func:`torchvision_options`)."""
+    """torchvision's ``arch`` (any name of :func:`torchvision_archs`), adapted to
+    ``(in_channels, image_size)`` as the module docstring says, randomly initialised or, with
+    ``weights=<name>``, with torchvision's pretrained weights (:func:`load_torchvision_weights`);
+    the other ``options`` are passed to its constructor (:func:`torchvision_options`)."""
     name = source_model_name("torchvision", arch)
     return _build(name, arch, num_classes, in_channels, image_size, options)
 
@@ -324,9 +357,15 @@ def _build(
     ``stem`` is the registered ResNets' option (:data:`STEMS`)."""
     builder = _check_arch(arch)
     cls = model_class(arch)
+    options = dict(options)
+    weights = resolve_weights(name, arch, options.pop("weights", None))
     _check_torchvision_options(name, options, torchvision_options(arch))
     kwargs: dict[str, object] = {"num_classes": num_classes, **_defaults().get(cls, {}), **options}
     tvm = _tvm()
+    if weights is not None and cls in (tvm.GoogLeNet, tvm.Inception3) and in_channels == 3:
+        # As torchvision's builders do with weights: those weights expect its input transform
+        # (of RGB channels; another channel count gets a fresh stem anyway).
+        kwargs.setdefault("transform_input", True)
     if cls is tvm.VisionTransformer:
         patch = re.search(r"_(\d+)$", arch)  # vit_{b,l,h}_<patch size>
         if patch and image_size % int(patch.group(1)):
@@ -339,10 +378,114 @@ def _build(
         kwargs["input_size"] = (image_size, image_size)
     model = _construct(name, builder, kwargs, options)
     if cls is tvm.ResNet:
-        return adapt_resnet(model, in_channels, image_size, stem)
-    if cls is tvm.Inception3:
-        return adapt_inception(model, in_channels, image_size)
-    return adapt_input(model, in_channels, image_size)
+        adapt_resnet(model, in_channels, image_size, stem)
+    elif cls is tvm.Inception3:
+        adapt_inception(model, in_channels, image_size)
+    else:
+        adapt_input(model, in_channels, image_size)
+    if weights is not None and loads_weights():
+        load_torchvision_weights(model, name, weights, num_classes)
+    return model
+
+
+# ----------------------------------------------------------------------------- weights
+def resolve_weights(name: str, arch: str, value: object) -> Any:
+    """The ``torchvision.models.WeightsEnum`` member ``value`` names for ``arch``: ``DEFAULT``
+    or a member name of the arch's weights enum (``IMAGENET1K_V1``), alone or in full
+    (``ResNet18_Weights.IMAGENET1K_V1``); None for ``None`` (random init). Anything else is a
+    one-line :class:`ConfigError` listing the arch's choices."""
+    if value is None:
+        return None
+    enum = _tvm().get_model_weights(arch)
+    key = value.removeprefix(f"{enum.__name__}.") if isinstance(value, str) else None
+    if key not in enum.__members__:
+        raise ConfigError(
+            f"model {name!r}: unknown weights {value!r}; choose one of: "
+            f"{', '.join(enum.__members__)} (also as {enum.__name__}.<name>), or null for "
+            "random initialisation"
+        )
+    return enum[key]
+
+
+def load_torchvision_weights(model: nn.Module, name: str, weights: Any, num_classes: int) -> None:
+    """Load torchvision's ``weights`` into the adapted ``model`` (module docstring): the layers
+    that do not fit any more (the classifier for another ``num_classes``, an adapted stem) keep
+    their fresh initialisation, which is logged and recorded on the model
+    (:func:`~prune_cli.models.library_weights.set_weights_record`)."""
+    state, file = fetch_torchvision_weights(name, weights)
+    try:
+        loaded = load_library_state(
+            model,
+            _fit_builder_layout(model, state),
+            replaceable=stem_and_classifier(model, num_classes),
+            source=f"torchvision weights {weights}",
+            name=name,
+        )
+    except ConfigError as exc:
+        min_size = weights.meta.get("min_size", (1, 1))
+        if max(min_size) <= 1:
+            raise
+        # ViT's position embedding: its weights are for one image size, which min_size gives.
+        raise ConfigError(f"{exc}; the weights' min_size is {min_size}") from None
+    set_weights_record(
+        model,
+        {"option": f"model.weights={weights}", "weights": str(weights), "file": str(file)} | loaded,
+    )
+
+
+def fetch_torchvision_weights(name: str, weights: Any) -> tuple[dict[str, Any], Path]:
+    """The state dict of ``weights`` and its file, through torchvision's own
+    ``weights.get_state_dict`` with the arguments its builders use (``check_hash=True``: a
+    download's SHA-256 must start with the hash in the file name; torch.hub does not check a
+    file already in its cache) and ``weights_only=True`` (no code is executed). The file is
+    :func:`~prune_cli.models.library_weights.torch_hub_file`: read from there without network if
+    present, else downloaded into it; a failed download, or a cached file that cannot be read, is
+    a one-line :class:`CheckpointError` naming that path."""
+    file = torch_hub_file(weights.url)
+    cached = file.is_file()
+    try:
+        state = weights.get_state_dict(
+            progress=True, check_hash=True, weights_only=True, map_location="cpu"
+        )
+    except DOWNLOAD_FAILURES as exc:
+        raise CheckpointError(
+            f"model {name!r}: torchvision weights {weights} are not in its cache and could not "
+            f"be downloaded from {weights.url} ({one_line(exc)}); torchvision looks for it at "
+            f"{file} (torch.hub.get_dir()/checkpoints, under TORCH_HOME): put the file from that "
+            f"URL there, {LOCAL_FILE_HINT}"
+        ) from None
+    except Exception as exc:  # torch.load of a truncated or foreign file; a download's hash
+        if not cached and "hash" not in str(exc):
+            raise
+        raise CheckpointError(
+            f"model {name!r}: torchvision weights {weights} at {file} cannot be used "
+            f"({one_line(exc)}); delete that file to download it again from {weights.url}, or "
+            "put the right file there"
+        ) from None
+    return state, file
+
+
+def _fit_builder_layout(model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` in the layout of ``model`` as built here, as torchvision's builders load it:
+    without the tensors of heads built off here (GoogLeNet's ``aux1``/``aux2`` and
+    Inception-v3's ``AuxLogits``, ``None`` with ``aux_logits=False``: the builders load them,
+    then drop them), and with DenseNet's old key names (``denselayer1.norm.1.weight``, in its
+    weights files) renamed as its builder renames them (``denselayer1.norm1.weight``)."""
+    absent = {
+        key.split(".", 1)[0] for key in state if getattr(model, key.split(".", 1)[0], 0) is None
+    }
+    if absent:
+        state = with_metadata(
+            state, {k: v for k, v in state.items() if k.split(".", 1)[0] not in absent}
+        )
+    if isinstance(model, _tvm().DenseNet):
+        renamed = {_DENSENET_OLD_KEY.sub(r"\1\2.", k): v for k, v in state.items()}
+        state = with_metadata(state, renamed)
+    return state
+
+
+#: ``denselayer<i>.norm.1.`` -> ``denselayer<i>.norm1.`` (and ``conv.2.`` -> ``conv2.``...).
+_DENSENET_OLD_KEY = re.compile(r"(denselayer\d+\.(?:norm|conv))\.([12])\.")
 
 
 # ----------------------------------------------------------------------------- registered names
@@ -350,14 +493,10 @@ def _register(name: str) -> None:
     def factory(
         num_classes: int, in_channels: int, image_size: int, **options: object
     ) -> nn.Module:
-        if "weights" in options:
-            raise ConfigError(
-                f"model {name!r}: option 'weights' is not supported (nothing is downloaded); "
-                "train from scratch or load a checkpoint with pretrained=PATH"
-            )
-        unknown = set(options) - set(OPTIONS[name])
+        valid = (*OPTIONS[name], *COMMON_OPTIONS)
+        unknown = set(options) - set(valid)
         if unknown:
-            raise unknown_options(name, unknown, OPTIONS[name])
+            raise unknown_options(name, unknown, valid)
         stem = str(options.pop("stem", "auto"))
         if stem not in STEMS:
             raise ConfigError(
@@ -366,7 +505,7 @@ def _register(name: str) -> None:
         return _build(name, name, num_classes, in_channels, image_size, options, stem)
 
     factory.__name__ = name
-    factory.__doc__ = f"torchvision {name} (weights=None), adapted to the input."
+    factory.__doc__ = f"torchvision {name} adapted to the input (weights: torchvision's)."
     MODELS.register(name)(factory)
 
 

@@ -3,7 +3,7 @@ published CIFAR-10 ResNets on the full CIFAR-10, on a CPU.
 
 Every row is a set of runs pinned by ``configs/experiment/repro_*.yaml`` (the row's protocol)
 plus its arms (e.g. the regulariser on and off) and seeds. Each run has its own directory
-``<out>/<row>/<arm>/seed=<s>`` and is started with ``resume=true``, so running the script again
+``<out>/<row>/<arm>/seed<s>`` and is started with ``resume=true``, so running the script again
 skips what completed and continues what was interrupted: the table can be built over several
 sessions. Jobs are dealt to ``--jobs`` lanes of ``--threads`` threads each (two lanes of one
 thread on 2 cores: two small models train faster side by side than one on both cores).
@@ -88,7 +88,7 @@ class Job:
 
     @property
     def run_dir(self) -> Path:
-        return self.out / self.row.name / self.arm / f"seed={self.seed}"
+        return self.out / self.row.name / self.arm / f"seed{self.seed}"
 
     def command(self) -> list[str]:
         if self.row.study:
@@ -153,7 +153,7 @@ def run_lanes(jobs: Sequence[Job], lanes: int, threads: int) -> int:
                 return
             name = f"{job.row.name}/{job.arm}/seed={job.seed}"
             log = job.run_dir.with_suffix(".log") if not job.row.study else None
-            target = job.out / "study" / f"seed={job.seed}.log" if job.row.study else log
+            target = job.out / "study" / f"seed{job.seed}.log" if job.row.study else log
             target.parent.mkdir(parents=True, exist_ok=True)
             tic = time.time()
             print(f"[lane {lane}] start {name}", flush=True)

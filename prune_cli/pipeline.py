@@ -59,16 +59,10 @@ from prune_cli.engine import (
 from prune_cli.engine.checkpoint import load_pretrained
 from prune_cli.engine.distill import Distiller
 from prune_cli.engine.hooks import CompositeHooks
-from prune_cli.engine.loop import (
-    DEFAULT_EVAL_BATCH_SIZE,
-    FitResult,
-    FitSettings,
-    StageFiles,
-    evaluate,
-    write_history,
-)
+from prune_cli.engine.loop import FitResult, StageFiles, evaluate, write_history
 from prune_cli.engine.precision import resolve_precision
-from prune_cli.errors import ConfigError, ExportError, UserError, explain, one_line
+from prune_cli.engine.settings import FitSettings, TrainOptions
+from prune_cli.errors import ExportError, UserError, explain, one_line
 from prune_cli.export import FORMATS, export_model, onnx_bytes
 from prune_cli.methods import PruneContext, build_method
 from prune_cli.metrics.deploy import onnxruntime_latency
@@ -86,14 +80,12 @@ from prune_cli.models.traits import stem_and_classifier
 from prune_cli.portable import describe, save_portable
 from prune_cli.pruning import MaskHold, rate_check
 from prune_cli.retrain import (
-    RetrainPlan,
-    check_plan,
     load_start_weights,
     scratch_seed,
     scratch_steps,
     stage_settings,
 )
-from prune_cli.schema import validate_config
+from prune_cli.schema import RunPlan, validate_config
 from prune_cli.tracking import RunInfo, Trackers, build_trackers
 
 log = logging.getLogger("prune_cli")
@@ -101,14 +93,12 @@ log = logging.getLogger("prune_cli")
 LAUNCHER_NOTE_ENV = "PRUNE_CLI_LAUNCHER_NOTE"
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
-def _peek(cfg: DictConfig, key: str) -> Any:
+def _peek(cfg: DictConfig | RunPlan, key: str) -> Any:
     """``cfg``'s value at ``key`` before validation: None if it is missing or cannot be
     resolved (validate() then reports it, recorded in metrics.json)."""
     try:
+        if isinstance(cfg, RunPlan):
+            return OmegaConf.select(OmegaConf.create(cfg.resolved), key)
         return OmegaConf.select(cfg, key)
     except Exception:  # any OmegaConf error: the check comes in validate()
         return None
@@ -116,17 +106,6 @@ def _peek(cfg: DictConfig, key: str) -> Any:
 
 #: How far an achieved pruning rate may be from the one asked for before the run says so.
 RATE_TOLERANCE = 0.01
-
-
-def check_ratio(ratio: Any) -> float:
-    """``ratio`` must be a number in [0, 1)."""
-    try:
-        value = float(ratio)
-    except (TypeError, ValueError):
-        raise ConfigError(f"ratio {ratio!r} is not a number; valid: 0 <= ratio < 1") from None
-    if not 0.0 <= value < 1.0:
-        raise ConfigError(f"ratio {value} is out of range; valid: 0 <= ratio < 1")
-    return value
 
 
 class Pipeline:
@@ -144,8 +123,11 @@ class Pipeline:
         "export",
     )
 
-    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+    def __init__(self, cfg: DictConfig | RunPlan, run_dir: Path) -> None:
+        #: The config as composed; validate() types it into :attr:`plan`, which every stage
+        #: reads from then on.
         self.cfg = cfg
+        self.plan: RunPlan
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.history_csv = self.run_dir / "history.csv"
@@ -187,18 +169,18 @@ class Pipeline:
         self.metrics["timings"][stage] = round(self.metrics["timings"].get(stage, 0) + seconds, 3)
 
     def _eval_batch_size(self) -> int:
-        return int(self.cfg.train.get("eval_batch_size", DEFAULT_EVAL_BATCH_SIZE))
+        return self.plan.train.eval_batch_size
 
     def _eval_precision(self) -> str:
-        return str(self.cfg.metrics.get("precision", "fp32"))
+        return self.plan.metrics.precision
 
     def _test_eval(self, model: nn.Module) -> dict[str, float]:
         loader = self.data.loader("test", self._eval_batch_size(), train=False, device=self.device)
         return evaluate(model, loader, self.device, precision=self._eval_precision()).as_dict()
 
-    def _stage_settings(self, node: Mapping[str, Any]) -> dict[str, Any]:
-        """A ``train``/``finetune`` node for :func:`fit`, with the evaluations' precision."""
-        return {**node, "eval_precision": self._eval_precision()}
+    def _stage_settings(self, options: TrainOptions) -> FitSettings:
+        """The settings of a stage trained with ``options``, with the evaluations' precision."""
+        return FitSettings.of(options, eval_precision=self._eval_precision())
 
     def _fit_notes(self, result: FitResult) -> None:
         """What a training stage did otherwise than asked goes to the run's warnings."""
@@ -259,11 +241,11 @@ class Pipeline:
     def validate(self) -> None:
         """Check the whole config (:mod:`prune_cli.schema`) and go on with its typed values."""
         self._record_launcher()  # first: a run that fails validation still says where it ran
-        self.cfg = cfg = validate_config(self.cfg)
-        self.resume = bool(cfg.resume)
-        self.ratio = self.metrics["ratio"] = cfg.ratio
-        self.seed = self.metrics["seed"] = int(cfg.seed)
-        self.units = _plain(cfg.metrics.netscore)
+        self.plan = plan = validate_config(self.cfg)
+        self.resume = plan.resume
+        self.ratio = self.metrics["ratio"] = plan.ratio
+        self.seed = self.metrics["seed"] = plan.seed
+        self.units = plan.metrics.netscore.model_dump()
         self.metrics["netscore_units"] = netscore_units(self.units)
         if distributed.is_main():
             self._start_tracking()
@@ -281,10 +263,10 @@ class Pipeline:
     def _start_tracking(self) -> None:
         """Open the trackers of ``logger=`` and log the config; ``metrics.json`` follows how
         they fare under ``tracking`` (the same dict, updated as they go)."""
-        self.trackers = build_trackers(_plain(self.cfg.get("logger")))
+        self.trackers = build_trackers(self.plan.resolved["logger"])
         self.metrics["tracking"] = self.trackers.records
         tags = {k: str(self.metrics[k]) for k in ("model", "dataset", "method", "ratio", "seed")}
-        run = RunInfo(self.run_dir, Path(_original_cwd()), _plain(self.cfg), tags)
+        run = RunInfo(self.run_dir, Path(_original_cwd()), self.plan.resolved, tags)
         self.trackers.start(run)
 
     def _log_epoch(self, row: dict[str, Any]) -> None:
@@ -292,45 +274,29 @@ class Pipeline:
             self.trackers.log_epoch(str(row["stage"]), row)
 
     def setup(self) -> None:
-        cfg = self.cfg
-        self.ratio = self.metrics["ratio"] = check_ratio(self.ratio)
-        self.device = resolve_device(str(cfg.device))
-        seed_everything(self.seed, bool(cfg.get("deterministic", False)))
-        method_cfg = _plain(cfg.method)
-        own_ratio = method_cfg.get("ratio")  # null or absent: the run's ratio
-        self.method = build_method(
-            method_cfg, check_ratio(self.ratio if own_ratio is None else own_ratio), self.seed
-        )
-        self.method.check_finetune(int(cfg.finetune.epochs))  # gradual prunes while fine-tuning
-        self.plan = RetrainPlan.from_cfg(_plain(cfg.finetune))
-        check_plan(
-            self.plan,
-            method_name=self.method.name,
-            no_weight_reset=self.method.no_weight_reset,
-            train_epochs=int(cfg.train.epochs),
-            finetune_epochs=int(cfg.finetune.epochs),
-            pretrained=self._pretrained_path() is not None
-            and not self.method.trains_from_pretrained,
-        )
+        plan = self.plan
+        self.device = resolve_device(plan.device)
+        seed_everything(self.seed, plan.deterministic)
+        self.method = build_method(plan)
         self._hold_out_for_method()
-        self.data = build_dataset(cfg.dataset)
+        self.data = build_dataset(self.plan.dataset)
         self.input_size = (self.data.in_channels, self.data.image_size, self.data.image_size)
-        self.model_name = str(cfg.model.name)
-        self.model_options = {k: v for k, v in _plain(cfg.model).items() if k != "name"}
+        self.model_name = plan.model.name
+        self.model_options = plan.model_options
         model = self._build_plain_model()
         self.model = self.method.prepare(model).to(self.device)
         self.metrics["device"] = str(self.device)
-        self.metrics["method_config"] = method_cfg
-        self.cache = TrainedCache(bool(cfg.cache.enabled), Path(str(cfg.cache.dir)))
+        self.metrics["method_config"] = plan.resolved["method"]
+        self.cache = TrainedCache(plan.cache.enabled, Path(plan.cache.dir))
 
     def _hold_out_for_method(self) -> None:
         """A method that decides on held-out images (``optimized``'s fitness) gets a validation
         split carved from train (seeded, stratified: ``dataset.val_size``) when the dataset has
         none configured; training then never sees those images, and the run records it."""
-        wanted = int(self.method.holdout_size())
-        if wanted <= 0 or _peek(self.cfg, "dataset.val_size") not in (0, None):
+        wanted = self.method.holdout_size()
+        if wanted <= 0 or self.plan.dataset.val_size not in (0, None):
             return
-        OmegaConf.update(self.cfg, "dataset.val_size", wanted, force_add=True)
+        self.plan = self.plan.with_val_size(wanted)
         self.metrics["data_holdout"] = {
             "val_size": wanted,
             "why": f"method {self.method.name!r} decides on images held out of training",
@@ -345,23 +311,22 @@ class Pipeline:
         """The configured architecture, freshly initialised from the run seed (the same seed
         gives the same initial weights whatever the method), or from ``seed``; layers that did
         not get the library weights asked for (``model.weights``) are warnings."""
-        model_kwargs = {k: v for k, v in _plain(self.cfg.model).items() if k != "name"}
         torch.manual_seed(self.seed if seed is None else seed)
         model = build_model(
             self.model_name,
             num_classes=self.data.num_classes,
             in_channels=self.data.in_channels,
             image_size=self.data.image_size,
-            **model_kwargs,
+            **self.model_options,
         )
         for message in weights_warnings(model):
             self.warn(message)
         return model
 
     def _pretrained_path(self) -> Path | None:
-        if not self.cfg.get("pretrained"):
+        if not self.plan.pretrained:
             return None
-        path = Path(str(self.cfg.pretrained)).expanduser()
+        path = Path(self.plan.pretrained).expanduser()
         return Path(os.path.normpath(path if path.is_absolute() else Path(_original_cwd()) / path))
 
     def _load_pretrained(self, model: nn.Module, path: Path, map_state: Any = None) -> dict:
@@ -435,7 +400,7 @@ class Pipeline:
         is a checkpoint and ``cache.figures`` is on. The key also names the model's structure
         (a method's re-parameterisation of the same weights is another measurement). Returns
         the figures and where they came from: ``cached`` or ``measured``."""
-        if checkpoint is None or not bool(self.cfg.cache.figures):
+        if checkpoint is None or not self.plan.cache.figures:
             return dict(compute()), "measured"
         full = {**key, "module": cache_key({"repr": repr(model)})}
         got = self.cache.figures(checkpoint, full, compute)
@@ -485,30 +450,28 @@ class Pipeline:
     ) -> dict[str, Any]:
         """Train ``model`` (with the training ``hooks``) through the trained-model cache
         (:mod:`prune_cli.cache`); ``method_training`` defaults to the method's signature."""
-        cfg = self.cfg
+        plan = self.plan
         signature = self.method.training_signature() if method_training is None else method_training
-        if stage == "train" and self.plan.rewind_epoch is not None:
+        if stage == "train" and plan.finetune.rewind_epoch is not None:
             # The epoch-K weights are saved only while training: a run that needs them trains
             # its own cache entry (the same dense training, keyed apart), so a sweep over
             # finetune.rewind=none,epoch:K never finds an entry trained without them.
-            signature = {**signature, "rewind_epochs": [self.plan.rewind_epoch]}
-        train = _plain(cfg.train)
+            signature = {**signature, "rewind_epochs": [plan.finetune.rewind_epoch]}
+        train = dict(plan.resolved["train"])
         # ``auto`` names what this machine does natively: the key holds what training used.
-        train["precision"] = resolve_precision(
-            str(train.get("precision", "fp32")), self.device
-        ).name
+        train["precision"] = resolve_precision(plan.train.precision, self.device).name
         payload = training_payload(
-            model=_plain(cfg.model),
-            dataset=_plain(cfg.dataset),
+            model=plan.resolved["model"],
+            dataset=plan.resolved["dataset"],
             train=train,
             seed=self.seed,
-            deterministic=bool(cfg.get("deterministic", False)),
+            deterministic=plan.deterministic,
             method_training=signature if start is None else {**signature, "start": start},
             device_type=self.device.type,
         )
         cache = self.cache
         run = StageFiles(stage, self.ckpt_dir, self.history_csv, self.resume)
-        label = f"{self.model_name}_{cfg.dataset.name}"
+        label = f"{self.model_name}_{plan.dataset.name}"
         trained = cache.train_or_load(
             model,
             payload,
@@ -533,7 +496,7 @@ class Pipeline:
         """The rewind point ``finetune.rewind`` asks for must have been saved when the trained
         model was: an entry trained before (or by a run that asked for another epoch) lacks it,
         and the run stops here rather than rewind to something else."""
-        point = self.plan.rewind_point
+        point = self.plan.finetune.rewind_point
         if point is None or rewind_point_path(self.rewind_dir, point).is_file():
             return
         saved = ", ".join(saved_rewind_points(self.rewind_dir)) or "none"
@@ -549,11 +512,12 @@ class Pipeline:
         """Train ``model`` with the ``train`` settings and the given training hooks; the
         weights it starts from (and those after epoch K for ``finetune.rewind=epoch:K``) are
         kept beside the trained model as rewind points (:mod:`prune_cli.cache`)."""
-        settings = FitSettings.from_cfg(self._stage_settings(_plain(self.cfg.train)))
+        settings = self._stage_settings(self.plan.train)
         if not (files.resume and files.last.is_file()):  # a resumed one saved its start before
             save_rewind_point(files.ckpt_dir, "init", model)
-        if files.stage == "train" and self.plan.rewind_epoch is not None:
-            hooks = CompositeHooks([hooks, RewindSaver(files.ckpt_dir, [self.plan.rewind_epoch])])
+        rewind_epoch = self.plan.finetune.rewind_epoch
+        if files.stage == "train" and rewind_epoch is not None:
+            hooks = CompositeHooks([hooks, RewindSaver(files.ckpt_dir, [rewind_epoch])])
         result = fit(
             model,
             self.data,
@@ -616,7 +580,7 @@ class Pipeline:
         """The pretrained dense model against its published top-1 (``weights.top1``, set by a
         ``weights=`` config or by hand): recorded as ``metrics.json`` ``weights``, and a gap
         beyond ``weights.tolerance`` is a warning (:mod:`prune_cli.metrics.expected`)."""
-        weights = _plain(self.cfg.get("weights")) or {}
+        weights = self.plan.weights.model_dump() if self.plan.weights is not None else {}
         if weights.get("top1") is None:
             return
         record, warning = check_expected_accuracy(
@@ -641,7 +605,7 @@ class Pipeline:
             input_size=self.input_size,
             finetune=self._finetune_callback,
             record=self.record,
-            latency=bool(self.cfg.metrics.latency.enabled),
+            latency=self.plan.metrics.latency.enabled,
             run_dir=self.run_dir,
         )
         if self.resume and pruned_path.is_file():
@@ -724,15 +688,16 @@ class Pipeline:
         masks: Mapping[str, torch.Tensor],
         stage: str,
         epochs: int | None = None,
-        settings: dict[str, Any] | None = None,
+        settings: FitSettings | None = None,
         hooks: Any = None,
     ) -> FitResult:
         """Fine-tune with the ``finetune`` settings (or ``settings``; ``epochs`` overrides),
         holding ``masks`` (or with ``hooks`` that hold masks of their own: a gradual
         schedule's), distilling from the dense reference when ``finetune.kd.alpha > 0``."""
-        settings = self._stage_settings(_plain(self.cfg.finetune) if settings is None else settings)
+        if settings is None:
+            settings = self._stage_settings(self.plan.finetune)
         if epochs is not None:
-            settings["epochs"] = int(epochs)
+            settings = settings.replace(epochs=epochs)
         tic = time.perf_counter()
         files = StageFiles(
             stage,
@@ -753,8 +718,8 @@ class Pipeline:
             criterion=self._distiller(),
         )
         self._fit_notes(result)
-        self.metrics[stage] = self._fit_summary(result, model, int(settings["epochs"]))
-        if self.plan.distills:
+        self.metrics[stage] = self._fit_summary(result, model, settings.epochs)
+        if self.plan.finetune.distills:
             self.metrics[stage]["kd"] = self._kd_record()
         self._timed(stage, time.perf_counter() - tic)
         return result
@@ -769,38 +734,41 @@ class Pipeline:
         """Distillation from the dense reference (``finetune.kd``), or None when it is off.
         The teacher is the dense reference of this run, loaded or trained once through the
         cache in the ``dense_reference`` stage; it is only evaluated here."""
-        if not self.plan.distills:
+        kd = self.plan.finetune.kd
+        if kd.alpha <= 0:
             return None
-        return Distiller(self.dense_model, self.plan.alpha, self.plan.temperature)
+        return Distiller(self.dense_model, kd.alpha, kd.temperature)
 
     def _kd_record(self) -> dict[str, Any]:
         reference = self.metrics.get("dense_reference", {})
         return {
-            "alpha": self.plan.alpha,
-            "temperature": self.plan.temperature,
+            "alpha": self.plan.finetune.kd.alpha,
+            "temperature": self.plan.finetune.kd.temperature,
             "teacher": "dense_reference",
             "teacher_source": reference.get("source"),
             "teacher_top1": reference.get("top1"),
         }
 
-    def _reset_weights(self, settings: dict[str, Any]) -> dict[str, Any]:
+    def _reset_weights(self, settings: FitSettings) -> tuple[FitSettings, dict[str, Any]]:
         """Before the fine-tune stage: rewind the pruned model's weights (``finetune.rewind``)
         or re-initialise them (``finetune.from_scratch``), as :mod:`prune_cli.retrain` says;
-        for Scratch-B, set the step budget in ``settings``. Returns what ``metrics.json``
-        records under ``finetune`` (empty for plain fine-tuning)."""
-        plan, info = self.plan, self.metrics.get("prune_info", {})
-        total = int(self.cfg.train.epochs)
-        first = int(settings.get("schedule_start") or 0)
-        schedule = f"train.* schedule, epochs {first + 1}..{first + int(settings['epochs'])}"
+        for Scratch-B, set the step budget. Returns the stage's settings and what
+        ``metrics.json`` records under ``finetune`` (empty for plain fine-tuning)."""
+        plan, info = self.plan.finetune, self.metrics.get("prune_info", {})
+        total = self.plan.train.epochs
+        first = settings.schedule_start
+        schedule = f"train.* schedule, epochs {first + 1}..{first + settings.epochs}"
         if plan.rewind_point is not None:
             state = load_rewind_point(self.rewind_dir, plan.rewind_point, self.device)
             load_start_weights(self.model, self.baseline_model, state, info, self.masks)
             source = rewind_point_path(self.rewind_dir, plan.rewind_point)
-            return {"rewind": {"to": plan.rewind, "source": str(source), "schedule": schedule}}
+            record = {"to": plan.rewind, "source": str(source), "schedule": schedule}
+            return settings, {"rewind": record}
         if plan.rewind == "lr":
-            return {"rewind": {"to": "lr", "weights": "trained (kept)", "schedule": schedule}}
+            record = {"to": "lr", "weights": "trained (kept)", "schedule": schedule}
+            return settings, {"rewind": record}
         if plan.from_scratch == "none":
-            return {}
+            return settings, {}
         seed = scratch_seed(self.seed)
         fresh = self._build_plain_model(seed).to(self.device)
         load_start_weights(self.model, self.baseline_model, fresh.state_dict(), info, self.masks)
@@ -809,7 +777,7 @@ class Pipeline:
             steps_per_epoch = len(
                 self.data.loader(
                     "train",
-                    int(settings["batch_size"]),
+                    settings.batch_size,
                     train=True,
                     device=self.device,
                     seed=self.seed + 1,
@@ -819,7 +787,8 @@ class Pipeline:
             dense_macs = float(self.metrics["dense_reference"]["macs"])
             pruned_macs = float(self.metrics["pruned"]["macs_nonzero"])
             steps = scratch_steps(total, steps_per_epoch, dense_macs, pruned_macs)
-            settings.update(epochs=math.ceil(steps / steps_per_epoch), max_steps=steps)
+            epochs = math.ceil(steps / steps_per_epoch)
+            settings = settings.replace(epochs=epochs, schedule_epochs=epochs, max_steps=steps)
             record.update(
                 steps=steps,
                 steps_per_epoch=steps_per_epoch,
@@ -827,19 +796,19 @@ class Pipeline:
                 pruned_macs_nonzero=pruned_macs,
                 formula="round(train.epochs * steps_per_epoch * dense_macs / pruned_macs)",
             )
-            schedule = f"train.* schedule stretched over {settings['epochs']} epochs"
-        record.update(epochs=int(settings["epochs"]), schedule=schedule)
-        return {"from_scratch": record}
+            schedule = f"train.* schedule stretched over {settings.epochs} epochs"
+        record.update(epochs=settings.epochs, schedule=schedule)
+        return settings, {"from_scratch": record}
 
     def finetune(self) -> None:
         if not self.method.produces_model:
             self._skip("finetune", f"{self.method.name} is an analysis: no pruned model")
             return
         final_path = self.ckpt_dir / "final.pt"
-        plan = self.plan
-        if self.method.prunes and (int(self.cfg.finetune.epochs) > 0 or plan.resets_weights):
-            settings = stage_settings(plan, _plain(self.cfg.train), _plain(self.cfg.finetune))
-            reset = self._reset_weights(settings)
+        plan = self.plan.finetune
+        if self.method.prunes and (plan.epochs > 0 or plan.resets_weights):
+            settings = stage_settings(plan, self.plan.train, self._eval_precision())
+            settings, reset = self._reset_weights(settings)
             schedule = self.method.finetune_hooks(self.model, self.masks)
             result = self._fit_stage(
                 self.model, self.masks, "finetune", settings=settings, hooks=schedule
@@ -876,7 +845,7 @@ class Pipeline:
             num_classes=self.data.num_classes,
             in_channels=self.data.in_channels,
             image_size=self.data.image_size,
-            dataset=str(self.cfg.dataset.name),
+            dataset=self.plan.dataset.name,
             method_config=self.metrics["method_config"],
             ratio=self.method.ratio,
             seed=self.seed,
@@ -910,17 +879,17 @@ class Pipeline:
         self.metrics["relative_to_dense"] = relative_to_dense(
             final, self.metrics["dense_reference"]
         )
-        lat_cfg = self.cfg.metrics.latency
-        backends = list(lat_cfg.get("backends", ["torch"]))
-        if bool(lat_cfg.enabled) and "torch" in backends:
+        lat_cfg = self.plan.metrics.latency
+        backends = lat_cfg.backends
+        if lat_cfg.enabled and "torch" in backends:
             kwargs = {
-                "batch_sizes": [int(b) for b in lat_cfg.batch_sizes],
+                "batch_sizes": list(lat_cfg.batch_sizes),
                 "device": self.device,
-                "warmup": int(lat_cfg.warmup),
-                "repeats": int(lat_cfg.repeats),
-                "compile": bool(lat_cfg.compile),
+                "warmup": lat_cfg.warmup,
+                "repeats": lat_cfg.repeats,
+                "compile": lat_cfg.compile,
             }
-            if str(lat_cfg.dense) == "interleaved":
+            if lat_cfg.dense == "interleaved":
                 # Against the plain dense reference (no mask re-parameterisation, no
                 # templates), each repeat timing both models in turn.
                 models = {"dense_reference": self.dense_model, "final": self.model}
@@ -945,7 +914,7 @@ class Pipeline:
                 "speedup": speedup,
                 "dense_source": source,
             }
-        if bool(lat_cfg.enabled) and "onnxruntime" in backends:  # the deployed runtime
+        if lat_cfg.enabled and "onnxruntime" in backends:  # the deployed runtime
             self.metrics.setdefault("latency", {})["onnxruntime"] = self._onnxruntime_latency()
         self._timed("evaluate", time.perf_counter() - tic)
 
@@ -955,8 +924,7 @@ class Pipeline:
         measured, not made twice) and ``export.torchscript``. A format that does not export
         (:class:`ExportError`: the copy computes other logits; or the exporter's own error) is
         skipped and said; the run completes with its checkpoints."""
-        export_cfg = _plain(self.cfg.get("export")) or {}
-        formats = [f for f in FORMATS if export_cfg.get(f, False)]
+        formats = [f for f in FORMATS if getattr(self.plan.export, f)]
         if not formats or not self.method.produces_model or not distributed.is_main():
             return
         tic = time.perf_counter()
@@ -1000,17 +968,17 @@ class Pipeline:
         """The dense reference and the final model in ONNX Runtime: interleaved, or (the
         default, ``metrics.latency.dense=reuse``) the dense one once per trained checkpoint,
         like PyTorch eager's."""
-        lat_cfg = self.cfg.metrics.latency
+        lat_cfg = self.plan.metrics.latency
         args = {
             "input_size": self.input_size,
-            "batch_sizes": [int(b) for b in lat_cfg.batch_sizes],
+            "batch_sizes": list(lat_cfg.batch_sizes),
             "device": self.device,
-            "warmup": int(lat_cfg.warmup),
-            "repeats": int(lat_cfg.repeats),
+            "warmup": lat_cfg.warmup,
+            "repeats": lat_cfg.repeats,
         }
         final_onnx = self._final_onnx_bytes()
         exported = {"final": final_onnx} if final_onnx is not None else {}
-        if str(lat_cfg.dense) == "interleaved":
+        if lat_cfg.dense == "interleaved":
             both = {"dense_reference": self.dense_model, "final": self.model}
             result = onnxruntime_latency(both, **args, exported=exported)
             return {**result, "dense_source": "interleaved"}

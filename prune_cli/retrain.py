@@ -33,40 +33,76 @@ import copy
 import hashlib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import BeforeValidator
 from torch import nn
 
+from prune_cli.defaults import group_defaults, with_defaults
+from prune_cli.engine.settings import FitSettings, TrainOptions
 from prune_cli.errors import ConfigError
+from prune_cli.options import Float, Int, OneOf, Options, Valid, parse
 from prune_cli.pruning.channels import rebuild
 from prune_cli.pruning.masks import apply_masks
 
+#: ``finetune.from_scratch`` choices (Liu et al. 2019: Scratch-E, Scratch-B).
+FROM_SCRATCH = ("none", "same_epochs", "same_budget")
+#: How ``finetune.rewind`` is described in errors.
+REWIND_VALID = "none, init, lr, or epoch:K (K an integer >= 1)"
 
-@dataclass(frozen=True)
-class RetrainPlan:
-    """The typed ``finetune.kd`` / ``finetune.rewind`` / ``finetune.from_scratch`` settings."""
 
-    alpha: float = 0.0
-    temperature: float = 4.0
-    rewind: str = "none"
-    from_scratch: str = "none"
+def parse_rewind(value: Any) -> str:
+    """``finetune.rewind``: ``none``, ``init``, ``lr`` or ``epoch:K`` (K >= 1), normalised
+    (``epoch:03`` -> ``epoch:3``; a YAML null is ``none``)."""
+    if value is None:
+        return "none"
+    if not isinstance(value, str):
+        raise ValueError("is not a rewind point")
+    text = value.strip()
+    if text in ("none", "init", "lr"):
+        return text
+    kind, sep, number = text.partition(":")
+    if kind != "epoch" or not sep:
+        raise ValueError("is not a rewind point")
+    if not number.strip().isdigit() or int(number) < 1:
+        raise ValueError("has no epoch number K >= 1")
+    return f"epoch:{int(number)}"
 
-    @classmethod
-    def from_cfg(cls, finetune: Mapping[str, Any]) -> RetrainPlan:
-        """Read the (validated) ``finetune`` node."""
-        kd = dict(finetune.get("kd") or {})
-        return cls(
-            alpha=float(kd.get("alpha", 0.0)),
-            temperature=float(kd.get("temperature", 4.0)),
-            rewind=str(finetune.get("rewind") or "none"),
-            from_scratch=str(finetune.get("from_scratch") or "none"),
-        )
+
+class KDOptions(Options):
+    """``finetune.kd.*``: knowledge distillation from the dense reference (Hinton et al. 2015):
+    loss = (1 - alpha)·CE + alpha·T²·KL(teacher/T ‖ student/T); ``alpha`` 0 turns it off."""
+
+    alpha: Float(ge=0, le=1)
+    temperature: Float(gt=0)
+
+
+class FinetuneOptions(TrainOptions):
+    """Fine-tuning after pruning (``finetune.*``; ``configs/finetune/default.yaml`` has the
+    defaults): as ``train``, and 0 epochs skips it.
+
+    ``kd``: distillation from the dense reference; ``rewind``: weights (``init``,
+    ``epoch:K``) or learning rate (``lr``) rewinding; ``from_scratch``: the pruned
+    architecture re-initialised and trained as the dense model was (module docstring).
+    """
+
+    epochs: Int(ge=0)
+    kd: KDOptions
+    rewind: Annotated[str, BeforeValidator(parse_rewind), Valid(REWIND_VALID)]
+    from_scratch: OneOf(*FROM_SCRATCH)
+
+    @property
+    def alpha(self) -> float:
+        return self.kd.alpha
+
+    @property
+    def temperature(self) -> float:
+        return self.kd.temperature
 
     @property
     def distills(self) -> bool:
-        return self.alpha > 0
+        return self.kd.alpha > 0
 
     @property
     def rewind_point(self) -> str | None:
@@ -87,13 +123,21 @@ class RetrainPlan:
         return self.resets_weights or self.rewind == "lr"
 
 
+def finetune_options(given: Mapping[str, Any] | FinetuneOptions) -> FinetuneOptions:
+    """``given`` typed (:func:`~prune_cli.engine.settings.train_options` for ``finetune``: the
+    keys a mapping leaves out from ``configs/finetune/default.yaml``)."""
+    if isinstance(given, FinetuneOptions):
+        return given
+    defaults = group_defaults("finetune", "default")
+    return parse(FinetuneOptions, with_defaults(defaults, given), "finetune.")
+
+
 def check_plan(
-    plan: RetrainPlan,
+    plan: FinetuneOptions,
     *,
     method_name: str,
     no_weight_reset: str | None,
     train_epochs: int,
-    finetune_epochs: int,
     pretrained: bool,
 ) -> None:
     """Refuse, in one line, what cannot be done (module docstring); called before any work."""
@@ -122,6 +166,7 @@ def check_plan(
             f"finetune.rewind={plan.rewind} needs the weights saved during dense training, and "
             "pretrained= skips training; valid with pretrained=: none, lr"
         )
+    finetune_epochs = plan.epochs
     if plan.rewind == "lr" and not 1 <= finetune_epochs <= train_epochs:
         raise ConfigError(
             f"finetune.rewind=lr replays the last finetune.epochs={finetune_epochs} epochs of "
@@ -131,23 +176,23 @@ def check_plan(
 
 
 def stage_settings(
-    plan: RetrainPlan, train: Mapping[str, Any], finetune: Mapping[str, Any]
-) -> dict[str, Any]:
-    """The settings of the fine-tune stage (a ``fit`` config node), and with them the
-    learning-rate schedule it follows (``schedule_epochs``/``schedule_start``: see
+    finetune: FinetuneOptions, train: TrainOptions, eval_precision: str
+) -> FitSettings:
+    """The settings of the fine-tune stage, and with them the learning-rate schedule it
+    follows (``schedule_epochs``/``schedule_start``: see
     :func:`prune_cli.engine.optim.build_scheduler`). Scratch-B's step budget is set by the
     caller (it needs the pruned model's MACs)."""
-    if not plan.uses_train_recipe:
-        return dict(finetune)
-    settings = dict(train)
-    total = int(train["epochs"])
-    if plan.rewind == "lr":
-        epochs = int(finetune["epochs"])
-        settings.update(epochs=epochs, schedule_epochs=total, schedule_start=total - epochs)
-    elif plan.rewind_epoch is not None:
-        k = plan.rewind_epoch
-        settings.update(epochs=total - k, schedule_epochs=total, schedule_start=k)
-    return settings
+    if not finetune.uses_train_recipe:
+        return FitSettings.of(finetune, eval_precision=eval_precision)
+    total = train.epochs
+    span: dict[str, int] = {}
+    if finetune.rewind == "lr":
+        epochs = finetune.epochs
+        span = {"epochs": epochs, "schedule_epochs": total, "schedule_start": total - epochs}
+    elif finetune.rewind_epoch is not None:
+        k = finetune.rewind_epoch
+        span = {"epochs": total - k, "schedule_epochs": total, "schedule_start": k}
+    return FitSettings.of(train, eval_precision=eval_precision, **span)
 
 
 def scratch_seed(seed: int) -> int:

@@ -5,9 +5,9 @@
 
 - top level: ``ratio``, ``seed``, ``device``, ``deterministic``, ``pretrained``, ``resume``
   (:class:`RunOptions`);
-- ``train.*`` and ``finetune.*`` (:class:`TrainOptions`, :class:`FinetuneOptions`),
-  ``metrics.*``, ``cache.*``, ``export.*``, ``logger.*``
-  (:class:`~prune_cli.tracking.LoggerOptions`);
+- ``train.*`` and ``finetune.*`` (:class:`~prune_cli.engine.settings.TrainOptions`,
+  :class:`~prune_cli.retrain.FinetuneOptions`), ``metrics.*``, ``cache.*``, ``export.*``,
+  ``logger.*`` (:class:`~prune_cli.tracking.LoggerOptions`);
 - ``dataset.*`` per dataset family (the options class each one registers in
   :mod:`prune_cli.data`);
 - ``method.*`` per method (the method's ``Options``; a method that declares none is taken as
@@ -15,107 +15,41 @@
 - ``model.*``: ``name`` here; every other key is the model's own option, checked by the model
   factory.
 
+and then every rule about combinations of keys (:data:`PLAN_RULES`). The result is one typed,
+frozen :class:`RunPlan` that every stage reads. The defaults of the keys are those of the YAML
+files (``configs/``): the options here type and bound them (:mod:`prune_cli.defaults`).
+
 It runs at the start of every job (:meth:`prune_cli.pipeline.Pipeline.run`), before the
 dataset is read or the model built, so a bad job of a sweep fails alone, with ``metrics.json``
-status ``failed`` and the message.
+status ``failed`` and the message, in seconds rather than after a training run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BeforeValidator, ConfigDict, Field
+from pydantic import ConfigDict, Field, SerializeAsAny
 
-from prune_cli.data import dataset_options
-from prune_cli.engine.loop import DEFAULT_EVAL_BATCH_SIZE
-from prune_cli.engine.optim import OPTIMIZERS, SCHEDULE_EVERY
-from prune_cli.engine.precision import MEMORY_FORMATS, PRECISIONS
+from prune_cli.data import DatasetOptions, dataset_options
+from prune_cli.engine.precision import PRECISIONS
+from prune_cli.engine.settings import TrainOptions
 from prune_cli.errors import ConfigError, one_line
-from prune_cli.methods import METHODS
-from prune_cli.methods.base import Ratio
+from prune_cli.methods import METHODS, Method, MethodOptions
+from prune_cli.methods.base import Ratio, schedule_of
 from prune_cli.metrics.deploy import LATENCY_BACKENDS
-from prune_cli.options import Bool, Float, Int, OneOf, Options, Text, Valid, is_number, parse
+from prune_cli.options import Bool, Float, Int, OneOf, Options, Text, is_number, parse
+from prune_cli.pruning.schedules import check_window
+from prune_cli.retrain import FinetuneOptions, check_plan
 from prune_cli.tracking import LoggerOptions
 
 DEVICES = ("auto", "cpu", "cuda")
-SCHEDULES = ("constant", "multistep", "cosine")
 #: How the dense model's latency is had (``metrics.latency.dense``): measured once per trained
 #: checkpoint and reused from the cache entry, or in every run interleaved with the final model.
 DENSE_LATENCY = ("reuse", "interleaved")
-
-
-class TrainOptions(Options):
-    """One training stage (``train.*``; ``engine.loop.fit`` reads these keys)."""
-
-    epochs: Int(ge=1) = 4
-    batch_size: Int(ge=1) = 128
-    optimizer: OneOf(*OPTIMIZERS) = "sgd"
-    lr: Float(gt=0) = 0.1
-    momentum: Float(ge=0, lt=1) = 0.9
-    nesterov: Bool = False
-    weight_decay: Float(ge=0) = 5.0e-4
-    schedule: OneOf(*SCHEDULES) = "cosine"
-    schedule_every: OneOf(*SCHEDULE_EVERY) = "epoch"
-    milestones: list[Float(ge=0)] = Field(default_factory=lambda: [0.5, 0.75])
-    gamma: Float(gt=0) = 0.1
-    warmup_epochs: Int(ge=0) = 0
-    label_smoothing: Float(ge=0, lt=1) = 0.0
-    #: auto: bf16 autocast where the hardware does it natively, else fp32 (engine/precision.py)
-    precision: OneOf(*PRECISIONS) = "auto"
-    memory_format: OneOf(*MEMORY_FORMATS) = "auto"
-    eval_batch_size: Int(ge=1) = DEFAULT_EVAL_BATCH_SIZE
-    select_best: Bool = True
-    compile: Bool = False
-
-
-#: ``finetune.from_scratch`` choices (Liu et al. 2019: Scratch-E, Scratch-B).
-FROM_SCRATCH = ("none", "same_epochs", "same_budget")
-#: How ``finetune.rewind`` is described in errors.
-REWIND_VALID = "none, init, lr, or epoch:K (K an integer >= 1)"
-
-
-def parse_rewind(value: Any) -> str:
-    """``finetune.rewind``: ``none``, ``init``, ``lr`` or ``epoch:K`` (K >= 1), normalised
-    (``epoch:03`` -> ``epoch:3``; a YAML null is ``none``)."""
-    if value is None:
-        return "none"
-    if not isinstance(value, str):
-        raise ValueError("is not a rewind point")
-    text = value.strip()
-    if text in ("none", "init", "lr"):
-        return text
-    kind, sep, number = text.partition(":")
-    if kind != "epoch" or not sep:
-        raise ValueError("is not a rewind point")
-    if not number.strip().isdigit() or int(number) < 1:
-        raise ValueError("has no epoch number K >= 1")
-    return f"epoch:{int(number)}"
-
-
-class KDOptions(Options):
-    """``finetune.kd.*``: knowledge distillation from the dense reference (Hinton et al. 2015):
-    loss = (1 - alpha)·CE + alpha·T²·KL(teacher/T ‖ student/T); ``alpha`` 0 turns it off."""
-
-    alpha: Float(ge=0, le=1) = 0.0
-    temperature: Float(gt=0) = 4.0
-
-
-class FinetuneOptions(TrainOptions):
-    """Fine-tuning after pruning (``finetune.*``): as ``train``, and 0 epochs skips it.
-
-    ``kd``: distillation from the dense reference; ``rewind``: weights (``init``,
-    ``epoch:K``) or learning rate (``lr``) rewinding; ``from_scratch``: the pruned
-    architecture re-initialised and trained as the dense model was (:mod:`prune_cli.retrain`).
-    """
-
-    epochs: Int(ge=0) = 2
-    lr: Float(gt=0) = 0.01
-    kd: KDOptions = KDOptions()
-    rewind: Annotated[str, BeforeValidator(parse_rewind), Valid(REWIND_VALID)] = "none"
-    from_scratch: OneOf(*FROM_SCRATCH) = "none"
 
 
 class ModelOptions(Options):
@@ -127,41 +61,39 @@ class ModelOptions(Options):
 
 
 class NetScoreOptions(Options):
-    p_unit: Float(gt=0) = 1.0e6
-    m_unit: Float(gt=0) = 1.0e9
-    count: OneOf("nonzero", "dense") = "nonzero"
+    p_unit: Float(gt=0)
+    m_unit: Float(gt=0)
+    count: OneOf("nonzero", "dense")
 
 
 class LatencyOptions(Options):
-    enabled: Bool = True
-    batch_sizes: list[Int(ge=1)] = Field(default_factory=lambda: [1, 64], min_length=1)
-    warmup: Int(ge=0) = 3
-    repeats: Int(ge=1) = 10
+    enabled: Bool
+    batch_sizes: Annotated[list[Int(ge=1)], Field(min_length=1)]
+    warmup: Int(ge=0)
+    repeats: Int(ge=1)
     #: Where latency is measured: PyTorch eager, and the exported ONNX model in ONNX Runtime.
-    backends: list[OneOf(*LATENCY_BACKENDS)] = Field(
-        default_factory=lambda: list(LATENCY_BACKENDS), min_length=1
-    )
-    compile: Bool = False
-    dense: OneOf(*DENSE_LATENCY) = "reuse"
+    backends: Annotated[list[OneOf(*LATENCY_BACKENDS)], Field(min_length=1)]
+    compile: Bool
+    dense: OneOf(*DENSE_LATENCY)
 
 
 class MetricsOptions(Options):
     #: The evaluations' and latencies' precision: fp32 keeps figures comparable with published
     #: ones (auto, bf16, fp16 as for training).
-    precision: OneOf(*PRECISIONS) = "fp32"
-    netscore: NetScoreOptions = NetScoreOptions()
-    latency: LatencyOptions = LatencyOptions()
+    precision: OneOf(*PRECISIONS)
+    netscore: NetScoreOptions
+    latency: LatencyOptions
 
 
 class CacheOptions(Options):
-    enabled: Bool = True
-    figures: Bool = True
-    dir: Text("a directory path") = "outputs/cache"
+    enabled: Bool
+    figures: Bool
+    dir: Text("a directory path")
 
 
 class ExportOptions(Options):
-    onnx: Bool = True
-    torchscript: Bool = False
+    onnx: Bool
+    torchscript: Bool
 
 
 class WeightsOptions(Options):
@@ -185,27 +117,74 @@ class WeightsOptions(Options):
 
 
 class RunOptions(Options):
-    """The top level of ``configs/config.yaml``. ``dataset`` and ``method`` are checked per
-    family / per method by :func:`validate_config`."""
+    """The top level of ``configs/config.yaml`` (which has the defaults). ``dataset`` and
+    ``method`` are checked per family / per method by :func:`validate_config`."""
 
     model: ModelOptions
     dataset: dict[str, Any]
     method: dict[str, Any]
-    train: TrainOptions = TrainOptions()
-    finetune: FinetuneOptions = FinetuneOptions()
-    ratio: Ratio = 0.5
-    seed: Int(ge=0, lt=2**63, valid="an integer >= 0 (below 2**63)") = 0
-    device: OneOf(*DEVICES) = "auto"
-    deterministic: Bool = False
-    pretrained: Text("a checkpoint path") | None = None
-    resume: Bool = False
-    cache: CacheOptions = CacheOptions()
-    metrics: MetricsOptions = MetricsOptions()
-    export: ExportOptions = ExportOptions()
-    logger: LoggerOptions = LoggerOptions()
-    #: The arm of an experiment (configs/experiment/*_arm/*.yaml): a label for the report.
+    train: TrainOptions
+    finetune: FinetuneOptions
+    ratio: Ratio
+    seed: Int(ge=0, lt=2**63, valid="an integer >= 0 (below 2**63)")
+    device: OneOf(*DEVICES)
+    deterministic: Bool
+    pretrained: Text("a checkpoint path") | None
+    resume: Bool
+    cache: CacheOptions
+    metrics: MetricsOptions
+    export: ExportOptions
+    logger: LoggerOptions
+    #: The arm of an experiment (configs/experiment/*_arm/*.yaml): a label for the report; not
+    #: a key of config.yaml (absent: no arm).
     experiment_arm: Text() | None = None
+    #: A known checkpoint (``weights=NAME``); absent when none is chosen.
     weights: WeightsOptions | None = None
+
+
+class RunPlan(RunOptions):
+    """The run as :func:`validate_config` typed it, frozen; every stage reads it.
+
+    As :class:`RunOptions`, with ``dataset`` the dataset family's typed options and ``method``
+    the method's (its raw mapping for a method that declares no options), and ``resolved``: the
+    config as resolved and checked, spelled as the user typed it (``3`` stays ``3`` where a
+    number is expected), which is what the trained-model cache key hashes and what the run
+    records (``.hydra``, the trackers' parameters, ``metrics.json`` ``method_config``).
+    """
+
+    dataset: SerializeAsAny[DatasetOptions]  # type: ignore[assignment]
+    method: Any
+    resolved: dict[str, Any]
+
+    @property
+    def method_class(self) -> type[Method]:
+        return METHODS.get(self.method_name)
+
+    @property
+    def method_name(self) -> str:
+        method = self.method
+        return str(method.name if isinstance(method, MethodOptions) else method.get("name"))
+
+    @property
+    def method_ratio(self) -> float:
+        """The ratio the method prunes to: its own ``method.ratio`` when set, else ``ratio``."""
+        own = getattr(self.method, "ratio", None)
+        if own is None and isinstance(self.method, Mapping):
+            own = self.method.get("ratio")
+        return self.ratio if own is None else float(own)
+
+    @property
+    def model_options(self) -> dict[str, Any]:
+        """The model's options (every ``model.*`` key but ``name``): the factory's keywords."""
+        return dict(self.model.model_extra or {})
+
+    def with_val_size(self, val_size: int | float) -> RunPlan:
+        """The plan with ``dataset.val_size`` set (a validation split carved from train for a
+        method that decides on held-out images)."""
+        resolved = copy.deepcopy(self.resolved)
+        resolved["dataset"]["val_size"] = val_size
+        dataset = self.dataset.model_copy(update={"val_size": val_size})
+        return self.model_copy(update={"dataset": dataset, "resolved": resolved})
 
 
 def _resolved(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -237,22 +216,31 @@ def _keep_spelling(original: Any, typed: Any) -> Any:
     return typed
 
 
-def validate_config(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
-    """The run config checked against the schema and returned typed (values converted where
-    needed, e.g. ``train.epochs="3"`` -> 3). The first problem is a one-line ConfigError."""
+def validate_config(cfg: DictConfig | Mapping[str, Any] | RunPlan) -> RunPlan:
+    """The run config checked against the schema and returned as the typed, frozen
+    :class:`RunPlan` (values converted where needed, e.g. ``train.epochs="3"`` -> 3), after the
+    rules about combinations (:data:`PLAN_RULES`): all of it before any data is read or model
+    built. The first problem is a one-line ConfigError. A plan is returned as it is."""
+    if isinstance(cfg, RunPlan):
+        return cfg
     raw = _resolved(cfg)
     _check_renamed(raw)
     run = parse(RunOptions, raw, group="the config")
-    _check_weights(run)
     dataset = dataset_options(raw["dataset"])
     method_cls = METHODS.get(str(raw["method"].get("name")))
     method = method_cls.parse_options(raw["method"])
     typed = run.model_dump(exclude_unset=True)
     typed["dataset"] = dataset.model_dump(exclude_unset=True)
     typed["method"] = raw["method"] if method is None else method.model_dump(exclude_unset=True)
-    return OmegaConf.create(_keep_spelling(raw, typed))
+    fields = {name: getattr(run, name) for name in RunOptions.model_fields}
+    fields.update(dataset=dataset, method=raw["method"] if method is None else method)
+    plan = RunPlan.model_construct(**fields, resolved=_keep_spelling(raw, typed))
+    for rule in PLAN_RULES:
+        rule(plan)
+    return plan
 
 
+# ----------------------------------------------------------------------------- combinations
 def _check_weights(run: RunOptions) -> None:
     """A known checkpoint (``weights=``) is for one model and one file: a run that asks for
     another model or another file with it is refused before any work."""
@@ -269,6 +257,34 @@ def _check_weights(run: RunOptions) -> None:
             f"weights={weights.name} loads {weights.file!r}, but pretrained={run.pretrained!r}; "
             "drop one of the two"
         )
+
+
+def _check_retrain(plan: RunPlan) -> None:
+    """Rewinding, from-scratch training and distillation against the method and the run
+    (:func:`prune_cli.retrain.check_plan`)."""
+    cls = plan.method_class
+    check_plan(
+        plan.finetune,
+        method_name=plan.method_name,
+        no_weight_reset=cls.no_weight_reset,
+        train_epochs=plan.train.epochs,
+        pretrained=plan.pretrained is not None and not cls.trains_from_pretrained,
+    )
+
+
+def _check_gradual_window(plan: RunPlan) -> None:
+    """A gradual schedule prunes while fine-tuning: its window must fit ``finetune.epochs``."""
+    opts = plan.method
+    if schedule_of(opts) == "gradual":
+        check_window(opts.start, opts.end, plan.finetune.epochs)
+
+
+#: The rules about combinations of keys, run on every plan before any work.
+PLAN_RULES: tuple[Callable[[RunPlan], None], ...] = (
+    _check_weights,
+    _check_gradual_window,
+    _check_retrain,
+)
 
 
 #: Keys of earlier releases -> what replaced them.

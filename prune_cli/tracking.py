@@ -39,10 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-
+from prune_cli.defaults import group_defaults, with_defaults
 from prune_cli.errors import ConfigError, one_line
-from prune_cli.options import Bool, Float, OneOf, Options, Text
+from prune_cli.options import Bool, Float, OneOf, Options, Text, parse
 
 log = logging.getLogger("prune_cli")
 
@@ -80,24 +79,24 @@ class CsvOptions(Options):
 
 
 class TensorBoardOptions(Options):
-    log_dir: Text("a directory path") | None = None
-    flush_secs: Float(gt=0) = 30
+    log_dir: Text("a directory path") | None
+    flush_secs: Float(gt=0)
 
 
 class MlflowOptions(Options):
-    tracking_uri: Text("a tracking URI") | None = None
-    experiment: Text("an experiment name") = "prune-cli"
-    run_name: Text("a run name") | None = None
-    artifacts: Bool = True
+    tracking_uri: Text("a tracking URI") | None
+    experiment: Text("an experiment name")
+    run_name: Text("a run name") | None
+    artifacts: Bool
 
 
 class WandbOptions(Options):
-    project: Text("a project name") = "prune-cli"
-    entity: Text("an entity name") | None = None
-    mode: OneOf("auto", "online", "offline") = "auto"
-    dir: Text("a directory path") | None = None
-    artifacts: Bool = True
-    tags: list[Text("a tag")] = Field(default_factory=list)
+    project: Text("a project name")
+    entity: Text("an entity name") | None
+    mode: OneOf("auto", "online", "offline")
+    dir: Text("a directory path") | None
+    artifacts: Bool
+    tags: list[Text("a tag")]
 
 
 class LoggerOptions(Options):
@@ -523,7 +522,11 @@ class Trackers:
 def build_trackers(logger_cfg: Mapping[str, Any] | None) -> Trackers:
     """The trackers named in the ``logger`` config (validated: :class:`LoggerOptions`)."""
     chosen = {k: v for k, v in (logger_cfg or {}).items() if v is not None}
-    opts = LoggerOptions.model_validate(chosen)
+    # The keys a tracker's node leaves out: configs/logger/<name>.yaml's.
+    filled = {
+        k: with_defaults((group_defaults("logger", k) or {}).get(k), v) for k, v in chosen.items()
+    }
+    opts = parse(LoggerOptions, filled, "logger.", group="logger")
     check_available(chosen)
     trackers = [TRACKERS[name](getattr(opts, name)) for name in chosen if name in TRACKERS]
     return Trackers(trackers, list(chosen))

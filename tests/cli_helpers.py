@@ -57,6 +57,22 @@ def prune_run(
     )
 
 
+def composed(*overrides: str) -> dict[str, Any]:
+    """The job config ``prune-run`` would see for ``overrides`` (``hydra`` node removed)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+
+    from prune_cli.cli import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # for ${hydra:runtime.cwd}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
 def run_in_process(run_dir: Path, overrides: Sequence[str]) -> Any:
     """Compose the config with ``overrides`` and run the pipeline in this process into
     ``run_dir``; returns the :class:`~prune_cli.pipeline.Pipeline` (its ``metrics`` etc.)."""

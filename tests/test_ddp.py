@@ -88,7 +88,8 @@ class NoBN(nn.Module):
 
 
 CFG = {"epochs": 2, "batch_size": 8, "lr": 0.2, "momentum": 0.9, "weight_decay": 1e-4,
-       "schedule": "constant", "eval_batch_size": 16, "select_best": False}  # fmt: skip
+       "schedule": "constant", "eval_batch_size": 16, "select_best": False,
+       "precision": "fp32", "memory_format": "contiguous"}  # fmt: skip
 
 
 def _train(ckpt_dir: Path) -> tuple[dict, list, dict]:

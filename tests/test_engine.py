@@ -30,6 +30,9 @@ CFG = {
     "weight_decay": 5e-4,
     "schedule": "cosine",
     "eval_batch_size": 64,
+    # fp32 NCHW unless a test asks otherwise (the run's default is auto: configs/train)
+    "precision": "fp32",
+    "memory_format": "contiguous",
 }
 
 
@@ -49,7 +52,7 @@ def test_lr_schedules_by_hand() -> None:
     assert lr_factor(cosine, 5, 10) == pytest.approx(0.5)
     assert lr_factor(cosine, 10, 10) == pytest.approx(0.0)
     assert lr_factor({"schedule": "constant", "warmup_epochs": 1}, 0, 10) == pytest.approx(0.5)
-    with pytest.raises(ConfigError, match="unknown schedule 'linear'"):
+    with pytest.raises(ConfigError, match=r"unknown train.schedule 'linear'"):
         lr_factor({"schedule": "linear"}, 0, 10)
 
 
@@ -82,7 +85,7 @@ def test_schedule_every_step_follows_the_cosine_at_each_step(data, tmp_path, mon
     fit(TinyNet(), data, {**cfg, "schedule_every": "epoch"}, device=torch.device("cpu"),
         files=StageFiles("e", tmp_path / "b"))  # fmt: skip
     assert seen == pytest.approx([0.025] * 4 + [0.05] * 4)
-    with pytest.raises(ConfigError, match=r"unknown schedule_every 'batch'; choose one of"):
+    with pytest.raises(ConfigError, match=r"unknown train.schedule_every 'batch'; choose one of"):
         fit(TinyNet(), data, {**cfg, "schedule_every": "batch"}, device=torch.device("cpu"),
             files=StageFiles("x", tmp_path / "c"))  # fmt: skip
 
@@ -99,7 +102,7 @@ def test_adamw_takes_the_configured_lr_and_decoupled_decay_and_bad_names_fail() 
     assert torch.allclose(model.weight, before * (1 - 2e-3 * 0.05))
     with pytest.raises(ConfigError, match=r"nesterov=true needs optimizer sgd"):
         build_optimizer(model, {"lr": 0.1, "optimizer": "adamw", "nesterov": True})
-    with pytest.raises(ConfigError, match=r"unknown optimizer 'adam'; choose one of: sgd, adamw"):
+    with pytest.raises(ConfigError, match=r"unknown train.optimizer 'adam'; choose one of: sgd,"):
         build_optimizer(model, {"lr": 0.1, "optimizer": "adam"})
 
 
@@ -201,13 +204,14 @@ def test_fit_settings_are_typed_and_bad_values_are_one_line_errors() -> None:
     assert (s.epochs, s.batch_size, s.eval_batch_size) == (2, 32, 64)
     assert s.precision == "bf16" and s.memory_format == "contiguous"
     assert not s.select_best and s.label_smoothing == 0.0
-    assert s.optim["lr"] == 0.05 and FitSettings.from_cfg(s) is s
-    assert FitSettings.from_cfg({"epochs": 0, "batch_size": 1}).eval_batch_size == 128
-    for key, value in [("epochs", "ten"), ("epochs", -1), ("batch_size", 0), ("epochs", True)]:
-        with pytest.raises(ConfigError, match=f"training setting {key} .* valid: an integer >="):
+    assert s.options.lr == 0.05 and FitSettings.from_cfg(s) is s
+    # the keys a mapping leaves out are those of configs/train/default.yaml
+    defaults = FitSettings.from_cfg({"epochs": 1})
+    assert (defaults.eval_batch_size, defaults.batch_size, defaults.precision) == (128, 128, "auto")
+    assert defaults.eval_precision == "fp32"  # metrics.precision of configs/config.yaml
+    for key, value in [("epochs", "ten"), ("epochs", 0), ("batch_size", 0), ("epochs", True)]:
+        with pytest.raises(ConfigError, match=rf"^train.{key} .* valid: an integer >= 1$"):
             FitSettings.from_cfg({**CFG, key: value})
-    with pytest.raises(ConfigError, match="training setting batch_size None"):
-        FitSettings.from_cfg({"epochs": 1})
 
 
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(data, tmp_path) -> None:

@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "registry": 0,
     "distributed": 0,
     "options": 0,  # the typed-options mechanism (pydantic)
+    "defaults": 0,  # the defaults of every key: the YAML files under configs/
     # training, models, data, counting; export writes a model in portable formats
     "engine": 1,
     "models": 1,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -38,6 +39,13 @@ from prune_cli.pruning.search import (
     random_individual,
     simulated_annealing,
 )
+
+
+def search_config(search: str, **options: Any) -> GAConfig | PSOConfig | SAConfig:
+    """The settings of ``search`` as ``method=optimized`` builds them from its options (the
+    keys not given: configs/method/optimized.yaml)."""
+    return build_method({"name": "optimized", "search": search, **options}, 0.5).search_config()
+
 
 CPU = torch.device("cpu")
 
@@ -93,11 +101,14 @@ def test_search_improves_monotonically_from_the_seed(search: str) -> None:
     problem, values = linear_problem(n=40, k=5, segments=2)
     rng = np.random.default_rng(0)
     if search == "ga":
-        result = genetic_search(problem, GAConfig(population=12, generations=15), rng, False)
+        cfg = search_config("ga", population=12, generations=15, patience=10)
+        result = genetic_search(problem, cfg, rng, False)
     elif search == "pso":
-        result = binary_pso(problem, PSOConfig(particles=12, iterations=15), rng, False)
+        cfg = search_config("pso", population=12, iterations=15, patience=10)
+        result = binary_pso(problem, cfg, rng, False)
     else:
-        result = simulated_annealing(problem, SAConfig(iterations=15, moves=10), rng, False)
+        cfg = search_config("sa", iterations=15, patience=10, sa={"moves": 10})
+        result = simulated_annealing(problem, cfg, rng, False)
     assert counts(problem, result.best) == problem.count.tolist()
     seed_value = float((values * problem.seed).sum())
     assert result.seed_fitness == (pytest.approx(seed_value),)
@@ -114,11 +125,10 @@ def test_search_never_returns_worse_than_an_optimal_seed(search: str) -> None:
     seed[-4:] = True  # already the optimum
     problem = Problem(np.zeros(20, dtype=np.int64), seed, lambda b: (b * values).sum(axis=1))
     rng = np.random.default_rng(3)
-    result = {
-        "ga": lambda: genetic_search(problem, GAConfig(population=6, generations=5), rng, False),
-        "pso": lambda: binary_pso(problem, PSOConfig(particles=6, iterations=5), rng, False),
-        "sa": lambda: simulated_annealing(problem, SAConfig(iterations=5, moves=5), rng, False),
-    }[search]()
+    run = {"ga": genetic_search, "pso": binary_pso, "sa": simulated_annealing}[search]
+    sizes = {"generations": 5} if search == "ga" else {"iterations": 5}
+    cfg = search_config(search, population=6, patience=10, sa={"moves": 5}, **sizes)
+    result = run(problem, cfg, rng, False)
     assert result.best_fitness == (16.0 + 17 + 18 + 19,)
     assert np.array_equal(result.best, seed)
 
@@ -126,7 +136,7 @@ def test_search_never_returns_worse_than_an_optimal_seed(search: str) -> None:
 def test_ga_is_deterministic_for_a_fixed_seed_and_stops_on_patience() -> None:
     def run(seed: int) -> np.ndarray:
         problem, _ = linear_problem(n=60, k=6)
-        cfg = GAConfig(population=8, generations=6)
+        cfg = search_config("ga", population=8, generations=6, patience=10)
         return genetic_search(problem, cfg, np.random.default_rng(seed), False).best
 
     assert np.array_equal(run(5), run(5))
@@ -134,9 +144,8 @@ def test_ga_is_deterministic_for_a_fixed_seed_and_stops_on_patience() -> None:
     values = np.arange(10, dtype=float)
     seed = values >= 7
     problem = Problem(np.zeros(10, dtype=np.int64), seed, lambda b: (b * values).sum(axis=1))
-    result = genetic_search(
-        problem, GAConfig(population=4, generations=50, patience=3), np.random.default_rng(0), False
-    )
+    cfg = search_config("ga", population=4, generations=50, patience=3, ga={"elitism": 2})
+    result = genetic_search(problem, cfg, np.random.default_rng(0), False)
     assert result.generations == 3
 
 
@@ -173,9 +182,8 @@ def test_recovery_linear_regression_search() -> None:
         return np.array(out)
 
     problem = Problem(layout.gene_segment, layout.seed, fitness)
-    result = genetic_search(
-        problem, GAConfig(population=6, generations=5), np.random.default_rng(0), False
-    )
+    cfg = search_config("ga", population=6, generations=5, patience=10)
+    result = genetic_search(problem, cfg, np.random.default_rng(0), False)
     magnitude = layout.mask(layout.decode(layout.seed)[0])
     found = layout.mask(layout.decode(result.best)[0])
     assert magnitude.tolist() == [True, True, True, False, True, False, False, False]

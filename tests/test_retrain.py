@@ -27,14 +27,16 @@ from prune_cli.engine.distill import Distiller, kd_loss
 from prune_cli.engine.hooks import CompositeHooks, TrainHooks
 from prune_cli.engine.loop import StageFiles, fit
 from prune_cli.engine.optim import build_optimizer, build_scheduler, lr_factor
+from prune_cli.engine.settings import train_options
 from prune_cli.errors import ConfigError
 from prune_cli.methods import build_method
 from prune_cli.pruning import magnitude_masks
 from prune_cli.pruning.channels import channel_prune
 from prune_cli.pruning.importance import FilterNorm
 from prune_cli.retrain import (
-    RetrainPlan,
+    FinetuneOptions,
     check_plan,
+    finetune_options,
     load_start_weights,
     scratch_seed,
     scratch_steps,
@@ -43,7 +45,13 @@ from prune_cli.retrain import (
 from prune_cli.schema import validate_config
 
 CFG = {"epochs": 2, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
-       "schedule": "cosine", "eval_batch_size": 64, "select_best": False}  # fmt: skip
+       "schedule": "cosine", "eval_batch_size": 64, "select_best": False, "precision": "fp32",
+       "memory_format": "contiguous"}  # fmt: skip
+
+
+def ft(**finetune) -> FinetuneOptions:
+    """``finetune.*`` typed, the keys not given from configs/finetune/default.yaml."""
+    return finetune_options(finetune)
 
 
 @pytest.fixture(scope="module")
@@ -168,15 +176,15 @@ def test_rewind_points_are_saved_at_epoch_k_and_listed(data, tmp_path) -> None:
 
 
 def test_lr_and_late_rewinding_follow_the_training_schedule_from_the_rewind_point() -> None:
-    train = {"epochs": 10, "lr": 0.1, "schedule": "cosine", "batch_size": 8}
+    train = train_options({"epochs": 10, "lr": 0.1, "schedule": "cosine", "batch_size": 8})
     finetune = {"epochs": 3, "lr": 0.001, "schedule": "constant", "batch_size": 8}
-    for plan, start, epochs in ((RetrainPlan(rewind="lr"), 7, 3),
-                                (RetrainPlan(rewind="epoch:4"), 4, 6),
-                                (RetrainPlan(rewind="init"), 0, 10)):  # fmt: skip
-        settings = stage_settings(plan, train, finetune)
-        assert settings["epochs"] == epochs
-        opt = build_optimizer(torch.nn.Linear(2, 2), settings)
-        sched = build_scheduler(opt, settings, settings["epochs"])
+    for rewind, start, epochs in (("lr", 7, 3), ("epoch:4", 4, 6), ("init", 0, 10)):
+        settings = stage_settings(ft(**finetune, rewind=rewind), train, "fp32")
+        assert settings.epochs == epochs and settings.options is train
+        opt = build_optimizer(torch.nn.Linear(2, 2), settings.options)
+        span = {"schedule_epochs": settings.schedule_epochs, "schedule_start": start}
+        assert settings.schedule_start == start
+        sched = build_scheduler(opt, settings.options, settings.epochs, **span)
         lrs = []
         for _ in range(epochs):
             lrs.append(opt.param_groups[0]["lr"])
@@ -184,7 +192,8 @@ def test_lr_and_late_rewinding_follow_the_training_schedule_from_the_rewind_poin
             sched.step()
         want = [0.1 * lr_factor(train, e, 10) for e in range(start, 10)]
         assert lrs == pytest.approx(want)
-    assert stage_settings(RetrainPlan(), train, finetune) == finetune
+    plain = stage_settings(ft(**finetune), train, "fp32")
+    assert plain.options == ft(**finetune) and plain.epochs == 3 and plain.schedule_start == 0
 
 
 # ----------------------------------------------------------------------------- from scratch
@@ -220,7 +229,9 @@ def _config(**finetune) -> dict:
     with initialize_config_dir(config_dir=str(root), version_base=None):
         cfg = compose("config", overrides=["cache.dir=/tmp/x"])
     raw = OmegaConf.to_container(cfg, resolve=False)
-    raw["finetune"].update(finetune)
+    for key, value in finetune.items():  # a group merged key by key, as Hydra merges
+        node = raw["finetune"]
+        node[key] = {**node[key], **value} if isinstance(value, dict) else value
     return raw
 
 
@@ -244,28 +255,28 @@ def test_bad_values_are_one_line_errors(finetune: dict, message: str) -> None:
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
-def _check(plan: RetrainPlan, method: str = "magnitude", **kw) -> None:
+def _check(plan: FinetuneOptions, method: str = "magnitude", **kw) -> None:
     m = build_method({"name": method}, 0.5)
-    args = {"train_epochs": 4, "finetune_epochs": 2, "pretrained": False, **kw}
+    args = {"train_epochs": 4, "pretrained": False, **kw}
     check_plan(plan, method_name=m.name, no_weight_reset=m.no_weight_reset, **args)
 
 
 @pytest.mark.parametrize(
     ("plan", "method", "kw", "message"),
     [
-        (RetrainPlan(rewind="init"), "soft_sharing", {},
+        (ft(rewind="init"), "soft_sharing", {},
          "finetune.rewind=init is unsound for method 'soft_sharing': it shares weights"),
-        (RetrainPlan(from_scratch="same_epochs"), "template_reuse", {},
+        (ft(from_scratch="same_epochs"), "template_reuse", {},
          "finetune.from_scratch=same_epochs is unsound for method 'template_reuse'"),
-        (RetrainPlan(rewind="epoch:2"), "dynamic_filter", {},
+        (ft(rewind="epoch:2"), "dynamic_filter", {},
          "finetune.rewind=epoch:2 is unsound for method 'dynamic_filter'"),
-        (RetrainPlan(rewind="init", from_scratch="same_budget"), "magnitude", {},
+        (ft(rewind="init", from_scratch="same_budget"), "magnitude", {},
          "finetune.rewind=init and finetune.from_scratch=same_budget exclude each other"),
-        (RetrainPlan(rewind="epoch:4"), "magnitude", {},
+        (ft(rewind="epoch:4"), "magnitude", {},
          "finetune.rewind=epoch:4 leaves nothing to retrain (train.epochs=4); valid: epoch:1"),
-        (RetrainPlan(rewind="init"), "l1_filter", {"pretrained": True},
+        (ft(rewind="init"), "l1_filter", {"pretrained": True},
          "finetune.rewind=init needs the weights saved during dense training"),
-        (RetrainPlan(rewind="lr"), "magnitude", {"finetune_epochs": 0},
+        (ft(rewind="lr", epochs=0), "magnitude", {},
          "finetune.rewind=lr replays the last finetune.epochs=0 epochs"),
     ],
 )  # fmt: skip
@@ -277,11 +288,11 @@ def test_unsound_combinations_are_one_line_errors(plan, method, kw, message) -> 
 
 def test_sound_combinations_pass() -> None:
     for method in ("magnitude", "random", "l1_filter", "network_slimming", "double_pruning"):
-        _check(RetrainPlan(alpha=0.5, rewind="init"), method)
-        _check(RetrainPlan(rewind="epoch:3"), method)
-        _check(RetrainPlan(from_scratch="same_budget"), method)
-    _check(RetrainPlan(alpha=1.0), "soft_sharing")  # kd alone: the run warns, nothing fails
-    _check(RetrainPlan(rewind="lr"), "l1_filter", pretrained=True)
+        _check(ft(kd={"alpha": 0.5}, rewind="init"), method)
+        _check(ft(rewind="epoch:3"), method)
+        _check(ft(from_scratch="same_budget"), method)
+    _check(ft(kd={"alpha": 1.0}), "soft_sharing")  # kd alone: the run warns, nothing fails
+    _check(ft(rewind="lr"), "l1_filter", pretrained=True)
 
 
 # ----------------------------------------------------------------------------- end to end

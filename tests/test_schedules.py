@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import composed
 from torch import nn
 
 from prune_cli.errors import ConfigError
@@ -229,20 +230,15 @@ def test_a_method_without_schedules_names_the_ones_that_have_them() -> None:
 
 
 def test_gradual_without_finetuning_is_refused_before_any_work() -> None:
-    method = build_method({"name": "magnitude", "schedule": "gradual"}, 0.5)
     with pytest.raises(ConfigError, match=r"finetune.epochs 0"):
-        method.check_finetune(0)
+        validate_config(composed("method.schedule=gradual", "finetune.epochs=0"))
     with pytest.raises(ConfigError, match=r"method.end"):
-        build_method({"name": "magnitude", "schedule": "gradual", "end": 5}, 0.5).check_finetune(2)
+        validate_config(composed("method.schedule=gradual", "method.end=5", "finetune.epochs=2"))
 
 
 def test_the_schema_accepts_the_schedule_keys() -> None:
-    cfg = {
-        "model": {"name": "resnet20"},
-        "dataset": {"name": "shapes"},
-        "method": {"name": "magnitude", "schedule": "iterative", "rounds": "2"},
-    }
-    assert validate_config(cfg).method.rounds == 2
+    plan = validate_config(composed("method.schedule=iterative", "method.rounds='2'"))
+    assert plan.method.rounds == 2
 
 
 # ----------------------------------------------------------------------------- sensitivity

@@ -5,6 +5,7 @@ and a seeded fuzz test over the schema's keys."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 from collections.abc import Iterator
@@ -12,31 +13,26 @@ from typing import Any, get_origin
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf, open_dict
+from cli_helpers import composed
+from omegaconf import OmegaConf
+from pydantic import ValidationError
 
 from prune_cli.cli import CONFIG_DIR, group_choices
 from prune_cli.data import DATASET_OPTIONS
+from prune_cli.defaults import group_defaults
 from prune_cli.engine.optim import build_optimizer, build_scheduler
+from prune_cli.engine.settings import FitSettings, TrainOptions, train_options
 from prune_cli.errors import ConfigError
 from prune_cli.methods import METHODS, Method, MethodOptions, build_method
 from prune_cli.metrics.report import netscore_units
 from prune_cli.options import Bool, Float, Int, OneOf, Options, describe, parse
-from prune_cli.schema import RunOptions, validate_config
+from prune_cli.pruning.search import GAConfig, PSOConfig, SAConfig
+from prune_cli.retrain import FinetuneOptions
+from prune_cli.schema import RunOptions, RunPlan, validate_config
+from prune_cli.tracking import LoggerOptions
 
 #: Methods whose options are declared (the others keep their own checks for now).
 TYPED_METHODS = sorted(n for n in METHODS.names() if METHODS.get(n).Options is not None)
-
-
-def composed(*overrides: str) -> dict[str, Any]:
-    """The job config ``prune-run`` would see for ``overrides`` (``hydra`` node removed)."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", list(overrides), return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # for ${hydra:runtime.cwd}
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +55,10 @@ def test_converted_methods_are_the_brief() -> None:
 
 @pytest.mark.parametrize("method", group_choices("method"))
 def test_every_method_config_validates(method: str) -> None:
-    cfg = validate_config(composed(f"method={method}"))
+    plan = validate_config(composed(f"method={method}"))
     if method in TYPED_METHODS:  # its options were checked and typed
-        opts = METHODS.get(str(cfg.method.name)).parse_options(cfg.method)
-        assert isinstance(opts, MethodOptions)
+        assert isinstance(plan.method, METHODS.get(method).Options)
+        assert isinstance(plan.method, MethodOptions)
 
 
 def _experiments() -> list[str]:
@@ -147,7 +143,8 @@ def test_bad_values_are_one_line_naming_key_value_and_valid(
 ) -> None:
     cfg = copy.deepcopy(base)
     group, key, value = override
-    (cfg if group is None else cfg[group])[key] = value
+    node = cfg if group is None else cfg[group]
+    node[key] = {**node[key], **value} if isinstance(value, dict) else value  # as Hydra merges
     assert message in one_line_error(cfg)
 
 
@@ -173,12 +170,45 @@ def test_typed_values_are_converted_and_spelling_kept(base: dict[str, Any]) -> N
     cfg["train"]["weight_decay"] = 0  # an int where a float is meant stays 0 (cache key)
     cfg["train"]["lr"] = 1
     cfg["dataset"]["val_size"] = "100"
-    typed = validate_config(cfg)
-    assert typed.train.epochs == 3 and isinstance(typed.train.epochs, int)
-    assert typed.train.weight_decay == 0 and isinstance(typed.train.weight_decay, int)
-    assert typed.dataset.val_size == 100
+    plan = validate_config(cfg)
+    assert plan.train.epochs == 3 and isinstance(plan.train.epochs, int)
+    assert plan.train.weight_decay == 0.0 and isinstance(plan.train.weight_decay, float)
+    assert plan.dataset.val_size == 100
+    # what the run records (and the cache key hashes) keeps the spelling where nothing changed
+    assert plan.resolved["train"]["epochs"] == 3
+    weight_decay = plan.resolved["train"]["weight_decay"]
+    assert weight_decay == 0 and isinstance(weight_decay, int)
     # a valid config comes back as it was
-    assert OmegaConf.to_container(validate_config(base)) == base
+    assert validate_config(base).resolved == base
+
+
+def test_the_plan_is_typed_and_frozen(base: dict[str, Any]) -> None:
+    plan = validate_config(base)
+    assert plan.method_name == "magnitude" and plan.method_ratio == 0.5
+    assert type(plan.dataset).__name__ == "ShapesOptions" and plan.dataset.train_size == 5000
+    assert plan.model_options == {"shortcut": "B"}
+    with pytest.raises(ValidationError):
+        plan.seed = 3  # type: ignore[misc]
+    carved = plan.with_val_size(100)
+    assert carved.dataset.val_size == 100 and carved.resolved["dataset"]["val_size"] == 100
+    assert plan.dataset.val_size == 0 and plan.resolved["dataset"]["val_size"] == 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["method=l1_filter", "+method.layer_ratios={conv1: 0.5}", "method.scope=global"],
+         "method.layer_ratios needs method.scope=layerwise, not global"),
+        (["method=l1_filter", "+method.layer_ratios={conv1: 0.5}", "method.macs_reduction=2"],
+         "method.layer_ratios and method.macs_reduction both set the ratios"),
+        (["method.schedule=gradual", "finetune.epochs=0"], "finetune.epochs 0 is invalid"),
+        (["method=soft_sharing", "finetune.rewind=init"], "finetune.rewind=init is unsound"),
+        (["weights=resnet20_cifar10_akamaster", "model=resnet56"], "is for model 'resnet20'"),
+    ],
+)  # fmt: skip
+def test_combinations_are_refused_with_the_config(overrides: list[str], message: str) -> None:
+    """Rules about combinations of keys run with the schema: before data or a model."""
+    assert message in one_line_error(composed(*overrides))
 
 
 def test_interpolation_errors_are_one_line(base: dict[str, Any]) -> None:
@@ -283,20 +313,18 @@ def _set(cfg: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     node[path[-1]] = value
 
 
-def _would_run(cfg: Any) -> None:
+def _would_run(plan: RunPlan) -> None:
     """The parts of a run that take these values without data: optimizer, LR schedule,
     NetScore units, the method."""
     model = torch.nn.Linear(2, 2)
-    for stage in ("train", "finetune"):
-        settings = OmegaConf.to_container(cfg[stage])
-        optimizer = build_optimizer(model, settings)
-        sched = build_scheduler(optimizer, settings, settings["epochs"])
-        for _ in range(min(int(settings["epochs"]), 3)):  # 3.0 keeps its spelling
+    for options in (plan.train, plan.finetune):
+        optimizer = build_optimizer(model, options)
+        sched = build_scheduler(optimizer, options, options.epochs)
+        for _ in range(min(options.epochs, 3)):
             optimizer.step()
             sched.step()
-    netscore_units(OmegaConf.to_container(cfg.metrics.netscore))
-    own_ratio = cfg.method.get("ratio")
-    build_method(OmegaConf.to_container(cfg.method), cfg.ratio if own_ratio is None else own_ratio)
+    netscore_units(plan.metrics.netscore.model_dump())
+    build_method(plan)
 
 
 @pytest.mark.parametrize(
@@ -326,7 +354,7 @@ def test_fuzz_overrides_validate_or_fail_in_one_line_naming_the_key(overrides: t
             continue
         accepted += 1
         # Typed values are stable and usable.
-        assert validate_config(typed) == typed, (key, value)
+        assert validate_config(typed.resolved).resolved == typed.resolved, (key, value)
         _would_run(typed)
     # both outcomes are common (each new choice key lowers the share of accepted values a little)
     assert accepted > 40 and rejected > 200, (accepted, rejected)
@@ -342,3 +370,72 @@ def test_fuzz_lists_where_scalars_are_expected_and_back(base: dict[str, Any]) ->
         with pytest.raises(ConfigError) as err:
             validate_config(cfg)
         assert ".".join(path) in str(err.value)
+
+
+# ----------------------------------------------------------------------------- defaults
+def _options_class(annotation: Any) -> type[Options] | None:
+    """The options class a field's annotation holds (through Optional / Annotated), if any."""
+    if isinstance(annotation, type):
+        return annotation if issubclass(annotation, Options) else None
+    for arg in getattr(annotation, "__args__", ()):
+        found = _options_class(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _second_defaults(options: type[Options], node: dict[str, Any], where: str) -> list[str]:
+    """Keys of a YAML node whose options field is missing or declares a default of its own."""
+    problems = []
+    for key, value in node.items():
+        field = options.model_fields.get(key)
+        if field is None:
+            problems.append(f"{where}{key}: no field of {options.__name__}")
+            continue
+        if not field.is_required():
+            problems.append(f"{where}{key}: {options.__name__} declares a default too")
+        inner = _options_class(field.annotation)
+        if inner is not None and isinstance(value, dict):
+            problems += _second_defaults(inner, value, f"{where}{key}.")
+    return problems
+
+
+def _group_nodes() -> Iterator[tuple[str, type[Options], dict[str, Any]]]:
+    """Every shipped group file with the options class that types it."""
+    for name in group_choices("train"):
+        yield f"train/{name}", TrainOptions, group_defaults("train", name)
+    for name in group_choices("finetune"):
+        yield f"finetune/{name}", FinetuneOptions, group_defaults("finetune", name)
+    for name in group_choices("dataset"):
+        yield f"dataset/{name}", DATASET_OPTIONS[name], group_defaults("dataset", name)
+    for name in group_choices("method"):
+        node = group_defaults("method", name, ratio=0.5)
+        yield f"method/{name}", METHODS.get(node["name"]).Options, node
+    for name in group_choices("logger"):
+        node = group_defaults("logger", name)[name]
+        yield f"logger/{name}", _options_class(LoggerOptions.model_fields[name].annotation), node
+    top = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "config.yaml"), resolve=False)
+    yield "config", RunOptions, {k: v for k, v in top.items() if k not in ("defaults", "hydra")}
+
+
+@pytest.mark.parametrize("group", [g for g, _, _ in _group_nodes()])
+def test_every_key_has_one_default_the_yaml_one(group: str) -> None:
+    """The defaults are those of the YAML files the user sees; the options type and bound each
+    key and declare no default of their own."""
+    _, options, node = next(item for item in _group_nodes() if item[0] == group)
+    assert node or not options.model_fields, group
+    assert _second_defaults(options, node, f"{group}: ") == []
+
+
+def test_the_engine_has_no_defaults_of_its_own() -> None:
+    """Training settings and the searches' settings come from the options, never from a
+    default the engine keeps apart from the YAML files."""
+    assert all(f.is_required() for f in TrainOptions.model_fields.values())
+    for cls in (FitSettings, GAConfig, PSOConfig, SAConfig):
+        defaults = [f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING]
+        assert defaults == [], cls.__name__
+    # a training node given in part takes the rest from configs/train/default.yaml
+    assert train_options({"lr": 0.5}).model_dump() == {
+        **group_defaults("train", "default"),
+        "lr": 0.5,
+    }

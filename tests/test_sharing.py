@@ -392,7 +392,7 @@ def test_prune_reports_without_pruning() -> None:
         ({"name": "template_reuse", "templates_per_stage": "two"}, None, "auto"),
         ({"name": "template_reuse", "templates_per_stage": [1, 2]}, "x", "one value per stage"),
         ({"name": "template_reuse", "coefficients": "full"}, None, "scalar, per_channel"),
-        ({"name": "soft_sharing", "coefficients": "per_channel"}, None, "choose one of: scalar"),
+        ({"name": "soft_sharing", "coefficients": "scalar"}, None, "unknown key method.coeff"),
         ({"name": "template_reuse", "share_depthwise": "yes"}, None, "valid: true, false"),
     ],
 )

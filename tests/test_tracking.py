@@ -16,7 +16,9 @@ from cli_helpers import prune_run
 from hydra import compose, initialize_config_dir
 
 from prune_cli.cli import CONFIG_DIR, check_overrides, group_choices, several_loggers
+from prune_cli.defaults import group_defaults, with_defaults
 from prune_cli.errors import ConfigError
+from prune_cli.options import parse
 from prune_cli.pipeline import Pipeline
 from prune_cli.schema import validate_config
 from prune_cli.tracking import (
@@ -32,6 +34,12 @@ from prune_cli.tracking import (
 )
 
 OFFLINE = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "WANDB_MODE": "offline"}
+
+
+def wandb_options(**given: Any) -> WandbOptions:
+    """``logger.wandb`` typed, the keys not given from configs/logger/wandb.yaml."""
+    defaults = group_defaults("logger", "wandb")["wandb"]
+    return parse(WandbOptions, with_defaults(defaults, given), "logger.wandb.")
 
 
 @pytest.fixture(autouse=True)
@@ -233,13 +241,13 @@ def test_wandb_is_offline_unless_logged_in(tmp_path: Path, monkeypatch, fake_wan
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    assert WandbTracker(WandbOptions()).mode() == "offline"
+    assert WandbTracker(wandb_options()).mode() == "offline"
     (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password k\n")
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
-    assert WandbTracker(WandbOptions()).mode() == "online"
-    assert WandbTracker(WandbOptions(mode="offline")).mode() == "offline"
+    assert WandbTracker(wandb_options()).mode() == "online"
+    assert WandbTracker(wandb_options(mode="offline")).mode() == "offline"
     monkeypatch.setenv("WANDB_MODE", "disabled")  # W&B's own switch wins
-    assert WandbTracker(WandbOptions(mode="online")).mode() == "disabled"
+    assert WandbTracker(wandb_options(mode="online")).mode() == "disabled"
 
 
 def test_wandb_gets_config_curves_figures_and_the_run_directory(tmp_path, fake_wandb) -> None:
@@ -247,7 +255,7 @@ def test_wandb_gets_config_curves_figures_and_the_run_directory(tmp_path, fake_w
     (run_dir / "checkpoints").mkdir(parents=True)
     for name in ("metrics.json", "checkpoints/final.safetensors", "checkpoints/train_last.pt"):
         (run_dir / name).write_text("x")
-    trackers = Trackers([WandbTracker(WandbOptions(tags=["demo"]))], ["wandb"])
+    trackers = Trackers([WandbTracker(wandb_options(tags=["demo"]))], ["wandb"])
     info = RunInfo(run_dir, tmp_path, {"seed": 0, "train": {"lr": 0.1}}, {"method": "l1_filter"})
     trackers.start(info)
     trackers.log_epoch("train", {"stage": "train", "epoch": 1, "train_loss": 2.0})
@@ -275,12 +283,12 @@ def _composed(*overrides: str):
 
 def test_every_logger_config_validates_and_csv_is_the_default() -> None:
     assert group_choices("logger") == ["csv", "mlflow", "tensorboard", "wandb"]
-    assert dict(validate_config(_composed()).logger) == {"csv": {}}
+    assert validate_config(_composed()).resolved["logger"] == {"csv": {}}
     for name in group_choices("logger"):
-        assert list(validate_config(_composed(f"logger={name}")).logger) == [name]
+        assert list(validate_config(_composed(f"logger={name}")).resolved["logger"]) == [name]
     both = validate_config(_composed("logger=[tensorboard,mlflow]"))
-    assert list(both.logger) == ["tensorboard", "mlflow"]
-    assert both.logger.mlflow.experiment == "prune-cli"
+    assert list(both.resolved["logger"]) == ["tensorboard", "mlflow"]
+    assert both.logger.mlflow.experiment == "prune-cli" and both.logger.wandb is None
 
 
 def test_logger_keys_are_checked_in_one_line() -> None:

@@ -127,7 +127,7 @@ def test_weights_configs_validate_and_pin_what_the_file_needs(name: str) -> None
     assert 0 < weights.top1 <= 100 and weights.test_images >= 1
     assert weights.source and weights.license
     for key in ("mean", "std"):
-        assert len(cfg.dataset[key]) == 3
+        assert len(getattr(cfg.dataset, key)) == 3
 
 
 def test_weights_config_refuses_another_model_or_file() -> None:

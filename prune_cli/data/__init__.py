@@ -27,8 +27,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
 from prune_cli.data import cifar, fer, imagenet, shapes  # noqa: F401  (registers the builders)
 from prune_cli.data.base import (
     DATASET_OPTIONS,
@@ -37,9 +35,9 @@ from prune_cli.data.base import (
     DatasetBundle,
     DatasetOptions,
     Split,
-    cfg_stats,
     dataset_options,
     resolve_path,
+    stats_of,
     with_val_split,
 )
 
@@ -59,13 +57,12 @@ __all__ = [
 ]
 
 
-def build_dataset(cfg: Mapping[str, Any]) -> DatasetBundle:
-    """Build the dataset named ``cfg['name']`` and apply the shared options (see module doc)."""
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    options = dataset_options(cfg)  # type: ignore[arg-type]
-    typed = options.model_dump()
-    bundle = _apply_overrides(DATASETS.get(options.name)(typed), options)
+def build_dataset(cfg: DatasetOptions | Mapping[str, Any]) -> DatasetBundle:
+    """Build the dataset of the typed options ``cfg`` (a mapping is typed first, the keys it
+    leaves out taken from ``configs/dataset/<name>.yaml``) and apply the shared options (see
+    module doc)."""
+    options = cfg if isinstance(cfg, DatasetOptions) else dataset_options(cfg, fill=True)
+    bundle = _apply_overrides(DATASETS.get(options.name)(options), options)
     if bundle.bad_files.skipped:
         log.warning(
             "%s: %d bad file(s) or row(s) skipped (dataset.on_bad_file=skip)",
@@ -76,11 +73,10 @@ def build_dataset(cfg: Mapping[str, Any]) -> DatasetBundle:
 
 
 def _apply_overrides(bundle: DatasetBundle, options: DatasetOptions) -> DatasetBundle:
-    values = options.model_dump()
     return dataclasses.replace(
         bundle,
-        mean=cfg_stats(values, "mean", bundle.mean),
-        std=cfg_stats(values, "std", bundle.std),
-        crop_padding=values.get("crop_padding", bundle.crop_padding),
+        mean=stats_of(options.mean, bundle.mean),
+        std=stats_of(options.std, bundle.std),
+        crop_padding=getattr(options, "crop_padding", bundle.crop_padding),
         hflip=options.hflip,
     )

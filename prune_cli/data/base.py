@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Protocol, runtime_checkable
@@ -26,6 +25,7 @@ from pydantic import PlainValidator, model_validator
 
 from prune_cli import distributed
 from prune_cli.data.loaders import BadFiles, FileLoader, TensorLoader
+from prune_cli.defaults import group_defaults, with_defaults
 from prune_cli.errors import ConfigError, unknown_choice
 from prune_cli.options import Bool, Int, OneOf, Options, Text, Valid, is_number, parse
 from prune_cli.registry import Registry
@@ -233,18 +233,19 @@ Seed = Int(ge=0, lt=2**63, valid="an integer >= 0 (below 2**63)")
 
 class DatasetOptions(Options):
     """Keys every dataset config has (see :mod:`prune_cli.data`). Each family adds its own
-    and registers its class with :func:`register_dataset`."""
+    and registers its class with :func:`register_dataset`; ``configs/dataset/<name>.yaml``
+    has the defaults."""
 
     channels: ClassVar[int] = 3
 
     name: Text("a dataset name")
-    root: Text("a directory path") | None = None
-    download: Bool = False
-    val_size: ValSize = 0
-    split_seed: Seed = 0
-    mean: Stats | None = None
-    std: Stats | None = None
-    hflip: Bool = True
+    root: Text("a directory path") | None
+    download: Bool
+    val_size: ValSize
+    split_seed: Seed
+    mean: Stats | None
+    std: Stats | None
+    hflip: Bool
 
     @model_validator(mode="after")
     def _per_channel(self) -> DatasetOptions:
@@ -267,7 +268,7 @@ class InMemoryOptions(DatasetOptions):
     #: Side of the stored images (the crop padding may not exceed it).
     side: ClassVar[int] = 32
 
-    crop_padding: Int(ge=0) = 4
+    crop_padding: Int(ge=0)
 
     def image_side(self) -> int:
         return self.side
@@ -284,9 +285,11 @@ class InMemoryOptions(DatasetOptions):
 
 
 class FileOptions(Options):
-    """Datasets read from files: what to do with a file (or CSV row) that cannot be read."""
+    """Datasets read from files: where they are, and what to do with a file (or CSV row) that
+    cannot be read."""
 
-    on_bad_file: OneOf("error", "skip") = "error"
+    root: Text("a directory path")
+    on_bad_file: OneOf("error", "skip")
 
 
 #: Options class of each registered dataset name.
@@ -306,19 +309,22 @@ def register_dataset(
     return deco
 
 
-def dataset_options(cfg: Mapping[str, Any]) -> DatasetOptions:
+def dataset_options(cfg: Mapping[str, Any], fill: bool = False) -> DatasetOptions:
     """``cfg`` (the ``dataset`` group) checked against its family's options: one-line
-    :class:`ConfigError` for an unknown name, an unknown key or a bad value."""
+    :class:`ConfigError` for an unknown name, an unknown key or a bad value. ``fill``: the keys
+    ``cfg`` leaves out are taken from ``configs/dataset/<name>.yaml``."""
     name = cfg.get("name") if isinstance(cfg, Mapping) else None
     if not name:
         raise ConfigError(f"dataset.name is required; choose one of: {', '.join(DATASETS)}")
     DATASETS.get(str(name))  # unknown name: one line with the choices
+    if fill:
+        cfg = with_defaults(group_defaults("dataset", str(name)), cfg)
     return parse(DATASET_OPTIONS[str(name)], cfg, "dataset.", group=f"dataset {name}")
 
 
-def bad_files_for(name: str, cfg: Mapping[str, Any]) -> BadFiles:
-    """The recorder of unreadable files for dataset ``name`` under ``cfg['on_bad_file']``."""
-    return BadFiles(name, str(cfg.get("on_bad_file") or "error"))
+def bad_files_for(name: str, opts: FileOptions) -> BadFiles:
+    """The recorder of unreadable files for dataset ``name`` under ``dataset.on_bad_file``."""
+    return BadFiles(name, opts.on_bad_file)
 
 
 def resolve_path(p: str | Path) -> Path:
@@ -395,32 +401,13 @@ def holdout_count(val_size: object, n_train: int) -> int:
     return count
 
 
-def cfg_int(cfg: Mapping[str, Any], key: str, default: int, minimum: int | None = None) -> int:
-    """``cfg[key]`` as an int (``default`` if absent or null), checked against ``minimum``."""
-    value = cfg.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"dataset.{key} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"dataset.{key} must be >= {minimum}, got {value!r}")
-    return value
-
-
-def cfg_stats(cfg: Mapping[str, Any], key: str, default: tuple[float, ...]) -> tuple[float, ...]:
-    """Per-channel ``mean``/``std`` override from ``cfg[key]`` (a number or a list), or default."""
-    value = cfg.get(key)
+def stats_of(value: float | list[float] | None, default: tuple[float, ...]) -> tuple[float, ...]:
+    """A per-channel ``dataset.mean``/``std`` override (one number for every channel, or one per
+    channel: :class:`DatasetOptions` checked it), or ``default``."""
     if value is None:
         return default
     values = [value] * len(default) if isinstance(value, (int, float)) else value
-    if not isinstance(values, Sequence) or len(values) != len(default):
-        raise ConfigError(
-            f"dataset.{key} must be a number or a list of {len(default)} numbers, got {value!r}"
-        )
-    out = tuple(float(v) for v in values)
-    if key == "std" and any(not math.isfinite(v) or v <= 0 for v in out):
-        raise ConfigError(f"dataset.std values must be positive, got {value!r}")
-    return out
+    return tuple(float(v) for v in values)
 
 
 def with_val_split(bundle: DatasetBundle, val_size: object, split_seed: int = 0) -> DatasetBundle:

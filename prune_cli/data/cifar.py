@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import pickle
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -230,12 +229,12 @@ def _download(root: Path, fmt: CifarFormat) -> None:
         ) from e
 
 
-def load_cifar(cfg: Mapping[str, Any], fmt: CifarFormat) -> DatasetBundle:
-    """Read a CIFAR variant from ``cfg['root']`` (downloading first if asked and missing)."""
-    root = resolve_path(cfg.get("root") or f"data/{fmt.name}")
+def load_cifar(opts: CifarOptions, fmt: CifarFormat) -> DatasetBundle:
+    """Read a CIFAR variant from ``dataset.root`` (downloading first if asked and missing)."""
+    root = resolve_path(opts.root)
     folder = _batch_folder(root, fmt)
     missing = _missing(folder, fmt)
-    if missing and cfg.get("download", False):
+    if missing and opts.download:
         _download(root, fmt)
         folder = _batch_folder(root, fmt)
         missing = _missing(folder, fmt)
@@ -246,7 +245,7 @@ def load_cifar(cfg: Mapping[str, Any], fmt: CifarFormat) -> DatasetBundle:
             f"{fmt.name}: {what} {fmt.title} batches in {folder}{detail} (expected "
             f"{_expected(fmt)}; get them from {URL} or set dataset.download=true)"
         )
-    bad = bad_files_for(fmt.name, cfg)
+    bad = bad_files_for(fmt.name, opts)
     train = _read_batches(folder, fmt.train_files, fmt, bad)
     test = _read_batches(folder, (fmt.test_file,), fmt, bad)
     if not train or not test:
@@ -279,12 +278,12 @@ class CifarOptions(FileOptions, InMemoryOptions):
 
 
 @register_dataset("cifar10", CifarOptions)
-def build_cifar10(cfg: Mapping[str, Any]) -> DatasetBundle:
+def build_cifar10(opts: CifarOptions) -> DatasetBundle:
     """CIFAR-10: 10 classes, 3x32x32, 50,000 train / 10,000 test images."""
-    return load_cifar(cfg, CIFAR10)
+    return load_cifar(opts, CIFAR10)
 
 
 @register_dataset("cifar100", CifarOptions)
-def build_cifar100(cfg: Mapping[str, Any]) -> DatasetBundle:
+def build_cifar100(opts: CifarOptions) -> DatasetBundle:
     """CIFAR-100 (fine labels): 100 classes, 3x32x32, 50,000 train / 10,000 test images."""
-    return load_cifar(cfg, CIFAR100)
+    return load_cifar(opts, CIFAR100)

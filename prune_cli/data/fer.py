@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import csv
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -278,8 +278,8 @@ def _fer_bundle(
     )
 
 
-def _no_download_note(cfg: Mapping[str, Any]) -> str:
-    return "; there is no downloader: Kaggle needs a login" if cfg.get("download") else ""
+def _no_download_note(opts: FerOptions) -> str:
+    return "; there is no downloader: Kaggle needs a login" if opts.download else ""
 
 
 class FerOptions(FileOptions, InMemoryOptions):
@@ -289,22 +289,22 @@ class FerOptions(FileOptions, InMemoryOptions):
     channels: ClassVar[int] = 1
     side: ClassVar[int] = SIDE
 
-    fer2013_csv: Text("a path to fer2013.csv") | None = None
+    fer2013_csv: Text("a path to fer2013.csv") | None
 
 
 class FerPlusOptions(FerOptions):
     """``dataset=ferplus`` keys: FER2013's plus ``ferplus_csv`` and ``label_rule``."""
 
-    ferplus_csv: Text("a path to fer2013new.csv") | None = None
-    label_rule: OneOf(*LABEL_RULES) = "argmax"
+    ferplus_csv: Text("a path to fer2013new.csv") | None
+    label_rule: OneOf(*LABEL_RULES)
 
 
 @register_dataset("fer2013", FerOptions)
-def build_fer2013(cfg: Mapping[str, Any]) -> DatasetBundle:
+def build_fer2013(opts: FerOptions) -> DatasetBundle:
     """FER2013: 7 classes, 1x48x48; from ``fer2013.csv`` (preferred) or the image folders."""
-    root = resolve_path(cfg.get("root") or "data/fer2013")
-    csv_path = resolve_path(cfg["fer2013_csv"]) if cfg.get("fer2013_csv") else root / "fer2013.csv"
-    bad = bad_files_for("fer2013", cfg)
+    root = resolve_path(opts.root)
+    csv_path = resolve_path(opts.fer2013_csv) if opts.fer2013_csv else root / "fer2013.csv"
+    bad = bad_files_for("fer2013", opts)
     if csv_path.is_file():
         images, labels, usages, ok = read_fer_csv(csv_path, "fer2013", bad)
         rows = np.flatnonzero(ok)
@@ -329,24 +329,18 @@ def build_fer2013(cfg: Mapping[str, Any]) -> DatasetBundle:
     raise DataNotFoundError(
         f"fer2013: no FER2013 data in {root} (expected {csv_path.name} with columns "
         f"emotion,pixels,Usage, or train/<emotion>/*.jpg and test/<emotion>/*.jpg; get them "
-        f"from {FER_SOURCE}{_no_download_note(cfg)})"
+        f"from {FER_SOURCE}{_no_download_note(opts)})"
     )
 
 
 @register_dataset("ferplus", FerPlusOptions)
-def build_ferplus(cfg: Mapping[str, Any]) -> DatasetBundle:
+def build_ferplus(opts: FerPlusOptions) -> DatasetBundle:
     """FER+: 8 classes, 1x48x48; FER2013 images relabelled by ``fer2013new.csv`` votes."""
-    root = resolve_path(cfg.get("root") or "data/ferplus")
-    rule = str(cfg.get("label_rule") or "argmax")
-    if rule not in LABEL_RULES:
-        raise unknown_choice("dataset.label_rule", rule, LABEL_RULES)
-    labels_path = (
-        resolve_path(cfg["ferplus_csv"]) if cfg.get("ferplus_csv") else root / "fer2013new.csv"
-    )
-    images_path = (
-        resolve_path(cfg["fer2013_csv"]) if cfg.get("fer2013_csv") else root / "fer2013.csv"
-    )
-    note = _no_download_note(cfg)
+    root = resolve_path(opts.root)
+    rule = opts.label_rule
+    labels_path = resolve_path(opts.ferplus_csv) if opts.ferplus_csv else root / "fer2013new.csv"
+    images_path = resolve_path(opts.fer2013_csv) if opts.fer2013_csv else root / "fer2013.csv"
+    note = _no_download_note(opts)
     if not labels_path.is_file():
         raise DataNotFoundError(
             f"ferplus: no FER+ label file {labels_path} (expected fer2013new.csv with columns "
@@ -358,7 +352,7 @@ def build_ferplus(cfg: Mapping[str, Any]) -> DatasetBundle:
             f"ferplus: no FER2013 images {images_path} (expected fer2013.csv with columns "
             f"emotion,pixels,Usage; get it from {FER_SOURCE} or set dataset.fer2013_csv{note})"
         )
-    bad = bad_files_for("ferplus", cfg)
+    bad = bad_files_for("ferplus", opts)
     images, _, _, ok = read_fer_csv(images_path, "ferplus", bad)
     votes, usages, usable = read_ferplus_votes(labels_path, bad)
     if len(votes) != len(images):

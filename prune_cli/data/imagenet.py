@@ -22,7 +22,6 @@ ImageFolder); their count is logged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +34,6 @@ from prune_cli.data.base import (
     FileOptions,
     Split,
     bad_files_for,
-    cfg_int,
     register_dataset,
     resolve_path,
 )
@@ -107,9 +105,9 @@ class ImagenetOptions(FileOptions, DatasetOptions):
     """``dataset=imagenet`` keys: the shared ones plus the crop sizes, the DataLoader workers
     and ``on_bad_file``."""
 
-    image_size: Int(ge=1) = 224
-    resize: Int(ge=1) = 256
-    num_workers: Int(ge=0) = 4
+    image_size: Int(ge=1)
+    resize: Int(ge=1)
+    num_workers: Int(ge=0)
 
     @model_validator(mode="after")
     def _resize_covers_crop(self) -> ImagenetOptions:
@@ -122,19 +120,17 @@ class ImagenetOptions(FileOptions, DatasetOptions):
 
 
 @register_dataset("imagenet", ImagenetOptions)
-def build_imagenet(cfg: Mapping[str, Any]) -> DatasetBundle:
+def build_imagenet(opts: ImagenetOptions) -> DatasetBundle:
     """ImageNet: classes = train wnid folders (1000 for ILSVRC-2012), 3x224x224 by default."""
-    root = resolve_path(cfg.get("root") or "data/imagenet")
+    root = resolve_path(opts.root)
     missing = [f"{d}/" for d in ("train", "val") if not (root / d).is_dir()]
     if missing:
-        note = "; there is no downloader: ImageNet needs a login" if cfg.get("download") else ""
+        note = "; there is no downloader: ImageNet needs a login" if opts.download else ""
         raise DataNotFoundError(
             f"imagenet: missing {', '.join(missing)} in {root} (expected train/<wnid>/*.JPEG "
             f"and val/<wnid>/*.JPEG; get them from {SOURCE}{note})"
         )
-    # Checked by ImagenetOptions (build_dataset): resize >= image_size >= 1.
-    image_size = cfg_int(cfg, "image_size", 224, minimum=1)
-    resize = cfg_int(cfg, "resize", 256, minimum=1)
+    image_size, resize = opts.image_size, opts.resize  # resize >= image_size: ImagenetOptions
     train, val = _folder(root / "train"), _folder(root / "val")
     if val.classes != train.classes:
         only_train = sorted(set(train.classes) - set(val.classes))
@@ -143,7 +139,7 @@ def build_imagenet(cfg: Mapping[str, Any]) -> DatasetBundle:
             f"imagenet: class folders of {root / 'val'} differ from train/ "
             f"(only in train: {only_train[:5]}, only in val: {only_val[:5]})"
         )
-    hflip = cfg.get("hflip") is not False  # null/absent: the default, flip
+    hflip = opts.hflip
     train_tf, eval_tf = imagenet_transforms(image_size, resize, hflip)
     return DatasetBundle(
         name="imagenet",
@@ -157,6 +153,6 @@ def build_imagenet(cfg: Mapping[str, Any]) -> DatasetBundle:
         hflip=hflip,
         train_transform=train_tf,
         eval_transform=eval_tf,
-        num_workers=cfg_int(cfg, "num_workers", 4, minimum=0),
-        bad_files=bad_files_for("imagenet", cfg),
+        num_workers=opts.num_workers,
+        bad_files=bad_files_for("imagenet", opts),
     )

@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +46,6 @@ from prune_cli.data.base import (
     InMemoryOptions,
     Seed,
     Split,
-    cfg_int,
     register_dataset,
 )
 from prune_cli.data.loaders import generator_for
@@ -218,26 +215,25 @@ class ShapesOptions(InMemoryOptions):
     """``dataset=shapes`` keys: the shared ones plus the set sizes, the image side and the
     data's own seed (nothing is read from disk, so there is no ``on_bad_file``)."""
 
-    train_size: Int(ge=1) = 5000
-    test_size: Int(ge=1) = 1000
-    image_size: Int(ge=8) = SIDE
-    seed: Seed = 0
+    train_size: Int(ge=1)
+    test_size: Int(ge=1)
+    image_size: Int(ge=8)
+    seed: Seed
 
     def image_side(self) -> int:
         return self.image_size
 
 
 @register_dataset("shapes", ShapesOptions)
-def build_shapes(cfg: Mapping[str, Any]) -> DatasetBundle:
+def build_shapes(opts: ShapesOptions) -> DatasetBundle:
     """The procedural ``shapes`` dataset (see the module docstring).
 
-    ``dataset.image_size`` (default 32) resizes the generated 32 px images (smaller images make
-    a large model cheaper on a CPU).
+    ``dataset.image_size`` resizes the generated 32 px images (smaller images make a large
+    model cheaper on a CPU).
     """
-    seed = cfg_int(cfg, "seed", 0)
-    size = cfg_int(cfg, "image_size", SIDE, minimum=8)
-    train_x, train_y = generate_shapes(cfg_int(cfg, "train_size", 5000, minimum=1), seed)
-    test_x, test_y = generate_shapes(cfg_int(cfg, "test_size", 1000, minimum=1), seed, _TEST_STREAM)
+    seed, size = opts.seed, opts.image_size
+    train_x, train_y = generate_shapes(opts.train_size, seed)
+    test_x, test_y = generate_shapes(opts.test_size, seed, _TEST_STREAM)
     train_x, test_x = resize_images(train_x, size), resize_images(test_x, size)
     return DatasetBundle(
         name="shapes",

@@ -2,8 +2,9 @@
 
 from prune_cli.engine.checkpoint import load_checkpoint, load_state_into, save_checkpoint
 from prune_cli.engine.hooks import CompositeHooks, TrainHooks
-from prune_cli.engine.loop import EvalResult, FitResult, FitSettings, StageFiles, evaluate, fit
+from prune_cli.engine.loop import EvalResult, FitResult, StageFiles, evaluate, fit
 from prune_cli.engine.seed import resolve_device, seed_everything
+from prune_cli.engine.settings import FitSettings, TrainOptions
 
 __all__ = [
     "CompositeHooks",
@@ -12,6 +13,7 @@ __all__ = [
     "FitSettings",
     "StageFiles",
     "TrainHooks",
+    "TrainOptions",
     "evaluate",
     "fit",
     "load_checkpoint",

@@ -27,18 +27,14 @@ from prune_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from prune_cli.engine.hooks import TrainHooks
 from prune_cli.engine.optim import build_optimizer, build_scheduler, step_lr_setter
 from prune_cli.engine.precision import Precision, choose_memory_format, resolve_precision
-from prune_cli.errors import ConfigError, NonFiniteLossError
+from prune_cli.engine.settings import FitSettings, TrainOptions
+from prune_cli.errors import NonFiniteLossError
 from prune_cli.io import atomic_write_text
 
 log = logging.getLogger("prune_cli")
 
 #: A training loss: ``criterion(inputs, logits, labels, label_smoothing)`` -> a scalar.
 Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
-
-#: Images per evaluation batch unless ``eval_batch_size`` says otherwise: on a CPU, 128 beats 256
-#: by 15-20% (ResNet-20/56 and ShuffleNetV2 x0.5 on 32 px images, 2 cores: the activations of a
-#: smaller batch stay in cache); on a GPU the two are alike for these sizes.
-DEFAULT_EVAL_BATCH_SIZE = 128
 
 HISTORY_FIELDS = (
     "stage",
@@ -271,66 +267,6 @@ def train_one_epoch(
 
 
 @dataclass(frozen=True)
-class FitSettings:
-    """The settings of one training stage: a ``train`` or ``finetune`` config node, typed.
-
-    ``optim`` holds the node for :mod:`prune_cli.engine.optim`, which reads and validates its
-    keys (lr, momentum, nesterov, weight_decay, schedule, milestones, gamma, warmup_epochs).
-    ``precision`` and ``memory_format`` are what training asks for (:mod:`.precision`: ``auto``
-    takes what the hardware does natively); ``eval_precision`` is the per-epoch evaluation's
-    (``metrics.precision``). ``compile`` trains through ``torch.compile`` of the model (see
-    :func:`fit`).
-    """
-
-    epochs: int
-    batch_size: int
-    eval_batch_size: int = DEFAULT_EVAL_BATCH_SIZE
-    label_smoothing: float = 0.0
-    precision: str = "fp32"
-    memory_format: str = "contiguous"
-    eval_precision: str = "fp32"
-    select_best: bool = True
-    compile: bool = False
-    optim: Mapping[str, Any] = field(default_factory=dict)
-    #: Stop after this many optimisation steps in all (None: every epoch runs whole); the
-    #: from-scratch budget control (Scratch-B) ends inside its last epoch.
-    max_steps: int | None = None
-
-    @classmethod
-    def from_cfg(cls, cfg: Mapping[str, Any] | FitSettings) -> FitSettings:
-        """Read a config node (a :class:`FitSettings` is returned as it is)."""
-        if isinstance(cfg, FitSettings):
-            return cfg
-        return cls(
-            epochs=_integer(cfg, "epochs", None, 0),
-            batch_size=_integer(cfg, "batch_size", None, 1),
-            eval_batch_size=_integer(cfg, "eval_batch_size", DEFAULT_EVAL_BATCH_SIZE, 1),
-            label_smoothing=float(cfg.get("label_smoothing", 0.0)),
-            precision=str(cfg.get("precision", "fp32")),
-            memory_format=str(cfg.get("memory_format", "contiguous")),
-            eval_precision=str(cfg.get("eval_precision", "fp32")),
-            select_best=bool(cfg.get("select_best", True)),
-            compile=bool(cfg.get("compile", False)),
-            optim=dict(cfg),
-            max_steps=None if cfg.get("max_steps") is None else _integer(cfg, "max_steps", 1, 1),
-        )
-
-
-def _integer(cfg: Mapping[str, Any], key: str, default: int | None, low: int) -> int:
-    """``cfg[key]`` as an integer ``>= low`` (``default`` when absent; None: required)."""
-    value = cfg.get(key, default)
-    try:
-        number = int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        number = low - 1
-    if isinstance(value, bool) or number < low:
-        raise ConfigError(
-            f"training setting {key} {value!r} is invalid; valid: an integer >= {low}"
-        )
-    return number
-
-
-@dataclass(frozen=True)
 class StageFiles:
     """Where a training stage writes, and whether it resumes from what is there.
 
@@ -381,7 +317,7 @@ class _Trainer:
 def fit(
     model: nn.Module,
     data: Any,
-    cfg: Mapping[str, Any] | FitSettings,
+    cfg: FitSettings | TrainOptions | Mapping[str, Any],
     *,
     device: torch.device,
     files: StageFiles,
@@ -391,7 +327,8 @@ def fit(
 ) -> FitResult:
     """Train ``model`` in place for ``epochs`` epochs on ``data`` (a DatasetBundle).
 
-    ``cfg``: a ``train``/``finetune`` config node or its :class:`FitSettings`. ``files`` names
+    ``cfg``: the stage's :class:`~prune_cli.engine.settings.FitSettings` (or its typed options,
+    or a ``train`` mapping: :meth:`FitSettings.from_cfg`). ``files`` names
     the stage and where it writes; with ``files.resume`` an existing ``{stage}_last.pt`` is
     loaded and training continues after its last completed epoch. ``seed`` seeds the shuffle
     and augmentation of the training batches. Each epoch is evaluated on the validation split
@@ -498,8 +435,9 @@ def _build_trainer(
     """Optimizer, schedule, loaders and numerics of a stage (the memory format is settled by
     :func:`_choose_numerics`)."""
     precision = resolve_precision(settings.precision, device)
-    optimizer = build_optimizer(model, settings.optim)
-    scheduler = build_scheduler(optimizer, settings.optim, settings.epochs)
+    span = {"schedule_epochs": settings.schedule_epochs, "schedule_start": settings.schedule_start}
+    optimizer = build_optimizer(model, settings.options)
+    scheduler = build_scheduler(optimizer, settings.options, settings.epochs, **span)
     # Distributed: the batch size is the global batch, split evenly across ranks.
     distributed.local_batch_size(settings.batch_size)
     train_loader = data.loader(
@@ -514,7 +452,7 @@ def _build_trainer(
         hooks=hooks,
         train_loader=train_loader,
         set_lr=step_lr_setter(
-            optimizer, scheduler, settings.optim, settings.epochs, len(train_loader)
+            optimizer, scheduler, settings.options, settings.epochs, len(train_loader), **span
         ),
         eval_loader=eval_loader,
         select_split=select_split,

@@ -50,6 +50,7 @@ import torch
 from pydantic import BeforeValidator
 from torch import nn
 
+from prune_cli.defaults import group_defaults, with_defaults
 from prune_cli.engine.checkpoint import load_state_into
 from prune_cli.engine.hooks import TrainHooks
 from prune_cli.engine.loop import EvalResult, evaluate
@@ -62,7 +63,6 @@ from prune_cli.pruning.schedules import (
     STEPS,
     GradualPruning,
     PruneTo,
-    check_window,
     round_ratios,
     run_rounds,
 )
@@ -100,11 +100,17 @@ AutoOrNonNegative = Annotated[
 
 
 class MethodOptions(Options):
-    """Keys every method config may have: its ``name`` and its own ``ratio`` (the fraction
-    its main rate prunes; default: the run's ``ratio``). Subclasses add the method's keys."""
+    """The key every method config has: its ``name``. Subclasses add the method's keys, whose
+    defaults are in ``configs/method/<name>.yaml`` (:meth:`Method.parse_options`)."""
 
-    name: Text("a method name") | None = None
-    ratio: Ratio | None = None
+    name: Text("a method name")
+
+
+class OwnRatio(MethodOptions):
+    """``ratio``: the fraction the method's main rate prunes (``${ratio}`` in its config: the
+    run's ratio; null: the run's ratio too)."""
+
+    ratio: Ratio | None
 
 
 class ScheduleOptions(MethodOptions):
@@ -114,13 +120,13 @@ class ScheduleOptions(MethodOptions):
     ratio over fine-tuning epochs ``[start, end]`` (``end`` null: the last), the masks updated
     every ``frequency`` steps)."""
 
-    schedule: OneOf(*SCHEDULES) = "oneshot"
-    rounds: Int(ge=1) = 3
-    steps: OneOf(*STEPS) = "linear"
-    initial: Ratio = 0.0
-    start: Float(ge=0) = 0.0
-    end: Float(gt=0) | None = None
-    frequency: Int(ge=1) = 100
+    schedule: OneOf(*SCHEDULES)
+    rounds: Int(ge=1)
+    steps: OneOf(*STEPS)
+    initial: Ratio
+    start: Float(ge=0)
+    end: Float(gt=0) | None
+    frequency: Int(ge=1)
 
 
 class ChannelOptions(MethodOptions):
@@ -129,10 +135,10 @@ class ChannelOptions(MethodOptions):
     ``single``: one-producer groups only), the threshold ``mode``, ``min_channels`` (an int, or
     a fraction of the group if < 1) and ``round_to``."""
 
-    groups: OneOf(*GROUPINGS) = "coupled"
-    mode: OneOf(*THRESHOLD_MODES) = "exact"
-    min_channels: Float(gt=0) = 1
-    round_to: Int(ge=1) = 1
+    groups: OneOf(*GROUPINGS)
+    mode: OneOf(*THRESHOLD_MODES)
+    min_channels: Float(gt=0)
+    round_to: Int(ge=1)
 
     def channel_settings(self) -> dict[str, Any]:
         """These options as :func:`channel_prune` keywords."""
@@ -194,19 +200,34 @@ class Method(TrainHooks):
     #: fine-tuning and the final evaluation and records why.
     produces_model: ClassVar[bool] = True
 
-    def __init__(self, cfg: Mapping[str, Any], ratio: float, seed: int = 0) -> None:
+    def __init__(self, cfg: MethodOptions | Mapping[str, Any], ratio: float, seed: int = 0) -> None:
         if not 0.0 <= float(ratio) < 1.0:
             raise ConfigError(f"ratio {ratio} is out of range; valid: 0 <= ratio < 1")
-        self.cfg = dict(cfg)
-        #: The validated options (``self.Options``), or None for a method that declares none.
-        self.opts: Any = self.parse_options(self.cfg)
+        #: The validated options (``self.Options``), or None for a method that declares none:
+        #: typed options are taken as they are; a mapping is checked, the keys it leaves out
+        #: taken from ``configs/method/<name>.yaml`` (its ``${ratio}`` is ``ratio``).
+        if isinstance(cfg, MethodOptions):
+            self.opts: Any = cfg
+            self.cfg = cfg.model_dump()
+        else:
+            self.cfg = dict(cfg)
+            self.opts = self.parse_options(self.cfg, ratio=float(ratio))
         self.ratio = float(ratio)
         self.seed = int(seed)
 
     @classmethod
-    def parse_options(cls, cfg: Mapping[str, Any]) -> MethodOptions | None:
+    def parse_options(
+        cls, cfg: Mapping[str, Any], ratio: float | None = None
+    ) -> MethodOptions | None:
         """``cfg`` validated against :attr:`Options` (one-line :class:`ConfigError`), or None
-        when the method declares no options (its config is then taken as it is)."""
+        when the method declares no options (its config is then taken as it is). With
+        ``ratio``, the keys ``cfg`` leaves out are taken from ``configs/method/<name>.yaml``
+        (its ``${ratio}`` is ``ratio``); without, ``cfg`` must have them all (a composed run
+        config does)."""
+        if ratio is not None:
+            # The method knows its name; the rest of what cfg leaves out is in its YAML.
+            cfg = with_defaults(group_defaults("method", cls.name, ratio=ratio), cfg)
+            cfg.setdefault("name", cls.name)
         check_schedule(cls, cfg)
         if cls.Options is None:
             return None
@@ -262,13 +283,7 @@ class Method(TrainHooks):
     @property
     def schedule(self) -> str:
         """``method.schedule`` (``oneshot`` for methods without schedules)."""
-        value = getattr(self.opts, "schedule", "oneshot")
-        return value if value in SCHEDULES else "oneshot"
-
-    def check_finetune(self, epochs: int) -> None:
-        """One-line ConfigError when the schedule cannot run with ``finetune.epochs``."""
-        if self.schedule == "gradual":
-            check_window(self.opts.start, self.opts.end, epochs)
+        return schedule_of(self.opts)
 
     def scheduled(
         self, model: nn.Module, ctx: PruneContext, prune_to: PruneTo, ratio: float
@@ -348,6 +363,13 @@ class Method(TrainHooks):
         return None
 
 
+def schedule_of(opts: Any) -> str:
+    """The sparsity schedule of a method's options (``oneshot`` for methods without schedules:
+    dynamic_filter's ``schedule`` is its rate's, not one of these)."""
+    value = getattr(opts, "schedule", "oneshot")
+    return value if value in SCHEDULES else "oneshot"
+
+
 def check_schedule(cls: type[Method], cfg: Mapping[str, Any]) -> None:
     """``method.schedule`` iterative or gradual for a method without schedules: one line
     naming the method, the value and the methods that have them."""
@@ -372,17 +394,20 @@ def check_schedule(cls: type[Method], cfg: Mapping[str, Any]) -> None:
     )
 
 
-class SharingOptions(MethodOptions):
+class SharingOptions(OwnRatio):
     """Keys of the parameter-sharing methods: ``templates_per_stage`` (k for every bank, one k
-    per stage, or ``auto``: the k whose reduction is closest to ``ratio``) and the
-    ``coefficients`` kind (subclasses narrow its choices)."""
+    per stage, or ``auto``: the k whose reduction is closest to ``ratio``)."""
 
     templates_per_stage: Annotated[
         Any,
         BeforeValidator(parse_templates),
         Valid("an integer >= 1, a list of integers >= 1, or auto"),
-    ] = 2
-    coefficients: OneOf("scalar") = "scalar"
+    ]
+
+    @property
+    def coefficient_kind(self) -> str:
+        """The coefficients of the shared convs: scalar unless the method has the key."""
+        return getattr(self, "coefficients", "scalar")
 
 
 class SharingMethod(Method):
@@ -416,12 +441,12 @@ class SharingMethod(Method):
     )
     opts: SharingOptions
 
-    def __init__(self, cfg: Mapping[str, Any], ratio: float, seed: int = 0) -> None:
+    def __init__(self, cfg: MethodOptions | Mapping[str, Any], ratio: float, seed: int = 0) -> None:
         super().__init__(cfg, ratio, seed)
         self.summary: SharingSummary | None = None
         self.bank_plans: list[BankPlan] = []
         opts = self.opts
-        self.setting = TemplateSetting(opts.templates_per_stage, opts.coefficients, self.ratio)
+        self.setting = TemplateSetting(opts.templates_per_stage, opts.coefficient_kind, self.ratio)
 
     # ------------------------------------------------------------------ subclass interface
     def plans(self, model: nn.Module) -> list[BankPlan]:

@@ -37,6 +37,7 @@ from prune_cli.methods.base import (
     AutoOrNonNegative,
     ChannelOptions,
     Method,
+    MethodOptions,
     PruneContext,
     PruneResult,
     Ratio,
@@ -65,18 +66,18 @@ class DoublePruning(Method):
     class Options(ChannelOptions, ScheduleOptions):
         """``configs/method/double_pruning.yaml``; ``mode`` applies to both stages."""
 
-        groups: OneOf(*GROUPINGS) = "single"  # as network_slimming (see its docstring)
-        channel_ratio: Ratio | None = None
-        weight_ratio: Ratio | None = None
-        slim_finetune_epochs: Int(ge=0) | None = 1
-        l1_lambda: AutoOrNonNegative = "auto"
-        bn_init: Float() | None = None
-        weight_scope: OneOf(*SCOPES) = "global"
-        include_linear: Bool = False
+        groups: OneOf(*GROUPINGS)
+        channel_ratio: Ratio | None
+        weight_ratio: Ratio | None
+        slim_finetune_epochs: Int(ge=0) | None
+        l1_lambda: AutoOrNonNegative
+        bn_init: Float() | None
+        weight_scope: OneOf(*SCOPES)
+        include_linear: Bool
 
     opts: Options
 
-    def __init__(self, cfg: Mapping[str, Any], ratio: float, seed: int = 0) -> None:
+    def __init__(self, cfg: MethodOptions | Mapping[str, Any], ratio: float, seed: int = 0) -> None:
         super().__init__(cfg, ratio, seed)
         opts = self.opts
         self.sparsity = BNSparsity(opts.l1_lambda, opts.bn_init)

@@ -106,10 +106,10 @@ def repo_sparsity(model: nn.Module) -> tuple[int, int, float]:
 class ZhuOptions(Options):
     """``method.zhu``: the weights of Zhu et al.'s penalty (Decorr_Reg defaults)."""
 
-    lam: Float() = 5e-4
-    eta: Float() = 1e-3
-    gamma: Float() = 5.0
-    tau: Float(ge=0) = 1e-4
+    lam: Float()
+    eta: Float()
+    gamma: Float()
+    tau: Float(ge=0)
 
 
 @METHODS.register("dynamic_filter")
@@ -121,26 +121,26 @@ class DynamicFilter(Method):
     class Options(MethodOptions):
         """``configs/method/dynamic_filter.yaml`` (methods.md §7)."""
 
-        rate: Ratio | None = None
-        type: OneOf(*PRUNE_TYPES) = "structured"
-        importance: OneOf(*FILTER_IMPORTANCES) = "l1_mean"
-        scope: OneOf(*SCOPES) = "global"
-        threshold_mode: OneOf(*THRESHOLD_MODES) = "exact"
-        freq: Int(ge=1) = 4
-        stop_epoch: Int(ge=0) = 225
-        schedule: OneOf(*SCHEDULES) = "constant"
-        feedback: Bool = True
-        mask_bn: Bool = False
-        remove_filters: Bool = True
-        groups: OneOf(*GROUPINGS) = "coupled"
-        reg: OneOf(*REGULARIZERS) = "none"
-        odecay: Float() = 1.0
-        cov_include_diag: Bool = True
-        zhu: ZhuOptions = ZhuOptions()
+        rate: Ratio | None
+        type: OneOf(*PRUNE_TYPES)
+        importance: OneOf(*FILTER_IMPORTANCES)
+        scope: OneOf(*SCOPES)
+        threshold_mode: OneOf(*THRESHOLD_MODES)
+        freq: Int(ge=1)
+        stop_epoch: Int(ge=0)
+        schedule: OneOf(*SCHEDULES)
+        feedback: Bool
+        mask_bn: Bool
+        remove_filters: Bool
+        groups: OneOf(*GROUPINGS)
+        reg: OneOf(*REGULARIZERS)
+        odecay: Float()
+        cov_include_diag: Bool
+        zhu: ZhuOptions
 
     opts: Options
 
-    def __init__(self, cfg: Mapping[str, Any], ratio: float, seed: int = 0) -> None:
+    def __init__(self, cfg: MethodOptions | Mapping[str, Any], ratio: float, seed: int = 0) -> None:
         super().__init__(cfg, ratio, seed)
         opts = self.opts
         self.ratio = self.rate = self.ratio if opts.rate is None else opts.rate

@@ -32,12 +32,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import model_validator
 from torch import nn
 
 from prune_cli.errors import ConfigError
 from prune_cli.methods.base import (
     ChannelOptions,
     Method,
+    OwnRatio,
     PruneContext,
     PruneResult,
     ScheduleOptions,
@@ -56,16 +58,28 @@ from prune_cli.pruning.sensitivity import read_layer_ratios
 class L1FilterPruning(Method):
     name = "l1_filter"
 
-    class Options(ChannelOptions, ScheduleOptions):
+    class Options(OwnRatio, ChannelOptions, ScheduleOptions):
         """``configs/method/l1_filter.yaml``."""
 
-        scope: OneOf("layerwise", "global") = "layerwise"
-        norm: OneOf(*CRITERIA) = "l1"
-        layer_ratios: (
-            Text("a path to a {layer: ratio} JSON or YAML file") | dict[str, float] | None
-        ) = None
+        scope: OneOf("layerwise", "global")
+        norm: OneOf(*CRITERIA)
+        layer_ratios: Text("a path to a {layer: ratio} JSON or YAML file") | dict[str, float] | None
         #: Dense MACs over pruned MACs to reach; the ratio is solved for (null: use ratio).
-        macs_reduction: Float(ge=1) | None = None
+        macs_reduction: Float(ge=1) | None
+
+        @model_validator(mode="after")
+        def _one_way_to_set_the_ratios(self) -> L1FilterPruning.Options:
+            # Checked with the options, so a run refuses before training, not after it.
+            if self.layer_ratios and self.scope != "layerwise":
+                raise ConfigError(
+                    f"method.layer_ratios needs method.scope=layerwise, not {self.scope}"
+                )
+            if self.layer_ratios and self.macs_reduction is not None:
+                raise ConfigError(
+                    "method.layer_ratios and method.macs_reduction both set the ratios; "
+                    "valid: one of them (the other null)"
+                )
+            return self
 
     opts: Options
 
@@ -124,8 +138,6 @@ class L1FilterPruning(Method):
         self, model: nn.Module, ctx: PruneContext, importance: FilterNorm, settings: dict
     ) -> PruneResult:
         """Each group at the ratio of its producers in the ``layer_ratios`` file."""
-        if settings["scope"] != "layerwise":
-            raise ConfigError("method.layer_ratios needs method.scope=layerwise, not global")
         convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
         ratios = read_layer_ratios(self.opts.layer_ratios, convs)
         source = self.opts.layer_ratios

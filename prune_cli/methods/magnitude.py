@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prune_cli.methods.base import Method, PruneContext, PruneResult, ScheduleOptions
+from prune_cli.methods.base import Method, OwnRatio, PruneContext, PruneResult, ScheduleOptions
 from prune_cli.methods.registry import METHODS
 from prune_cli.options import Bool, OneOf, Text
 from prune_cli.pruning import THRESHOLD_MODES, apply_masks, keep_mask, prunable_weights, rate_check
@@ -33,13 +33,13 @@ from prune_cli.pruning.sensitivity import read_layer_ratios
 class MagnitudePruning(Method):
     name = "magnitude"
 
-    class Options(ScheduleOptions):
+    class Options(OwnRatio, ScheduleOptions):
         """``configs/method/magnitude.yaml``."""
 
-        scope: OneOf(*SCOPES) = "global"
-        include_linear: Bool = False
-        mode: OneOf(*THRESHOLD_MODES) = "exact"
-        layer_ratios: Text("a path to a {layer: ratio} JSON or YAML file") | None = None
+        scope: OneOf(*SCOPES)
+        include_linear: Bool
+        mode: OneOf(*THRESHOLD_MODES)
+        layer_ratios: Text("a path to a {layer: ratio} JSON or YAML file") | None
 
     opts: Options
 

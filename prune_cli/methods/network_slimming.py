@@ -41,6 +41,8 @@ from prune_cli.methods.base import (
     AutoOrNonNegative,
     ChannelOptions,
     Method,
+    MethodOptions,
+    OwnRatio,
     PruneContext,
     PruneResult,
     ScheduleOptions,
@@ -58,16 +60,16 @@ from prune_cli.pruning.schedules import ChannelSteps
 class NetworkSlimming(Method):
     name = "network_slimming"
 
-    class Options(ChannelOptions, ScheduleOptions):
+    class Options(OwnRatio, ChannelOptions, ScheduleOptions):
         """``configs/method/network_slimming.yaml``."""
 
-        groups: OneOf(*GROUPINGS) = "single"
-        l1_lambda: AutoOrNonNegative = "auto"
-        bn_init: Float() | None = None
+        groups: OneOf(*GROUPINGS)
+        l1_lambda: AutoOrNonNegative
+        bn_init: Float() | None
 
     opts: Options
 
-    def __init__(self, cfg: Mapping[str, Any], ratio: float, seed: int = 0) -> None:
+    def __init__(self, cfg: MethodOptions | Mapping[str, Any], ratio: float, seed: int = 0) -> None:
         super().__init__(cfg, ratio, seed)
         self.sparsity = BNSparsity(self.opts.l1_lambda, self.opts.bn_init)
 

@@ -33,7 +33,7 @@ from pydantic import model_validator
 from torch import nn
 
 from prune_cli.errors import ConfigError
-from prune_cli.methods.base import Method, MethodOptions, PruneContext, PruneResult
+from prune_cli.methods.base import Method, OwnRatio, PruneContext, PruneResult
 from prune_cli.methods.registry import METHODS
 from prune_cli.options import Bool, Float, Int, OneOf, Options, Text
 from prune_cli.pruning import prunable_weights, rate_check
@@ -65,29 +65,29 @@ GENOME_WARN = 100_000
 class GAOptions(Options):
     """``method.ga``: the genetic algorithm's operators (:class:`GAConfig`)."""
 
-    elitism: Int(ge=1) = 2
-    tournament: Int(ge=1) = 3
-    crossover_prob: Float(ge=0, le=1) = 0.9
-    mutation_prob: Float(ge=0, le=1) = 0.2
-    mutation_rate: Float(ge=0, le=1) = 0.01
+    elitism: Int(ge=1)
+    tournament: Int(ge=1)
+    crossover_prob: Float(ge=0, le=1)
+    mutation_prob: Float(ge=0, le=1)
+    mutation_rate: Float(ge=0, le=1)
 
 
 class PSOOptions(Options):
     """``method.pso``: binary PSO's coefficients (:class:`PSOConfig`)."""
 
-    inertia: Float(ge=0) = 0.7
-    c1: Float(ge=0) = 1.5
-    c2: Float(ge=0) = 1.5
-    vmax: Float(gt=0) = 4.0
+    inertia: Float(ge=0)
+    c1: Float(ge=0)
+    c2: Float(ge=0)
+    vmax: Float(gt=0)
 
 
 class SAOptions(Options):
     """``method.sa``: simulated annealing's schedule (:class:`SAConfig`)."""
 
-    t0: Float(gt=0) = 1.0
-    alpha: Float(gt=0, le=1) = 0.95
-    moves: Int(ge=1) = 20
-    swaps: Int(ge=1) = 1
+    t0: Float(gt=0)
+    alpha: Float(gt=0, le=1)
+    moves: Int(ge=1)
+    swaps: Int(ge=1)
 
 
 @METHODS.register("optimized")
@@ -96,31 +96,31 @@ class OptimizedRetention(Method):
 
     name = "optimized"
 
-    class Options(MethodOptions):
+    class Options(OwnRatio):
         """``configs/method/optimized.yaml`` (methods.md §8.2)."""
 
-        small_ratio: Float(ge=0, le=1) = 0.1
-        pool: OneOf(*POOLS) = "next"
-        pool_factor: Float(ge=1) = 4.0
-        scope: OneOf(*SCOPES) = "global"
-        include_linear: Bool = False
-        layers: list[Text("a parameter-name prefix")] | None = None
-        gene: OneOf(*GENES) = "weight"
-        search: OneOf(*SEARCHES) = "ga"
-        population: Int(ge=1) = 20
-        generations: Int(ge=0) = 6
-        iterations: Int(ge=0) = 6
-        patience: Int(ge=1) = 3
-        ga: GAOptions = GAOptions()
-        pso: PSOOptions = PSOOptions()
-        sa: SAOptions = SAOptions()
-        fitness_size: Int(ge=1) = 512
-        fitness_split: OneOf("holdout", "train") = "holdout"
-        fitness_batch_size: Int(ge=1) = 512
-        reuse_prefix: Bool = True
-        prefix_limit_mb: Float(ge=0) = 2048.0
-        finetune_baseline: Bool = False
-        progress: Bool = True
+        small_ratio: Float(ge=0, le=1)
+        pool: OneOf(*POOLS)
+        pool_factor: Float(ge=1)
+        scope: OneOf(*SCOPES)
+        include_linear: Bool
+        layers: list[Text("a parameter-name prefix")] | None
+        gene: OneOf(*GENES)
+        search: OneOf(*SEARCHES)
+        population: Int(ge=1)
+        generations: Int(ge=0)
+        iterations: Int(ge=0)
+        patience: Int(ge=1)
+        ga: GAOptions
+        pso: PSOOptions
+        sa: SAOptions
+        fitness_size: Int(ge=1)
+        fitness_split: OneOf("holdout", "train")
+        fitness_batch_size: Int(ge=1)
+        reuse_prefix: Bool
+        prefix_limit_mb: Float(ge=0)
+        finetune_baseline: Bool
+        progress: Bool
 
         @model_validator(mode="after")
         def _population_fits_the_search(self) -> OptimizedRetention.Options:

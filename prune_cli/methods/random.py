@@ -20,6 +20,7 @@ from torch import nn
 from prune_cli.methods.base import (
     ChannelOptions,
     Method,
+    OwnRatio,
     PruneContext,
     PruneResult,
     ScheduleOptions,
@@ -39,14 +40,14 @@ GRANULARITIES = ("weight", "filter")
 class RandomPruning(Method):
     name = "random"
 
-    class Options(ChannelOptions, ScheduleOptions):
+    class Options(OwnRatio, ChannelOptions, ScheduleOptions):
         """``configs/method/random.yaml``: the pool and scope of ``magnitude`` (weights), or
         the groups, scope and guards of ``l1_filter`` (filters); the schedule (``gradual``:
         weights only)."""
 
-        granularity: OneOf(*GRANULARITIES) = "weight"
-        scope: OneOf(*SCOPES) = "global"
-        include_linear: Bool = False
+        granularity: OneOf(*GRANULARITIES)
+        scope: OneOf(*SCOPES)
+        include_linear: Bool
 
     opts: Options
 

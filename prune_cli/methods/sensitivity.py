@@ -20,7 +20,7 @@ what the run was and ``sensitivity`` holds the summary.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field
 from torch import nn
@@ -29,7 +29,6 @@ from prune_cli.methods.base import Method, MethodOptions, PruneContext, PruneRes
 from prune_cli.methods.registry import METHODS
 from prune_cli.options import Bool, Float, OneOf
 from prune_cli.pruning.sensitivity import (
-    DEFAULT_RATIOS,
     GRANULARITIES,
     choose_layer_ratios,
     layer_sensitivity,
@@ -48,12 +47,10 @@ class Sensitivity(Method):
     class Options(MethodOptions):
         """``configs/method/sensitivity.yaml``."""
 
-        ratios: list[Float(gt=0, le=1, valid="0 < ratio <= 1")] = Field(
-            default_factory=lambda: list(DEFAULT_RATIOS), min_length=1
-        )
-        granularity: OneOf(*GRANULARITIES) = "weight"
-        include_linear: Bool = False
-        max_drop: Float(ge=0) = 1.0
+        ratios: Annotated[list[Float(gt=0, le=1, valid="0 < ratio <= 1")], Field(min_length=1)]
+        granularity: OneOf(*GRANULARITIES)
+        include_linear: Bool
+        max_drop: Float(ge=0)
 
     opts: Options
 

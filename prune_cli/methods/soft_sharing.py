@@ -33,7 +33,7 @@ from typing import Any
 from torch import nn
 
 from prune_cli.errors import ConfigError
-from prune_cli.methods.base import SharingMethod
+from prune_cli.methods.base import MethodOptions, SharingMethod
 from prune_cli.methods.registry import METHODS
 from prune_cli.sharing import (
     BankPlan,
@@ -48,7 +48,7 @@ from prune_cli.sharing import (
 class SoftSharing(SharingMethod):
     name = "soft_sharing"
 
-    def __init__(self, cfg: Mapping[str, Any], ratio: float, seed: int = 0) -> None:
+    def __init__(self, cfg: MethodOptions | Mapping[str, Any], ratio: float, seed: int = 0) -> None:
         super().__init__(cfg, ratio, seed)
         self._kind = ""  # set by plans(): "cifar_resnet" or "shufflenet"
 

@@ -30,7 +30,7 @@ from typing import Any
 from torch import nn
 
 from prune_cli.errors import ConfigError
-from prune_cli.methods.base import SharingMethod, SharingOptions
+from prune_cli.methods.base import MethodOptions, SharingMethod, SharingOptions
 from prune_cli.methods.registry import METHODS
 from prune_cli.options import Bool, OneOf
 from prune_cli.sharing import COEFFICIENT_KINDS, BankPlan, is_shufflenet, shufflenet_plans
@@ -43,12 +43,12 @@ class TemplateReuse(SharingMethod):
     class Options(SharingOptions):
         """``configs/method/template_reuse*.yaml``."""
 
-        coefficients: OneOf(*COEFFICIENT_KINDS) = "scalar"
-        share_depthwise: Bool = False
+        coefficients: OneOf(*COEFFICIENT_KINDS)
+        share_depthwise: Bool
 
     opts: Options
 
-    def __init__(self, cfg: Mapping[str, Any], ratio: float, seed: int = 0) -> None:
+    def __init__(self, cfg: MethodOptions | Mapping[str, Any], ratio: float, seed: int = 0) -> None:
         super().__init__(cfg, ratio, seed)
         self.share_depthwise = self.opts.share_depthwise
 

@@ -45,16 +45,17 @@ class GAConfig:
     individuals copied unchanged, tournament selection of size ``tournament``, cardinality-
     preserving uniform crossover with probability ``crossover_prob``, swap mutation with
     probability ``mutation_prob`` of ``max(1, round(mutation_rate * K))`` swaps (K = selected
-    genes), and a stop after ``patience`` generations without improvement."""
+    genes), and a stop after ``patience`` generations without improvement. The values come from
+    ``method.*`` of ``optimized`` (``configs/method/optimized.yaml`` has the defaults)."""
 
-    population: int = 20
-    generations: int = 30
-    elitism: int = 2
-    tournament: int = 3
-    crossover_prob: float = 0.9
-    mutation_prob: float = 0.2
-    mutation_rate: float = 0.01
-    patience: int = 10
+    population: int
+    generations: int
+    elitism: int
+    tournament: int
+    crossover_prob: float
+    mutation_prob: float
+    mutation_rate: float
+    patience: int
 
 
 @dataclass
@@ -63,13 +64,13 @@ class PSOConfig:
     to ``[-vmax, vmax]``; bits are sampled with probability ``sigmoid(v)`` and projected onto the
     cardinality constraint. ``particles`` swarm size, ``iterations`` swarm updates."""
 
-    particles: int = 20
-    iterations: int = 30
-    inertia: float = 0.7
-    c1: float = 1.5
-    c2: float = 1.5
-    vmax: float = 4.0
-    patience: int = 10
+    particles: int
+    iterations: int
+    inertia: float
+    c1: float
+    c2: float
+    vmax: float
+    patience: int
 
 
 @dataclass
@@ -82,12 +83,12 @@ class SAConfig:
     probability ``1/e`` whatever the scale of the fitness.
     """
 
-    iterations: int = 30
-    moves: int = 20
-    t0: float = 1.0
-    alpha: float = 0.95
-    swaps: int = 1
-    patience: int = 10
+    iterations: int
+    moves: int
+    t0: float
+    alpha: float
+    swaps: int
+    patience: int
 
 
 @dataclass

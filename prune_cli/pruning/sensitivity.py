@@ -28,7 +28,6 @@ from prune_cli.pruning.threshold import keep_mask
 
 GRANULARITIES = ("weight", "filter")
 CSV_COLUMNS = ("layer", "ratio", "top1", "loss", "drop", "params", "pruned")
-DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def layer_mask(weight: torch.Tensor, ratio: float, granularity: str = "weight") -> torch.Tensor:

@@ -63,8 +63,7 @@ from prune_cli.pruning.schedules import (
     STEPS,
     GradualPruning,
     PruneTo,
-    round_ratios,
-    run_rounds,
+    run_schedule,
 )
 from prune_cli.pruning.threshold import THRESHOLD_MODES
 from prune_cli.sharing import (
@@ -180,6 +179,19 @@ class PruneContext:
     latency: bool = True
     #: The run directory, for methods that write files of their own (sensitivity analysis).
     run_dir: Path | None = None
+    #: ``retrain(model, masks, stage, info)``: what a pruned model gets between the rounds of an
+    #: iterative schedule, as the fine-tune stage does it (rewinding included; ``info``: how
+    #: the model was cut). None: ``finetune``.
+    retrain: Callable[..., nn.Module] | None = None
+
+    def round_retrain(self) -> Callable[..., nn.Module] | None:
+        """The retraining between iterative rounds (``retrain``, else ``finetune``)."""
+        if self.retrain is not None:
+            return self.retrain
+        finetune = self.finetune
+        if finetune is None:
+            return None
+        return lambda model, masks, stage, info: finetune(model, masks, stage)
 
     def evaluate(self, model: nn.Module, split: str = "test", batch_size: int = 256) -> EvalResult:
         """Mean cross-entropy and top-1/top-5 of ``model`` on ``split`` of the run's data (eval
@@ -288,35 +300,22 @@ class Method(TrainHooks):
     def scheduled(
         self, model: nn.Module, ctx: PruneContext, prune_to: PruneTo, ratio: float
     ) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
-        """Prune ``model`` to ``ratio`` by the schedule with the method's step ``prune_to``:
-        once (``oneshot``), in rounds (``iterative``), or not now (``gradual``: the masks come
-        during fine-tuning, :meth:`finetune_hooks`). Returns the model, its masks and
-        ``info`` (``schedule``: what ran, for iterative and gradual; empty for one shot, whose
-        info stays what it was before schedules existed)."""
-        if self.schedule == "gradual":
-            info = {
-                "schedule": {"name": "gradual", "ratio": ratio, "pruned_during": "finetune"},
-            }
-            return model, {}, info
-        if self.schedule == "oneshot":
-            model, masks, _ = prune_to(model, ratio, {})
-            return model, masks, {}
-        opts = self.opts
-        ratios = round_ratios(ratio, opts.rounds, opts.steps)
-        model, masks, rounds = run_rounds(
-            model, ratios, prune_to, record=ctx.record, finetune=ctx.finetune
+        """Prune ``model`` to ``ratio`` by the method's schedule with its step ``prune_to``
+        (:func:`~prune_cli.pruning.schedules.run_schedule`; the rounds of ``iterative`` are
+        retrained by ``ctx.retrain``, else fine-tuned by ``ctx.finetune``; ``gradual`` prunes
+        during fine-tuning, :meth:`finetune_hooks`)."""
+        rounds = {}
+        if self.schedule == "iterative":
+            rounds = {"rounds": self.opts.rounds, "steps": self.opts.steps}
+        return run_schedule(
+            self.schedule,
+            model,
+            prune_to,
+            ratio,
+            record=ctx.record,
+            retrain=ctx.round_retrain(),
+            **rounds,
         )
-        info = {
-            "schedule": {
-                "name": "iterative",
-                "rounds": opts.rounds,
-                "steps": opts.steps,
-                "ratios": [round(r, 6) for r in ratios],
-                "points": rounds,
-                "finetune_epochs_per_round": "finetune.epochs",
-            }
-        }
-        return model, masks, info
 
     def gradual_scores(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The scores gradual pruning ranks weights by (lowest pruned first); methods that

@@ -46,7 +46,6 @@ from prune_cli.methods.base import (
 from prune_cli.methods.registry import METHODS
 from prune_cli.options import Bool, Float, Int, OneOf
 from prune_cli.pruning import (
-    apply_masks,
     count_pruned,
     prunable_weights,
     rate_check,
@@ -56,7 +55,7 @@ from prune_cli.pruning.groups import GROUPINGS, ChannelRemovalError
 from prune_cli.pruning.importance import BNScale, weight_scores
 from prune_cli.pruning.masks import SCOPES
 from prune_cli.pruning.regularizers import BNSparsity
-from prune_cli.pruning.schedules import nested_masks
+from prune_cli.pruning.schedules import WeightSteps
 
 
 @METHODS.register("double_pruning")
@@ -137,14 +136,9 @@ class DoublePruning(Method):
                 if ctx.record is not None:
                     ctx.record("slimmed_finetuned", model)
         opts = self.opts
-
-        def prune_to(model: nn.Module, ratio: float, previous: Mapping[str, torch.Tensor]):
-            scores = self.gradual_scores(model)
-            masks = nested_masks(scores, ratio, opts.weight_scope, opts.mode, previous)
-            apply_masks(model, masks)
-            return model, masks, rate_check(masks, ratio)["achieved"]
-
-        model, masks, scheduled = self.scheduled(model, ctx, prune_to, self.weight_ratio)
+        # The rounds' step carries the slimming cut (rewinding maps the start weights onto it).
+        step = WeightSteps(self.gradual_scores, scope=opts.weight_scope, mode=opts.mode, info=info)
+        model, masks, scheduled = self.scheduled(model, ctx, step, self.weight_ratio)
         info.update(scheduled)
         info.update(
             {

@@ -25,7 +25,7 @@ from prune_cli.options import Bool, OneOf, Text
 from prune_cli.pruning import THRESHOLD_MODES, apply_masks, keep_mask, prunable_weights, rate_check
 from prune_cli.pruning.importance import weight_scores
 from prune_cli.pruning.masks import SCOPES
-from prune_cli.pruning.schedules import nested_masks
+from prune_cli.pruning.schedules import WeightSteps
 from prune_cli.pruning.sensitivity import read_layer_ratios
 
 
@@ -62,13 +62,8 @@ class MagnitudePruning(Method):
         scope, mode = self.opts.scope, self.opts.mode
         if self.opts.layer_ratios:
             return self._per_layer(model)
-
-        def prune_to(model: nn.Module, ratio: float, previous: Mapping[str, torch.Tensor]):
-            masks = nested_masks(self.gradual_scores(model), ratio, scope, mode, previous)
-            apply_masks(model, masks)
-            return model, masks, rate_check(masks, ratio)["achieved"]
-
-        model, masks, info = self.scheduled(model, ctx, prune_to, self.ratio)
+        step = WeightSteps(self.gradual_scores, scope=scope, mode=mode)
+        model, masks, info = self.scheduled(model, ctx, step, self.ratio)
         info.update({"scope": scope, "mode": mode})
         if masks:
             info["rates"] = {"weights": rate_check(masks, self.ratio)}

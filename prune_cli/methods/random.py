@@ -27,11 +27,11 @@ from prune_cli.methods.base import (
 )
 from prune_cli.methods.registry import METHODS
 from prune_cli.options import Bool, OneOf
-from prune_cli.pruning import apply_masks, prunable_weights, rate_check
+from prune_cli.pruning import prunable_weights, rate_check
 from prune_cli.pruning.channels import restore_channels
 from prune_cli.pruning.importance import RandomChannels
 from prune_cli.pruning.masks import SCOPES
-from prune_cli.pruning.schedules import ChannelSteps, nested_masks
+from prune_cli.pruning.schedules import ChannelSteps, WeightSteps
 
 GRANULARITIES = ("weight", "filter")
 
@@ -71,14 +71,9 @@ class RandomPruning(Method):
         if self.opts.granularity == "filter":
             return self._filters(model, ctx)
         scope = self.opts.scope
-
-        def prune_to(model: nn.Module, ratio: float, previous: Mapping[str, torch.Tensor]):
-            # Random scores with the exact threshold: the same count as magnitude's exact mode.
-            masks = nested_masks(self.gradual_scores(model), ratio, scope, "exact", previous)
-            apply_masks(model, masks)
-            return model, masks, rate_check(masks, ratio)["achieved"]
-
-        model, masks, info = self.scheduled(model, ctx, prune_to, self.ratio)
+        # Random scores with the exact threshold: the same count as magnitude's exact mode.
+        step = WeightSteps(self.gradual_scores, scope=scope, mode="exact")
+        model, masks, info = self.scheduled(model, ctx, step, self.ratio)
         info.update({"granularity": "weight", "scope": scope})
         if masks:
             info["rates"] = {"weights": rate_check(masks, self.ratio)}

@@ -4,12 +4,15 @@
 - ``iterative`` (Han et al. 2015): ``rounds`` rounds of *prune to the next ratio, then
   fine-tune*; :func:`round_ratios` gives the ratios (``linear``: ``ratio·k/N``; ``geometric``:
   the kept fraction shrinks by the same factor every round, ``1 - (1-ratio)^(k/N)``) and
-  :func:`run_rounds` drives the rounds through a method's ``prune_to`` step. Weights pruned in
+  :func:`run_rounds` drives the rounds through a method's ``prune_to`` step
+  (:class:`WeightSteps` for weights, :class:`ChannelSteps` for channels). Weights pruned in
   a round stay pruned (:func:`nested_masks`: a round's mask is a subset of the previous one).
 - ``gradual`` (Zhu & Gupta 2017, "To prune, or not to prune"): the masks are recomputed during
   fine-tuning every ``frequency`` steps from ``initial`` to ``ratio`` along
   :func:`cubic_sparsity` over ``[start, end]`` epochs, and held between updates
   (:class:`GradualPruning`, a set of training hooks).
+
+:func:`run_schedule` runs the one a method's ``method.schedule`` names.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch import nn
 from prune_cli.engine.hooks import TrainHooks
 from prune_cli.errors import ConfigError
 from prune_cli.pruning.channels import Importance, channel_prune
-from prune_cli.pruning.masks import apply_masks, count_pruned, masks_from_scores
+from prune_cli.pruning.masks import apply_masks, count_pruned, masks_from_scores, rate_check
 
 log = logging.getLogger("prune_cli")
 
@@ -34,9 +37,14 @@ STEPS = ("linear", "geometric")
 
 #: ``prune_to(model, ratio, previous_masks) -> (model, masks, achieved rate)``: one pruning
 #: step of a method, to ``ratio`` of the *original* model, keeping what earlier steps removed.
+#: A step object (:class:`WeightSteps`, :class:`ChannelSteps`) also has ``info``: how the model
+#: it returns was cut from the original one (``channels``/``keep``; empty for masks alone).
 PruneTo = Callable[
     [nn.Module, float, Mapping[str, torch.Tensor]], tuple[nn.Module, dict[str, torch.Tensor], float]
 ]
+#: ``retrain(model, masks, stage, info) -> model``: what happens between iterative rounds (the
+#: pipeline fine-tunes, or rewinds and retrains); ``info`` is the step's.
+Retrain = Callable[[nn.Module, Mapping[str, torch.Tensor], str, Mapping[str, Any]], nn.Module]
 
 
 def cubic_sparsity(final: float, t: float, total: float, initial: float = 0.0) -> float:
@@ -92,18 +100,59 @@ def sparsity_of(masks: Mapping[str, torch.Tensor]) -> float:
 
 
 # ----------------------------------------------------------------------------- iterative
+def run_schedule(
+    schedule: str,
+    model: nn.Module,
+    prune_to: PruneTo,
+    ratio: float,
+    *,
+    rounds: int = 1,
+    steps: str = "linear",
+    record: Callable[[str, nn.Module], Any] | None = None,
+    retrain: Retrain | None = None,
+) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
+    """Prune ``model`` to ``ratio`` by ``schedule`` with the step ``prune_to``: once
+    (``oneshot``), in ``rounds`` rounds of ``steps`` (``iterative``, :func:`run_rounds`), or not
+    now (``gradual``: the masks come during fine-tuning, :class:`GradualPruning`). Returns the
+    model, its masks and ``info`` (``schedule``: what ran, for iterative and gradual; empty for
+    one shot, whose info stays what it was before schedules existed)."""
+    if schedule == "gradual":
+        return (
+            model,
+            {},
+            {"schedule": {"name": "gradual", "ratio": ratio, "pruned_during": "finetune"}},
+        )
+    if schedule == "oneshot":
+        model, masks, _ = prune_to(model, ratio, {})
+        return model, masks, {}
+    ratios = round_ratios(ratio, rounds, steps)
+    model, masks, points = run_rounds(model, ratios, prune_to, record=record, retrain=retrain)
+    info = {
+        "schedule": {
+            "name": "iterative",
+            "rounds": rounds,
+            "steps": steps,
+            "ratios": [round(r, 6) for r in ratios],
+            "points": points,
+            "finetune_epochs_per_round": "finetune.epochs",
+        }
+    }
+    return model, masks, info
+
+
 def run_rounds(
     model: nn.Module,
     ratios: Sequence[float],
     prune_to: PruneTo,
     *,
     record: Callable[[str, nn.Module], Any] | None = None,
-    finetune: Callable[..., nn.Module] | None = None,
+    retrain: Retrain | None = None,
 ) -> tuple[nn.Module, dict[str, torch.Tensor], list[dict[str, Any]]]:
     """Iterative pruning: for each ratio, ``prune_to`` it, then (all rounds but the last)
-    record the pruned model as stage ``round_k``, fine-tune it (history stage
-    ``finetune_round_k``) and record ``round_k_finetuned``. The last round's pruned and
-    fine-tuned models are the pipeline's ``pruned`` and ``final`` stages (its fine-tuning).
+    record the pruned model as stage ``round_k``, retrain it (history stage
+    ``finetune_round_k``; ``retrain`` gets the step's ``info``) and record
+    ``round_k_finetuned``. The last round's pruned and retrained models are the pipeline's
+    ``pruned`` and ``final`` stages (its fine-tune stage).
 
     Returns the model, its masks and one entry per round (``round``, ``target``,
     ``achieved``, ``stages``: the stage names holding its figures).
@@ -121,13 +170,39 @@ def run_rounds(
             entry["stages"] = [f"round_{k}"]
             if record is not None:
                 record(f"round_{k}", model)
-            if finetune is not None:
-                model = finetune(model, masks, f"finetune_round_{k}")
+            if retrain is not None:
+                info = getattr(prune_to, "info", None) or {}
+                model = retrain(model, masks, f"finetune_round_{k}", info)
                 entry["stages"].append(f"round_{k}_finetuned")
                 if record is not None:
                     record(f"round_{k}_finetuned", model)
         rounds.append(entry)
     return model, masks, rounds
+
+
+class WeightSteps:
+    """The ``prune_to`` step of the unstructured methods: the masks of the lowest ``scores``
+    (``scores(model)``: a score per weight of every pruned tensor) at ``ratio`` over ``scope``,
+    nested in the previous round's (:func:`nested_masks`), applied to the model. ``info`` is how
+    the model was cut before the rounds (double_pruning's slimming), else empty."""
+
+    def __init__(
+        self,
+        scores: Callable[[nn.Module], Mapping[str, torch.Tensor]],
+        *,
+        scope: str,
+        mode: str,
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.scores, self.scope, self.mode = scores, scope, mode
+        self.info: dict[str, Any] = dict(info or {})
+
+    def __call__(
+        self, model: nn.Module, ratio: float, previous: Mapping[str, torch.Tensor]
+    ) -> tuple[nn.Module, dict[str, torch.Tensor], float]:
+        masks = nested_masks(self.scores(model), ratio, self.scope, self.mode, previous)
+        apply_masks(model, masks)
+        return model, masks, rate_check(masks, ratio)["achieved"]
 
 
 class ChannelSteps:

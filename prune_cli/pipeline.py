@@ -379,7 +379,8 @@ class Pipeline:
             if self.method.trains_from_pretrained:
                 start = {"pretrained": str(pretrained), "sha256": file_sha256(pretrained)}
                 trained = self._train_or_load(self.model, self.method, start=start)
-                self.metrics["train"] = {**trained, "started_from": loaded}
+                what = f"{self.method.baseline_kind(True)}, from the pretrained weights (train.*)"
+                self.metrics["train"] = {**trained, "training": what, "started_from": loaded}
                 log.info("%s trains from the pretrained weights %s", self.method.name, pretrained)
             else:
                 self.metrics["train"] = loaded
@@ -604,6 +605,7 @@ class Pipeline:
             seed=self.seed,
             input_size=self.input_size,
             finetune=self._finetune_callback,
+            retrain=self._retrain_round,
             record=self.record,
             latency=self.plan.metrics.latency.enabled,
             run_dir=self.run_dir,
@@ -682,6 +684,50 @@ class Pipeline:
         self._inner_fit_seconds += time.perf_counter() - tic
         return model
 
+    def _retrain_round(
+        self,
+        model: nn.Module,
+        masks: Mapping[str, torch.Tensor],
+        stage: str,
+        info: Mapping[str, Any],
+    ) -> nn.Module:
+        """Between the rounds of an iterative schedule, the pruned model is retrained as the
+        fine-tune stage retrains it: rewound to ``finetune.rewind``'s weights and retrained
+        with ``train.*`` (Frankle & Carbin's iterative pruning with rewinding), with the
+        learning rate rewound (``lr``), or fine-tuned with ``finetune.*`` (also with
+        ``finetune.from_scratch``, which trains the final architecture only). ``info``: how
+        the round's model was cut from the dense one."""
+        plan = self.plan.finetune
+        if plan.from_scratch != "none" or not plan.uses_train_recipe:
+            return self._finetune_callback(model, masks, stage)
+        tic = time.perf_counter()
+        settings = stage_settings(plan, self.plan.train, self._eval_precision())
+        record = self._rewind(model, masks, info, settings)
+        self._fit_stage(model, masks, stage, settings=settings)
+        self.metrics[stage].update(record)
+        self._inner_fit_seconds += time.perf_counter() - tic
+        return model
+
+    def _rewind(
+        self,
+        model: nn.Module,
+        masks: Mapping[str, torch.Tensor],
+        info: Mapping[str, Any],
+        settings: FitSettings,
+    ) -> dict[str, Any]:
+        """Rewind ``model`` (cut from the dense one as ``info`` says, holding ``masks``) to the
+        weights ``finetune.rewind`` names, or keep its weights for learning-rate rewinding;
+        returns what ``metrics.json`` records."""
+        plan = self.plan.finetune
+        first = settings.schedule_start
+        schedule = f"train.* schedule, epochs {first + 1}..{first + settings.epochs}"
+        if plan.rewind_point is None:  # lr: the weights stay, the learning rate goes back
+            return {"rewind": {"to": "lr", "weights": "trained (kept)", "schedule": schedule}}
+        state = load_rewind_point(self.rewind_dir, plan.rewind_point, self.device)
+        load_start_weights(model, self.baseline_model, state, info, masks)
+        source = rewind_point_path(self.rewind_dir, plan.rewind_point)
+        return {"rewind": {"to": plan.rewind, "source": str(source), "schedule": schedule}}
+
     def _fit_stage(
         self,
         model: nn.Module,
@@ -756,17 +802,8 @@ class Pipeline:
         ``metrics.json`` records under ``finetune`` (empty for plain fine-tuning)."""
         plan, info = self.plan.finetune, self.metrics.get("prune_info", {})
         total = self.plan.train.epochs
-        first = settings.schedule_start
-        schedule = f"train.* schedule, epochs {first + 1}..{first + settings.epochs}"
-        if plan.rewind_point is not None:
-            state = load_rewind_point(self.rewind_dir, plan.rewind_point, self.device)
-            load_start_weights(self.model, self.baseline_model, state, info, self.masks)
-            source = rewind_point_path(self.rewind_dir, plan.rewind_point)
-            record = {"to": plan.rewind, "source": str(source), "schedule": schedule}
-            return settings, {"rewind": record}
-        if plan.rewind == "lr":
-            record = {"to": "lr", "weights": "trained (kept)", "schedule": schedule}
-            return settings, {"rewind": record}
+        if plan.rewind != "none":
+            return settings, self._rewind(self.model, self.masks, info, settings)
         if plan.from_scratch == "none":
             return settings, {}
         seed = scratch_seed(self.seed)
@@ -797,6 +834,8 @@ class Pipeline:
                 formula="round(train.epochs * steps_per_epoch * dense_macs / pruned_macs)",
             )
             schedule = f"train.* schedule stretched over {settings.epochs} epochs"
+        else:
+            schedule = f"train.* schedule, epochs 1..{settings.epochs}"
         record.update(epochs=settings.epochs, schedule=schedule)
         return settings, {"from_scratch": record}
 
@@ -809,6 +848,7 @@ class Pipeline:
         if self.method.prunes and (plan.epochs > 0 or plan.resets_weights):
             settings = stage_settings(plan, self.plan.train, self._eval_precision())
             settings, reset = self._reset_weights(settings)
+            self._retraining_notes(reset)
             schedule = self.method.finetune_hooks(self.model, self.masks)
             result = self._fit_stage(
                 self.model, self.masks, "finetune", settings=settings, hooks=schedule
@@ -835,6 +875,31 @@ class Pipeline:
         if distributed.is_main():  # weights + structure that load_pruned() reads, no pickle
             self.metrics["portable"] = save_portable(
                 final_path, self.model, self.masks, self._portable_description()
+            )
+
+    def _retraining_notes(self, reset: dict[str, Any]) -> None:
+        """What the reset of the weights means for this method and schedule, in the record
+        (``metrics.json`` ``finetune``) and, where it is not what the method does in dense
+        training, in the warnings."""
+        plan, record = self.plan.finetune, next(iter(reset.values()), None)
+        if record is None:
+            return
+        if self.method.schedule == "iterative":
+            record["rounds"] = (
+                "fine-tuned with finetune.* between the rounds: from scratch trains the final "
+                "architecture only"
+                if plan.from_scratch != "none"
+                else "the same before every round's retraining (finetune_round_k stages)"
+            )
+        changed = self.method.training_signature()
+        if plan.resets_weights and changed:
+            key = "rewind" if plan.rewind != "none" else "from_scratch"
+            value = plan.rewind if key == "rewind" else plan.from_scratch
+            record["method_training"] = "not applied: train.* alone"
+            self.warn(
+                f"finetune.{key}={value}: the pruned model is retrained with train.* alone, "
+                f"without what {self.method.name} adds to dense training "
+                f"({self.method.baseline_kind(True)})"
             )
 
     def _portable_description(self) -> dict[str, Any]:

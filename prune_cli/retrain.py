@@ -24,7 +24,11 @@
 
 Rewinding and from-scratch training are refused (one-line ConfigError) for a method whose pruned
 model has no dense-training counterpart (``Method.no_weight_reset``: sharing, ``none``,
-dynamic_filter), together, or with ``pretrained=`` where the rewind point was never saved.
+dynamic_filter), together, with ``pretrained=`` where the rewind point was never saved, and with a
+gradual schedule (which prunes during the stage they would retrain). With an iterative schedule
+the rewinding happens before every round's retraining, not only the last (Frankle & Carbin's
+iterative pruning with rewinding). A method that changes dense training (network slimming's
+sparsity term) is retrained with ``train.*`` alone, which the run says in its warnings.
 """
 
 from __future__ import annotations
@@ -139,8 +143,10 @@ def check_plan(
     no_weight_reset: str | None,
     train_epochs: int,
     pretrained: bool,
+    schedule: str = "oneshot",
 ) -> None:
-    """Refuse, in one line, what cannot be done (module docstring); called before any work."""
+    """Refuse, in one line, what cannot be done (module docstring); called before any work.
+    ``schedule``: the method's sparsity schedule (``method.schedule``)."""
     if plan.rewind != "none" and plan.from_scratch != "none":
         raise ConfigError(
             f"finetune.rewind={plan.rewind} and finetune.from_scratch={plan.from_scratch} "
@@ -152,6 +158,7 @@ def check_plan(
         raise ConfigError(
             f"finetune.{key}={value} is unsound for method {method_name!r}: {no_weight_reset}"
         )
+    _check_gradual(plan, schedule)
     k = plan.rewind_epoch
     if k is not None and k >= train_epochs:
         raise ConfigError(
@@ -172,6 +179,26 @@ def check_plan(
             f"finetune.rewind=lr replays the last finetune.epochs={finetune_epochs} epochs of "
             f"the training schedule (train.epochs={train_epochs}); valid: "
             f"1 <= finetune.epochs <= {train_epochs}"
+        )
+
+
+def _check_gradual(plan: FinetuneOptions, schedule: str) -> None:
+    """A gradual schedule prunes *during* the fine-tune stage, so there is no pruned model
+    before it: rewinding would choose the masks from the rewound weights, and from-scratch
+    training would have no pruned architecture (nor its MACs, for Scratch-B) to start from."""
+    if schedule != "gradual":
+        return
+    if plan.rewind_point is not None:
+        raise ConfigError(
+            f"finetune.rewind={plan.rewind} with method.schedule=gradual would choose the masks "
+            "from the rewound weights (gradual pruning happens during that retraining); valid "
+            "with gradual: finetune.rewind none or lr"
+        )
+    if plan.from_scratch != "none":
+        raise ConfigError(
+            f"finetune.from_scratch={plan.from_scratch} with method.schedule=gradual has no "
+            "pruned architecture to train (gradual pruning happens during that stage); valid "
+            "with gradual: finetune.from_scratch=none, or method.schedule oneshot or iterative"
         )
 
 

@@ -269,6 +269,7 @@ def _check_retrain(plan: RunPlan) -> None:
         no_weight_reset=cls.no_weight_reset,
         train_epochs=plan.train.epochs,
         pretrained=plan.pretrained is not None and not cls.trains_from_pretrained,
+        schedule=schedule_of(plan.method),
     )
 
 

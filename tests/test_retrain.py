@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from cli_helpers import FAST, prune_run
+from cli_helpers import FAST, TINY_DATA, TINY_FINETUNE, composed, prune_run, run_in_process
 from conftest import TinyNet
 from omegaconf import OmegaConf
 
@@ -278,6 +278,17 @@ def _check(plan: FinetuneOptions, method: str = "magnitude", **kw) -> None:
          "finetune.rewind=init needs the weights saved during dense training"),
         (ft(rewind="lr", epochs=0), "magnitude", {},
          "finetune.rewind=lr replays the last finetune.epochs=0 epochs"),
+        # gradual pruning happens during the retraining: no pruned model before it
+        (ft(rewind="init"), "magnitude", {"schedule": "gradual"},
+         "finetune.rewind=init with method.schedule=gradual would choose the masks from the "
+         "rewound weights"),
+        (ft(rewind="epoch:2"), "random", {"schedule": "gradual"},
+         "finetune.rewind=epoch:2 with method.schedule=gradual"),
+        (ft(from_scratch="same_budget"), "magnitude", {"schedule": "gradual"},
+         "finetune.from_scratch=same_budget with method.schedule=gradual has no pruned "
+         "architecture"),
+        (ft(from_scratch="same_epochs"), "double_pruning", {"schedule": "gradual"},
+         "finetune.from_scratch=same_epochs with method.schedule=gradual"),
     ],
 )  # fmt: skip
 def test_unsound_combinations_are_one_line_errors(plan, method, kw, message) -> None:
@@ -293,6 +304,13 @@ def test_sound_combinations_pass() -> None:
         _check(ft(from_scratch="same_budget"), method)
     _check(ft(kd={"alpha": 1.0}), "soft_sharing")  # kd alone: the run warns, nothing fails
     _check(ft(rewind="lr"), "l1_filter", pretrained=True)
+    _check(ft(rewind="lr"), "magnitude", schedule="gradual")  # the learning rate only
+    _check(ft(rewind="init"), "magnitude", schedule="iterative")
+
+
+def test_gradual_with_rewinding_is_refused_before_any_work() -> None:
+    with pytest.raises(ConfigError, match=r"^finetune.rewind=init with method.schedule=gradual"):
+        validate_config(composed("method.schedule=gradual", "finetune.rewind=init"))
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -345,3 +363,41 @@ def test_a_sweep_over_none_and_late_rewinding_trains_the_epoch_k_entry_itself(
         len(entries) == 2
         and runs["none"]["train"]["cache_entry"] == runs["init"]["train"]["cache_entry"]
     )
+
+
+TINY = [*TINY_DATA, *TINY_FINETUNE, "metrics.latency.enabled=false", "export.onnx=false"]
+
+
+@pytest.mark.parametrize("method", ["magnitude", "l1_filter"])
+def test_iterative_pruning_rewinds_before_every_round(tmp_path: Path, method: str) -> None:
+    """Iterative pruning with rewinding (Frankle & Carbin): every round's retraining starts
+    from the rewound weights with the training recipe, not only the last one."""
+    overrides = [
+        *TINY,
+        "train.epochs=2",
+        f"method={method}",
+        "method.schedule=iterative",
+        "method.rounds=2",
+        "finetune.rewind=epoch:1",
+        f"cache.dir={tmp_path / 'c'}",
+    ]
+    metrics = run_in_process(tmp_path / "run", overrides).metrics  # fmt: skip
+    assert metrics["status"] == "completed"
+    for stage in ("finetune_round_1", "finetune"):
+        rewind = metrics[stage]["rewind"]
+        assert rewind["to"] == "epoch:1" and Path(rewind["source"]).name == "rewind_epoch1.pt"
+        assert rewind["schedule"] == "train.* schedule, epochs 2..2"
+        assert metrics[stage]["epochs"] == 1  # train.epochs - K
+    assert "every round" in metrics["finetune"]["rewind"]["rounds"]
+    assert metrics["schedule"]["points"][0]["stages"] == [
+        "round_1", "round_1_finetuned"]  # fmt: skip
+
+
+def test_slimming_retrained_after_rewinding_says_it_has_no_sparsity_term(tmp_path: Path) -> None:
+    overrides = [*TINY, "method=network_slimming", "finetune.rewind=init",
+                 f"cache.dir={tmp_path / 'c'}"]  # fmt: skip
+    metrics = run_in_process(tmp_path / "run", overrides).metrics
+    assert metrics["status"] == "completed"
+    assert metrics["finetune"]["rewind"]["method_training"] == "not applied: train.* alone"
+    (warning,) = [w for w in metrics["warnings"] if w.startswith("finetune.rewind=init")]
+    assert "without what network_slimming adds to dense training (sparsity-trained" in warning

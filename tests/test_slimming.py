@@ -9,9 +9,11 @@ mathematically equal because every removed channel reaches its consumers as exac
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import TINY_DATA, TINY_FINETUNE, run_in_process
 from torch import nn
 
 from prune_cli.errors import ConfigError
@@ -324,3 +326,28 @@ def test_export_round_trip_torchscript_and_onnx(name: str, tmp_path) -> None:
     if name == "resnet20":  # ONNX's pure-Python reference evaluator is slow: one model
         onnx_path = export_onnx(pruned, tmp_path / "m.onnx", INPUT)
         assert torch.allclose(torch.from_numpy(run_onnx(onnx_path, x)), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["network_slimming", "double_pruning"])
+def test_pretrained_weights_start_the_sparsity_training_and_the_run_says_so(
+    tmp_path: Path, method: str
+) -> None:
+    """With ``pretrained=``, slimming's sparsity training runs from the file's weights (γ the L1
+    term drove apart is what it ranks), and metrics.json records that and where it started."""
+    tiny = [*TINY_DATA, *TINY_FINETUNE, "metrics.latency.enabled=false", "export.onnx=false",
+            f"cache.dir={tmp_path / 'cache'}"]  # fmt: skip
+    dense = run_in_process(tmp_path / "dense", [*tiny, "method=none"]).metrics
+    assert dense["status"] == "completed"
+    file = tmp_path / "dense" / "checkpoints" / "trained.pt"
+    metrics = run_in_process(tmp_path / "run", [*tiny, f"method={method}", f"pretrained={file}"])
+    metrics = metrics.metrics
+    assert metrics["status"] == "completed"
+    train = metrics["train"]
+    assert train["started_from"]["pretrained"] == str(file)
+    assert train["epochs"] == 1 and train["training"].startswith("sparsity-trained: L1 1e-05")
+    assert train["training"].endswith("from the pretrained weights (train.*)")
+    assert metrics["baseline_kind"].startswith("sparsity-trained: L1 1e-05 on BN gamma")
+    assert metrics["prune_info"]["l1_lambda"] == 1e-5
+    assert metrics["dense_reference"]["source"] == f"pretrained: {file}"
+    rows = (tmp_path / "run" / "history.csv").read_text().splitlines()[1:]
+    assert rows and rows[0].startswith("train,1,")

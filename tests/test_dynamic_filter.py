@@ -365,12 +365,13 @@ def test_prune_without_training_updates_masks_once_and_says_so(tiny_net: nn.Modu
     assert set(result.masks) == {"conv1.weight", "conv2.weight"}
 
 
-@pytest.mark.parametrize(("epochs", "ramp"), [(3, 2), (4, 2), (8, 5), (300, 225)])
+@pytest.mark.parametrize(("epochs", "ramp"), [(1, 1), (3, 3), (4, 3), (8, 6), (300, 225)])
 def test_cubic_schedule_reaches_its_rate_within_the_configured_run(
     tiny_net: nn.Module, epochs: int, ramp: int
 ) -> None:
     """stop_epoch (225) beyond the run: the cubic ramp scales to the repository's 225/300 of
-    the run and the masks end at the rate, updating every freq steps as training would."""
+    the run, ceil(0.75 E) (a 1-epoch run ramps too, never the constant rate at once), the run
+    says so, and the masks end at the rate, updating every freq steps as training would."""
     m = method(rate=0.6, schedule="cubic", freq=2, mask_bn=False, remove_filters=False)
     net = m.prepare(tiny_net)
     steps = 4
@@ -387,7 +388,13 @@ def test_cubic_schedule_reaches_its_rate_within_the_configured_run(
         assert rate["target"] == 0.6 and rate["total"] == 24
         assert abs(rate["achieved"] - 0.6) <= 1 / 24  # floor(0.6 * 24) = 14 of 24 filters
         assert result.info["filters_pruned"] == math.floor(0.6 * 24)
-        assert result.info["masks_from"] == "training" and not result.info["warnings"]
+        assert result.info["masks_from"] == "training"
+        (warning,) = result.info["warnings"]  # the ramp is shorter than stop_epoch asked
+        assert warning.startswith(
+            f"dynamic_filter: the cubic schedule reaches rate 0.6 after "
+            f"{ramp} of {epochs} epochs, not after method.stop_epoch=225"
+        )
+    assert (m.shortened_ramp() is None) == (ramp == 225)
 
 
 def test_config_errors_are_one_line() -> None:

@@ -153,6 +153,7 @@ class DynamicFilter(Method):
         self.reg_options = {"include_diag": opts.cov_include_diag, **opts.zhu.model_dump()}
         self.steps_per_epoch: int | None = None
         self.ramp_epochs = self.stop_epoch
+        self.fit_epochs: int | None = None  # the epochs of the training the masks move in
         self.updates = 0  # mask recomputations so far (this process)
         self._epoch: int | None = None
         self._i = -1
@@ -223,24 +224,30 @@ class DynamicFilter(Method):
 
     def on_fit_start(self, model: nn.Module, epochs: int, steps_per_epoch: int) -> None:
         self.steps_per_epoch = int(steps_per_epoch)
+        self.fit_epochs = int(epochs)
         self.ramp_epochs = self.cubic_ramp_epochs(int(epochs))
-        if self.rate_schedule == "cubic" and self.ramp_epochs != self.stop_epoch:
-            log.info(
-                "dynamic_filter: cubic schedule reaches rate %.4g after %d of %d epochs "
-                "(stop_epoch %d is beyond this run: scaled as the repository's 225/300)",
-                self.rate,
-                self.ramp_epochs,
-                epochs,
-                self.stop_epoch,
-            )
+        note = self.shortened_ramp()
+        if note is not None:
+            log.info("%s", note)
 
     def cubic_ramp_epochs(self, epochs: int) -> int:
         """Epochs over which the cubic schedule rises to ``rate``: ``stop_epoch`` when the run
-        is longer, else the repository's proportion (225 of 300 epochs) of this run, so that a
-        short run still reaches its rate (and keeps updating at it until the end)."""
+        is longer, else the repository's proportion (225 of 300 epochs) of this run rounded up,
+        ``ceil(0.75 E)``, so that a short run still ramps (never the constant rate at once) and
+        reaches its rate at the end of the ramp."""
         if self.stop_epoch < epochs:
             return self.stop_epoch
-        return max(0, math.ceil(epochs * CUBIC_RAMP_FRACTION) - 1)
+        return math.ceil(epochs * CUBIC_RAMP_FRACTION)
+
+    def shortened_ramp(self) -> str | None:
+        """The cubic ramp shorter than ``stop_epoch`` asked (a run shorter than it), said."""
+        if self.rate_schedule != "cubic" or self.ramp_epochs >= self.stop_epoch:
+            return None
+        return (
+            f"dynamic_filter: the cubic schedule reaches rate {self.rate:g} after "
+            f"{self.ramp_epochs} of {self.fit_epochs} epochs, not after method.stop_epoch="
+            f"{self.stop_epoch} (beyond this run): scaled as the repository's 225 of 300 epochs"
+        )
 
     def should_update(self, i: int, epoch: int) -> bool:
         """Recompute masks before iteration ``i`` (0-based, within ``epoch``)?"""
@@ -318,7 +325,7 @@ class DynamicFilter(Method):
             raise RuntimeError("dynamic_filter.prune needs the model returned by prepare()")
         never_updated = all(bool(c.weight_mask.all()) for _, c in convs)
         masks_from = "training"
-        warnings = []
+        warnings = [note] if (note := self.shortened_ramp()) is not None else []
         if never_updated and self.rate > 0:
             # No mask was computed during training (fewer iterations than method.freq): prune
             # once at the final rate from the trained weights, and say so.

@@ -280,6 +280,7 @@ class Pipeline:
         self.method = build_method(plan)
         self._hold_out_for_method()
         self.data = build_dataset(self.plan.dataset)
+        self._data_notes()
         self.input_size = (self.data.in_channels, self.data.image_size, self.data.image_size)
         self.model_name = plan.model.name
         self.model_options = plan.model_options
@@ -290,11 +291,12 @@ class Pipeline:
         self.cache = TrainedCache(plan.cache.enabled, Path(plan.cache.dir))
 
     def _hold_out_for_method(self) -> None:
-        """A method that decides on held-out images (``optimized``'s fitness) gets a validation
-        split carved from train (seeded, stratified: ``dataset.val_size``) when the dataset has
-        none configured; training then never sees those images, and the run records it."""
+        """A method that decides on held-out images (``optimized``'s fitness, ``sensitivity``'s
+        layer evaluations) gets a validation split carved from train (seeded, stratified:
+        ``dataset.val_size``) when the dataset has none configured; training then never sees
+        those images, and the run records it."""
         wanted = self.method.holdout_size()
-        if wanted <= 0 or self.plan.dataset.val_size not in (0, None):
+        if not wanted or self.plan.dataset.val_size:
             return
         self.plan = self.plan.with_val_size(wanted)
         self.metrics["data_holdout"] = {
@@ -302,10 +304,23 @@ class Pipeline:
             "why": f"method {self.method.name!r} decides on images held out of training",
         }
         log.info(
-            "%s: %d training images held out as the validation split (dataset.val_size)",
+            "%s: %s training images held out as the validation split (dataset.val_size)",
             self.method.name,
             wanted,
         )
+
+    def _data_notes(self) -> None:
+        """What building the data did otherwise than asked goes to the warnings; a split held
+        out for the method is recorded with its size (or as the dataset's own, when it has
+        one: then nothing was held out)."""
+        holdout = self.metrics.get("data_holdout")
+        if holdout is not None and self.data.has_split("val"):
+            holdout["val_images"] = len(self.data.splits["val"])
+            if self.data.notes:  # the dataset's own validation split: nothing held out
+                holdout.update(val_size=0, used="the dataset's own validation split")
+                return
+        for note in self.data.notes:
+            self.warn(note)
 
     def _build_plain_model(self, seed: int | None = None) -> nn.Module:
         """The configured architecture, freshly initialised from the run seed (the same seed

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import run_in_process
 from fakedata import (
     face,
     write_cifar10,
@@ -418,6 +419,19 @@ def test_fer_publictest_is_val_and_val_size_is_ignored(tmp_path: Path) -> None:
     write_fer_csv(tmp_path / "fer2013.csv", fer_rows())
     b = build_dataset({"name": "fer2013", "root": str(tmp_path), "val_size": 0.5})
     assert len(b.splits["train"]) == 4 and len(b.splits["val"]) == 2
+    assert b.notes == [
+        "fer2013 has its own validation split (2 images); dataset.val_size=0.5 is ignored"
+    ]
+
+
+def test_an_ignored_val_size_is_a_warning_of_the_run(tmp_path: Path) -> None:
+    write_fer_csv(tmp_path / "fer2013.csv", fer_rows())
+    overrides = ["dataset=fer2013", f"dataset.root={tmp_path}", "dataset.val_size=0.5",
+                 "method=none", "train.epochs=1", "train.batch_size=4", "export.onnx=false",
+                 "metrics.latency.enabled=false", f"cache.dir={tmp_path / 'cache'}"]  # fmt: skip
+    metrics = run_in_process(tmp_path / "run", overrides).metrics
+    assert metrics["status"] == "completed"
+    assert "dataset.val_size=0.5 is ignored" in " ".join(metrics["warnings"])
 
 
 def test_fer_folders_carve_val_from_train(tmp_path: Path) -> None:

@@ -243,14 +243,21 @@ def test_the_schema_accepts_the_schedule_keys() -> None:
 
 # ----------------------------------------------------------------------------- sensitivity
 class _Data:
-    """Four well-separated classes (one-hot 1x1 images), 25 of each: chance is 25%."""
+    """Four well-separated classes (one-hot 1x1 images), 25 of each: chance is 25%. The same
+    images in every split; ``used`` lists the splits that were read."""
 
-    def __init__(self) -> None:
+    def __init__(self, splits: tuple[str, ...] = ("train", "val", "test")) -> None:
         y = torch.arange(4).repeat(25)
         self.x = nn.functional.one_hot(y, 4).float()[:, :, None, None] * 3 + 0.1
         self.y = y
+        self.splits = {name: y for name in splits}
+        self.used: set[str] = set()
+
+    def has_split(self, name: str) -> bool:
+        return name in self.splits
 
     def loader(self, split, batch_size, train=False, device=None):
+        self.used.add(split)
         return [(self.x, self.y)]
 
 
@@ -272,8 +279,12 @@ def test_sensitivity_table_plot_and_layer_ratios(tmp_path: Path) -> None:
     )
     model = _perfect()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = method.prune(model, _ctx(data=_Data(), run_dir=tmp_path))
+    data = _Data()
+    result = method.prune(model, _ctx(data=data, run_dir=tmp_path))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # restored
+    # the ratios are chosen on the validation split, never on test (they steer later runs)
+    assert data.used == {"val"} and result.info["split"] == "val"
+    assert result.info["val_images"] == 100
     rows = list(csv.DictReader((tmp_path / "sensitivity.csv").open()))
     assert [(r["layer"], float(r["ratio"])) for r in rows] == [
         ("0", 0.25), ("0", 1.0), ("1", 0.25), ("1", 1.0)]  # fmt: skip
@@ -286,6 +297,21 @@ def test_sensitivity_table_plot_and_layer_ratios(tmp_path: Path) -> None:
     assert (tmp_path / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
     chosen = json.loads((tmp_path / "layer_ratios.json").read_text())
     assert chosen == {"0": 0.0, "1": 0.0}  # a 25-point drop is beyond max_drop 5
+    with pytest.raises(ConfigError, match=r"^method=sensitivity evaluates on a validation split"):
+        method.prune(_perfect(), _ctx(data=_Data(("train", "test")), run_dir=tmp_path))
+
+
+def test_a_sensitivity_run_holds_a_validation_split_out_of_training(tmp_path: Path) -> None:
+    from cli_helpers import TINY_DATA, run_in_process
+
+    overrides = [*TINY_DATA, "method=sensitivity", "method.ratios=[0.5]", "export.onnx=false",
+                 "metrics.latency.enabled=false", f"cache.dir={tmp_path / 'cache'}"]  # fmt: skip
+    metrics = run_in_process(tmp_path / "run", overrides).metrics
+    assert metrics["status"] == "completed"
+    holdout = metrics["data_holdout"]
+    assert holdout["val_size"] == 0.1 and holdout["val_images"] == 2  # 10% of 16 images
+    assert metrics["sensitivity"]["split"] == "val" and metrics["sensitivity"]["val_images"] == 2
+    assert metrics["train"]["selected_on"] == "val"  # training never saw them
 
 
 def test_layer_ratios_file_sets_magnitude_per_layer_rates(tiny_net, tmp_path: Path) -> None:
@@ -391,6 +417,7 @@ def test_cli_sensitivity_run_then_layer_ratios(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((tmp_path / "sens" / "metrics.json").read_text())
     assert m["status"] == "completed" and m["analysis"] == "sensitivity"
+    assert m["sensitivity"]["split"] == "val" and m["data_holdout"]["val_images"] == 38
     assert "final" not in m and "pruned" not in m and set(m["skipped_stages"]) == {
         "finetune", "evaluate"}  # fmt: skip
     assert not (tmp_path / "sens" / "checkpoints" / "final.pt").exists()

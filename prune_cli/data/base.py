@@ -128,6 +128,9 @@ class DatasetBundle:
     num_workers: int = 0
     #: Unreadable files met so far and the ``dataset.on_bad_file`` policy (shared by copies).
     bad_files: BadFiles = field(default_factory=lambda: BadFiles("dataset"))
+    #: What building the dataset did otherwise than asked (an ignored ``dataset.val_size``),
+    #: for the run's warnings.
+    notes: list[str] = field(default_factory=list)
 
     def has_split(self, name: str) -> bool:
         return name in self.splits
@@ -415,16 +418,17 @@ def with_val_split(bundle: DatasetBundle, val_size: object, split_seed: int = 0)
 
     The draw is stratified by class (:func:`stratified_holdout`) and seeded with ``split_seed``
     only, so it is the same for every run seed. A bundle that already has ``val`` (FER2013's
-    PublicTest) is returned unchanged, with a warning if ``val_size`` asked for one.
+    PublicTest) is returned unchanged, with a note (``notes``: the run's warnings) if
+    ``val_size`` asked for one.
     """
     if bundle.has_split("val"):
         if val_size:
-            log.warning(
-                "%s has its own validation split (%d images); dataset.val_size=%r is ignored",
-                bundle.name,
-                len(bundle.splits["val"]),
-                val_size,
+            note = (
+                f"{bundle.name} has its own validation split ({len(bundle.splits['val'])} "
+                f"images); dataset.val_size={val_size!r} is ignored"
             )
+            log.warning("%s", note)
+            return dataclasses.replace(bundle, notes=[*bundle.notes, note])
         return bundle
     train = bundle.splits["train"]
     n_val = holdout_count(val_size, len(train))

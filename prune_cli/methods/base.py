@@ -276,9 +276,10 @@ class Method(TrainHooks):
             return "dense"
         return "trained with " + self.name
 
-    def holdout_size(self) -> int:
+    def holdout_size(self) -> int | float:
         """Training images this method needs held out as a validation split when the dataset
-        configures none (0: none); the pipeline carves them from train before training."""
+        configures none: a count, or a fraction of train (0: none); the pipeline carves them
+        from train before training."""
         return 0
 
     #: Does ``pretrained=`` start this method's *training* (instead of skipping it)? True for

@@ -4,7 +4,11 @@ Not a pruning method: the dense model (trained through the trained-model cache l
 method, or ``pretrained=``) is pruned one layer at a time at each of ``method.ratios`` --
 ``granularity: weight`` zeroes the layer's lowest-|w| weights, ``filter`` its lowest-L1 filters
 (masked, not removed) -- and evaluated on the test split *without fine-tuning*; the layer is
-restored before the next point. Written to the run directory:
+restored before the next point. The evaluations are on the **validation** split, never the test
+split (``layer_ratios.json`` steers the ratios of later runs, whose test figures must not have
+chosen them): the pipeline holds ``method.val_size`` training images out of training as that
+split when the dataset has none (seeded and stratified, ``metrics.json`` ``data_holdout``).
+Written to the run directory:
 
 - ``sensitivity.csv``: ``layer, ratio, top1, loss, drop, params, pruned`` (one row per layer and
   ratio; ``drop`` = dense top-1 minus top-1, in points; ``params`` = the layer's weights);
@@ -25,9 +29,10 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field
 from torch import nn
 
+from prune_cli.errors import ConfigError
 from prune_cli.methods.base import Method, MethodOptions, PruneContext, PruneResult
 from prune_cli.methods.registry import METHODS
-from prune_cli.options import Bool, Float, OneOf
+from prune_cli.options import Bool, Float, Int, OneOf
 from prune_cli.pruning.sensitivity import (
     GRANULARITIES,
     choose_layer_ratios,
@@ -51,15 +56,26 @@ class Sensitivity(Method):
         granularity: OneOf(*GRANULARITIES)
         include_linear: Bool
         max_drop: Float(ge=0)
+        #: Training images held out as the validation split when the dataset has none.
+        val_size: Int(ge=1) | Float(gt=0, lt=1)
 
     opts: Options
 
+    def holdout_size(self) -> int | float:
+        """``method.val_size``: the validation split the layers are evaluated on."""
+        return self.opts.val_size
+
     def prune(self, model: nn.Module, ctx: PruneContext) -> PruneResult:
         opts = self.opts
+        if not ctx.data.has_split("val"):
+            raise ConfigError(
+                "method=sensitivity evaluates on a validation split, and the data has none "
+                "(a run holds method.val_size training images out; or set dataset.val_size)"
+            )
         ratios = sorted(set(float(r) for r in opts.ratios))
         dense, rows = layer_sensitivity(
             model,
-            lambda m: ctx.evaluate(m, "test"),
+            lambda m: ctx.evaluate(m, "val"),
             ratios,
             opts.granularity,
             opts.include_linear,
@@ -84,7 +100,8 @@ class Sensitivity(Method):
             "analysis": "sensitivity",
             "granularity": opts.granularity,
             "ratios": ratios,
-            "split": "test",
+            "split": "val",
+            "val_images": len(ctx.data.splits["val"]),
             "finetuned": False,
             "dense": dense,
             "layers": len(chosen),

@@ -20,6 +20,7 @@ from prune_cli.engine.optim import param_groups
 from prune_cli.errors import ConfigError
 from prune_cli.methods import PruneContext, build_method
 from prune_cli.metrics.counting import count_macs, count_params
+from prune_cli.metrics.report import relative_to_dense, stage_metrics
 from prune_cli.models import build_model
 from prune_cli.models.wide_resnet import WideResNet
 from prune_cli.sharing import (
@@ -517,3 +518,33 @@ def test_swrn_experiment_pins_the_papers_recipe_and_counts() -> None:
         for k in (1, 2, 4, 6)
     }
     assert counts == {1: 12_287_212, 2: 17_125_630, 4: 26_802_466, 6: 36_479_302}
+
+
+EVAL = {"top1": 50.0, "top5": 90.0, "loss": 1.0}
+UNITS = {"p_unit": 1e6, "m_unit": 1e9, "count": "nonzero"}
+
+
+def test_weight_figures_count_the_template_banks() -> None:
+    """A shared model's generated convs hold no weights of their own: the weights it keeps are
+    its unshared convs, the classifier and the template banks, so weights removed follows the
+    templates (k=1 removes more than k=2) and is not that of a model without those convs."""
+    torch.manual_seed(0)
+    dense = build_model("resnet20", num_classes=10, in_channels=3, image_size=32)
+    dense_stage = stage_metrics(dense, EVAL, (3, 32, 32), UNITS)
+    removed = {}
+    for k in (1, 2):
+        model = build_model("resnet20", num_classes=10, in_channels=3, image_size=32)
+        build_method({"name": "soft_sharing", "templates_per_stage": k}, 0.5).prepare(model)
+        templates = sum(b.templates.numel() for b in model.template_banks.values())
+        plain = sum(
+            m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)
+        )
+        figures = stage_metrics(model, EVAL, (3, 32, 32), UNITS)
+        assert figures["weights"] == plain + templates and figures["sparsity"] < 0.01
+        removed[k] = relative_to_dense(figures, dense_stage)["weights_removed"]
+        assert removed[k] == pytest.approx(
+            1 - (plain + templates) / dense_stage["weights"], abs=1e-6
+        )
+    assert removed[1] == pytest.approx(0.5358, abs=1e-3) and removed[2] == pytest.approx(
+        0.3572, abs=1e-3
+    )

@@ -11,8 +11,11 @@ Definitions (design.md "Metrics", methods.md §2.2):
   leading dimensions other than the batch. BN, activations, pooling, additions and biases cost 0.
   *nonzero MACs* (effective MACs of an unstructured-sparse model) count only nonzero weights:
   ``nnz(W)*Hout*Wout`` for a conv and ``nnz(W)`` (times leading dims) for a linear.
-- **sparsity**: the fraction of exactly-zero entries among the *prunable weights*, the ``weight``
-  tensors of ``nn.Conv2d`` and (by default) ``nn.Linear`` modules; biases and BN are excluded.
+- **sparsity**: the fraction of exactly-zero entries among the *weights*: the ``weight``
+  tensors of ``nn.Conv2d`` and (by default) ``nn.Linear`` modules, and the stored weights of
+  layers whose weight is generated from them (a template bank's ``templates``: a module names
+  that parameter in its ``weight_bank`` attribute); biases and BN are excluded. Counting the
+  banks keeps a shared model's weights what they are, not zero: its generated convs hold none.
 """
 
 from __future__ import annotations
@@ -31,6 +34,18 @@ def prunable_layers(model: nn.Module, include_linear: bool = True) -> list[tuple
     """``(name, module)`` of every ``nn.Conv2d`` (and ``nn.Linear``) in ``named_modules`` order."""
     kinds: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear) if include_linear else (nn.Conv2d,)
     return [(name, m) for name, m in model.named_modules() if isinstance(m, kinds)]
+
+
+def weight_tensors(model: nn.Module, include_linear: bool = True) -> list[tuple[str, torch.Tensor]]:
+    """``(module name, weight)`` of every conv (and linear) weight, the effective masked tensor
+    for ``torch.nn.utils.prune``, and every weight bank (``module.weight_bank`` names the
+    parameter), in ``named_modules`` order: the weights the figures count."""
+    out = [(name, m.weight) for name, m in prunable_layers(model, include_linear)]
+    for name, m in model.named_modules():
+        bank = getattr(m, "weight_bank", None)
+        if isinstance(bank, str):
+            out.append((name, getattr(m, bank)))
+    return out
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
@@ -158,26 +173,26 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def prunable_counts(model: nn.Module, include_linear: bool = True) -> tuple[int, int]:
-    r"""``(entries, nonzero entries)`` of the prunable weights (conv + linear ``weight``\ s, the
-    effective masked tensor for ``torch.nn.utils.prune``)."""
+    """``(entries, nonzero entries)`` of the weights (:func:`weight_tensors`)."""
     entries = nonzero = 0
-    for _, module in prunable_layers(model, include_linear):
-        weight = module.weight.detach()
+    for _, tensor in weight_tensors(model, include_linear):
+        weight = tensor.detach()
         entries += weight.numel()
         nonzero += int(torch.count_nonzero(weight))
     return entries, nonzero
 
 
 def sparsity(model: nn.Module, include_linear: bool = True) -> tuple[float, dict[str, float]]:
-    """``(global, per_layer)`` fraction of zero entries among prunable weights; see module doc.
+    """``(global, per_layer)`` fraction of zero entries among the weights
+    (:func:`weight_tensors`); see module doc.
 
-    Global = zeros / entries over all prunable weights together (not the mean of the layers).
-    The effective ``module.weight`` is read, so ``torch.nn.utils.prune`` masks are respected.
+    Global = zeros / entries over all weights together (not the mean of the layers). The
+    effective ``module.weight`` is read, so ``torch.nn.utils.prune`` masks are respected.
     """
     zeros_total = entries_total = 0
     per_layer: dict[str, float] = {}
-    for name, module in prunable_layers(model, include_linear):
-        weight = module.weight.detach()
+    for name, tensor in weight_tensors(model, include_linear):
+        weight = tensor.detach()
         entries = weight.numel()
         zeros = entries - int(torch.count_nonzero(weight))
         per_layer[name] = zeros / entries if entries else 0.0

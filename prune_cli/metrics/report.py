@@ -70,8 +70,9 @@ def stage_metrics(
 def relative_to_dense(final: Mapping[str, Any], dense: Mapping[str, Any]) -> dict[str, Any]:
     """Figures that compare across methods, all against the dense reference (README):
 
-    - ``weights_removed``: fraction of the dense reference's prunable weights (conv + linear)
-      that the final model no longer has, physically removed or zero:
+    - ``weights_removed``: fraction of the dense reference's weights (conv + linear) that the
+      final model no longer has, physically removed, zero, or shared (a shared model keeps its
+      template banks: :func:`~prune_cli.metrics.counting.weight_tensors`):
       ``1 - final.weights_nonzero / dense.weights`` (structured and unstructured alike);
     - ``params``, ``macs``: the final model's nonzero params / MACs over the dense reference's;
     - ``params_structure``, ``macs_structure``: the same with every entry of the final model

@@ -40,6 +40,10 @@ class TemplateBank(nn.Module):
     reference ``TemplateBank`` (lolemacs/soft-sharing ``models/layers.py``).
     """
 
+    #: The parameter holding the weights the bank's layers are generated from: the weight
+    #: counts (sparsity, weights removed: prune_cli.metrics.counting) include it.
+    weight_bank = "templates"
+
     def __init__(
         self,
         num_templates: int,

@@ -2,12 +2,16 @@
 
 - :mod:`.threshold`, :mod:`.masks`: percentile thresholds, weight masks, holding them at zero;
 - :mod:`.groups`, :mod:`.shufflenet`: channel groups (coupled producers, concatenations, splits,
-  ShuffleNetV2 streams); :mod:`.channels`: :func:`~.channels.channel_prune` (score, keep, remove);
+  ShuffleNetV2 streams; the group model in :mod:`.group_model`, found by :mod:`.trace`, checked
+  by :mod:`.verify`); :mod:`.removal`: narrower copies and masks of a cut;
+  :mod:`.channels`: :func:`~.channels.channel_prune` (score, keep, remove);
 - :mod:`.importance`: importance criteria; :mod:`.regularizers`: training-time penalties;
 - :mod:`.reparam`: masked re-parameterisation of weights (DPF); :mod:`.schedules`: sparsity
   schedules; :mod:`.search`: mask search (GA / PSO / SA).
 """
 
+# Registers ShuffleNetV2's hand-written channel groups, which discovery and removal consult.
+from prune_cli.pruning import shufflenet  # noqa: F401
 from prune_cli.pruning.masks import (
     MaskHold,
     apply_masks,

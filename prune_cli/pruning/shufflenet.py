@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from prune_cli.models.shufflenet import ShuffleUnit
-from prune_cli.pruning.groups import (
+from prune_cli.models.traits import is_shufflenet_v2
+from prune_cli.pruning.group_model import (
     BN,
     CONV,
     DEPTHWISE,
@@ -42,6 +43,7 @@ from prune_cli.pruning.groups import (
     ChannelRemovalError,
     Discovery,
     Member,
+    register_provider,
 )
 
 STAGES = ("stage2", "stage3", "stage4")
@@ -238,3 +240,27 @@ def restructure(dense: nn.Module, pruned: nn.Module, keep: Mapping[str, torch.Te
         getattr(pruned, stage)[int(index)] = ShuffleUnit(
             old.branch1, old.branch2, split, perm.to(device)
         )
+
+
+class ShuffleNetStreams:
+    """ShuffleNetV2's hand-written groups as a group provider: discovery takes them for a
+    torchvision ShuffleNetV2, removal restructures the units when a stream group is cut."""
+
+    name = "shufflenet_v2"
+
+    def claims(self, model: nn.Module) -> bool:
+        return is_shufflenet_v2(model)
+
+    def discover(self, model: nn.Module) -> Discovery:
+        return discover(model)
+
+    def restructures(self, groups: list[ChannelGroup], keep: Mapping[str, torch.Tensor]) -> bool:
+        return is_restructured(groups, keep)
+
+    def restructure(
+        self, dense: nn.Module, pruned: nn.Module, keep: Mapping[str, torch.Tensor]
+    ) -> None:
+        restructure(dense, pruned, keep)
+
+
+register_provider(ShuffleNetStreams())

@@ -67,6 +67,7 @@ from prune_cli.export import FORMATS, export_model, onnx_bytes
 from prune_cli.methods import PruneContext, build_method
 from prune_cli.metrics.deploy import onnxruntime_latency
 from prune_cli.metrics.expected import check_expected_accuracy
+from prune_cli.metrics.figures import log_line
 from prune_cli.metrics.latency import compare_latency, latency_setting, measure_latency
 from prune_cli.metrics.report import (
     netscore_units,
@@ -205,18 +206,7 @@ class Pipeline:
         self._save_metrics()
         if self.trackers is not None:
             self.trackers.log_stage(stage, figures)
-        log.info(
-            "%s: top1 %.2f%%  params %d (nonzero %d)  MACs %d (nonzero %d)  sparsity %.4f  "
-            "NetScore %.2f",
-            stage,
-            figures["top1"],
-            figures["params"],
-            figures["params_nonzero"],
-            figures["macs"],
-            figures["macs_nonzero"],
-            figures["sparsity"],
-            figures["netscore"] if figures["netscore"] == figures["netscore"] else float("nan"),
-        )
+        log.info("%s", log_line(stage, figures))
         return figures
 
     def _fit_summary(self, result: FitResult, model: nn.Module, epochs: int) -> dict[str, Any]:

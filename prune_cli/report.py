@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from prune_cli.io import atomic_save_figure, atomic_write_text
+from prune_cli.metrics.figures import REPORT_COLUMNS
 
 EXIT_USER_ERROR = 2
 #: Statuses of runs that produced final figures; every other status is listed but not plotted.
@@ -80,20 +81,12 @@ CSV_COLUMNS = [
     "top1_before",
     "top1_after",
     "top1_change",
-    "top5_after",
-    "params",
-    "params_nonzero",
-    "macs",
-    "macs_nonzero",
-    "sparsity",
+    *REPORT_COLUMNS,  # the final stage's figures (prune_cli.metrics.figures)
     "weights_removed",
     "params_vs_dense",
     "macs_vs_dense",
     "params_dense_ref",
     "macs_dense_ref",
-    "netscore",
-    "netscore_dense",
-    "netscore_nonzero",
     "netscore_before",
     "params_unit",
     "macs_unit",
@@ -240,6 +233,11 @@ def _num(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
+def _figure(value: Any) -> int | float | None:
+    """A stage figure for the table: counts as they are, other numbers through :func:`_num`."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else _num(value)
+
+
 def _variants(runs: Sequence[Run]) -> dict[Path, str]:
     """Per run: the overrides whose values differ across ``runs`` (see the module docstring)."""
     # Runs whose overrides could not be read (no .hydra/) say nothing about what varies.
@@ -289,20 +287,12 @@ def make_rows(runs: Sequence[Run]) -> tuple[list[dict[str, Any]], list[str]]:
             "top1_before": before,
             "top1_after": after,
             "top1_change": None if before is None or after is None else round(after - before, 4),
-            "top5_after": _num(final.get("top5")),
-            "params": final.get("params"),
-            "params_nonzero": final.get("params_nonzero"),
-            "macs": final.get("macs"),
-            "macs_nonzero": final.get("macs_nonzero"),
-            "sparsity": _num(final.get("sparsity")),
+            **{column: _figure(final.get(key)) for column, key in REPORT_COLUMNS.items()},
             "weights_removed": _num(rel.get("weights_removed")),
             "params_vs_dense": _num(rel.get("params")),
             "macs_vs_dense": _num(rel.get("macs")),
             "params_dense_ref": dense.get("params"),
             "macs_dense_ref": dense.get("macs"),
-            "netscore": _num(final.get("netscore")),
-            "netscore_dense": _num(final.get("netscore_dense")),
-            "netscore_nonzero": _num(final.get("netscore_nonzero")),
             "netscore_before": _num(base.get("netscore")),
             "params_unit": units.get("params_unit", ""),
             "macs_unit": units.get("macs_unit", ""),

@@ -41,6 +41,7 @@ from typing import Any
 
 from prune_cli.defaults import group_defaults, with_defaults
 from prune_cli.errors import ConfigError, one_line
+from prune_cli.metrics.figures import TRACKED
 from prune_cli.options import Bool, Float, OneOf, Options, Text, parse
 
 log = logging.getLogger("prune_cli")
@@ -54,19 +55,7 @@ PACKAGES = {
 #: Checkpoints only a resume of the same run reads: not uploaded as artifacts.
 RESUME_ONLY = ("*_last.pt", "*_best.pt")
 #: The stage figures sent to the trackers (the per-layer sparsity table stays in metrics.json).
-STAGE_KEYS = (
-    "top1",
-    "top5",
-    "loss",
-    "params",
-    "params_nonzero",
-    "macs",
-    "macs_nonzero",
-    "sparsity",
-    "netscore",
-    "netscore_dense",
-    "netscore_nonzero",
-)
+STAGE_KEYS = TRACKED
 #: The numeric columns of a history.csv row sent as per-epoch curves.
 EPOCH_KEYS = ("lr", "train_loss", "train_top1", "eval_loss", "eval_top1", "eval_top5", "time_s")
 #: MLflow and W&B take parameter values up to a length; longer ones are cut with "...".

@@ -11,16 +11,9 @@ from torch import nn
 from torch.nn.utils import prune
 from torch.utils.flop_counter import FlopCounterMode
 
-from prune_cli.metrics import (
-    compare_latency,
-    count_macs,
-    count_params,
-    measure_latency,
-    netscore,
-    prunable_layers,
-    sparsity,
-    unit_label,
-)
+from prune_cli.metrics.counting import count_macs, count_params, prunable_layers, sparsity
+from prune_cli.metrics.latency import compare_latency, measure_latency
+from prune_cli.metrics.netscore import netscore, unit_label
 from prune_cli.models import MODELS
 
 # ---------------------------------------------------------------------------------------------
@@ -295,3 +288,25 @@ def test_compare_latency_measures_every_model_at_every_batch_size() -> None:
         assert lat["b8"]["batch"] == 8
         assert lat["b8"]["throughput"] == pytest.approx(8 / (lat["b8"]["latency_ms"] / 1e3))
     assert small.training and large.training  # measured on copies: the callers' modes are kept
+
+
+def test_stage_figures_are_declared_once() -> None:
+    """metrics.json, the log line, the trackers and prune-report take the stage figures from
+    one table (prune_cli.metrics.figures): adding a figure is one entry there."""
+    from prune_cli import report, tracking
+    from prune_cli.metrics.figures import REPORT_COLUMNS, STAGE_FIGURES, log_line
+    from prune_cli.metrics.report import stage_metrics
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    units = {"p_unit": 1e6, "m_unit": 1e9, "count": "nonzero"}
+    figures = stage_metrics(model, {"top1": 50.0, "top5": 100.0, "loss": 0.7}, (3, 8, 8), units)
+    assert list(figures) == [f.key for f in STAGE_FIGURES]
+    assert tuple(f.key for f in STAGE_FIGURES if f.tracked) == tracking.STAGE_KEYS
+    assert set(REPORT_COLUMNS) <= set(report.CSV_COLUMNS)
+    assert figures["netscore"] == figures["netscore_nonzero"]
+    params, macs = figures["params"], figures["macs"]
+    assert log_line("final", figures) == (
+        f"final: top1 50.00%  params {params} (nonzero {params})  MACs {macs} (nonzero {macs})"
+        f"  sparsity 0.0000  NetScore {figures['netscore']:.2f}"
+    )

@@ -1,18 +1,5 @@
-"""Metrics: parameters, MACs, sparsity (:mod:`.counting`), NetScore (:mod:`.netscore`) and
-latency (:mod:`.latency`). Definitions are in each module's docstring."""
-
-from prune_cli.metrics.counting import MacCount, count_macs, count_params, prunable_layers, sparsity
-from prune_cli.metrics.latency import compare_latency, measure_latency
-from prune_cli.metrics.netscore import netscore, unit_label
-
-__all__ = [
-    "MacCount",
-    "compare_latency",
-    "count_macs",
-    "count_params",
-    "measure_latency",
-    "netscore",
-    "prunable_layers",
-    "sparsity",
-    "unit_label",
-]
+"""Metrics: parameters, MACs, sparsity (:mod:`.counting`), the figures of a stage
+(:mod:`.figures`), NetScore (:mod:`.netscore`), latency (:mod:`.latency`, :mod:`.deploy`) and
+``metrics.json`` (:mod:`.report`). Definitions are in each module's docstring. Import from the
+modules: this package imports none of them, so that ``prune-report`` reads the figures' table
+without torch."""

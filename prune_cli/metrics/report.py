@@ -20,18 +20,10 @@ from torch import nn
 
 from prune_cli.io import atomic_write_text
 from prune_cli.metrics.counting import count_macs, count_params, prunable_counts, sparsity
-from prune_cli.metrics.netscore import netscore, unit_label
+from prune_cli.metrics.figures import Measured, stage_figures
+from prune_cli.metrics.netscore import unit_label
 
 COUNT_MODES = ("dense", "nonzero")
-
-
-def _netscore_or_none(acc: float, params: float, macs: float, units: Mapping[str, Any]) -> float:
-    if not (acc > 0 and params > 0 and macs > 0) or math.isnan(acc):
-        return float("nan")
-    return round(
-        netscore(acc, params, macs, p_unit=float(units["p_unit"]), m_unit=float(units["m_unit"])),
-        4,
-    )
 
 
 def stage_metrics(
@@ -41,27 +33,25 @@ def stage_metrics(
     units: Mapping[str, Any],
     per_layer: bool = False,
 ) -> dict[str, Any]:
-    """The standard figures of ``model`` after a stage; ``evaluation`` has top1, top5, loss."""
+    """The figures of ``model`` after a stage (:data:`~.figures.STAGE_FIGURES`, from what is
+    measured here); ``evaluation`` has top1, top5, loss; ``per_layer`` adds each layer's
+    sparsity."""
     params, params_nz = count_params(model)
     macs = count_macs(model, input_size)
     global_sparsity, layer_sparsity = sparsity(model)
     weights, weights_nz = prunable_counts(model)
-    top1 = float(evaluation["top1"])
-    out: dict[str, Any] = {
-        "top1": round(top1, 4),
-        "top5": round(float(evaluation["top5"]), 4),
-        "loss": round(float(evaluation["loss"]), 6),
-        "params": params,
-        "params_nonzero": params_nz,
-        "macs": macs.dense,
-        "macs_nonzero": macs.nonzero,
-        "sparsity": round(global_sparsity, 6),
-        "weights": weights,
-        "weights_nonzero": weights_nz,
-        "netscore_dense": _netscore_or_none(top1, params, macs.dense, units),
-        "netscore_nonzero": _netscore_or_none(top1, params_nz, macs.nonzero, units),
-    }
-    out["netscore"] = out[f"netscore_{units.get('count', 'nonzero')}"]
+    measured = Measured(
+        evaluation=evaluation,
+        params=params,
+        params_nonzero=params_nz,
+        macs=macs.dense,
+        macs_nonzero=macs.nonzero,
+        sparsity=global_sparsity,
+        weights=weights,
+        weights_nonzero=weights_nz,
+        units=units,
+    )
+    out = stage_figures(measured)
     if per_layer:
         out["layer_sparsity"] = {k: round(v, 6) for k, v in layer_sparsity.items()}
     return out

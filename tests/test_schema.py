@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import math
 import random
 from collections.abc import Iterator
@@ -235,6 +236,14 @@ def test_method_options_are_typed_and_checked() -> None:
         with pytest.raises(ConfigError) as err:
             build_method({"name": "optimized", **options}, 0.5)
         assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_method_is_named_once_by_its_registration() -> None:
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        assert cls.name == name and "name" not in vars(cls).get("__annotations__", {})
+        source = inspect.getsource(cls)
+        assert f'name = "{name}"' not in source, name
 
 
 def test_a_method_without_declared_options_keeps_its_config() -> None:

@@ -8,8 +8,8 @@ The pipeline calls, in order::
     fit(result.model, hooks=MaskHold(...)) # fine-tuning with the masks held at zero
 
 A method is one module under ``prune_cli/methods`` registered under its config name with
-``@METHODS.register("name")``. It never calls the pipeline; when it needs more than one
-prune/fine-tune round it uses the callbacks of :class:`PruneContext`.
+``@METHODS.register("name")``, which also sets its ``name``. It never calls the pipeline; when it
+needs more than one prune/fine-tune round it uses the callbacks of :class:`PruneContext`.
 
 Options: a method declares the keys of its config (``configs/method/<name>.yaml``) as a nested
 ``Options`` class (a :class:`MethodOptions`, see :mod:`prune_cli.options`) with their types,
@@ -19,8 +19,6 @@ before any work when a run starts (``prune_cli.schema``)::
 
     @METHODS.register("magnitude")
     class MagnitudePruning(Method):
-        name = "magnitude"
-
         class Options(MethodOptions):
             scope: OneOf("global", "layerwise") = "global"
             include_linear: Bool = False
@@ -203,6 +201,7 @@ class PruneContext:
 class Method(TrainHooks):
     """Base class: no-op hooks, a config, the ratio, and the run seed."""
 
+    #: The config name (``method=<name>``), set by ``@METHODS.register``.
     name: ClassVar[str] = "base"
     #: False for methods that do not prune (the baseline): the pipeline then skips fine-tuning.
     prunes: ClassVar[bool] = True

@@ -60,8 +60,6 @@ from prune_cli.pruning.schedules import WeightSteps
 
 @METHODS.register("double_pruning")
 class DoublePruning(Method):
-    name = "double_pruning"
-
     class Options(ChannelOptions, ScheduleOptions):
         """``configs/method/double_pruning.yaml``; ``mode`` applies to both stages."""
 

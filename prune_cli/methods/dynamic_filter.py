@@ -116,8 +116,6 @@ class ZhuOptions(Options):
 class DynamicFilter(Method):
     """Dynamic filter (or weight) pruning with feedback during training; see the module doc."""
 
-    name = "dynamic_filter"
-
     class Options(MethodOptions):
         """``configs/method/dynamic_filter.yaml`` (methods.md §7)."""
 

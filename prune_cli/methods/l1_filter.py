@@ -56,8 +56,6 @@ from prune_cli.pruning.sensitivity import read_layer_ratios
 
 @METHODS.register("l1_filter")
 class L1FilterPruning(Method):
-    name = "l1_filter"
-
     class Options(OwnRatio, ChannelOptions, ScheduleOptions):
         """``configs/method/l1_filter.yaml``."""
 

@@ -31,8 +31,6 @@ from prune_cli.pruning.sensitivity import read_layer_ratios
 
 @METHODS.register("magnitude")
 class MagnitudePruning(Method):
-    name = "magnitude"
-
     class Options(OwnRatio, ScheduleOptions):
         """``configs/method/magnitude.yaml``."""
 

@@ -58,8 +58,6 @@ from prune_cli.pruning.schedules import ChannelSteps
 
 @METHODS.register("network_slimming")
 class NetworkSlimming(Method):
-    name = "network_slimming"
-
     class Options(OwnRatio, ChannelOptions, ScheduleOptions):
         """``configs/method/network_slimming.yaml``."""
 

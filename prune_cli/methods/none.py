@@ -10,7 +10,6 @@ from prune_cli.methods.registry import METHODS
 
 @METHODS.register("none")
 class NoPruning(Method):
-    name = "none"
     prunes = False
     no_weight_reset = "it prunes nothing"
 

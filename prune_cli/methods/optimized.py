@@ -94,8 +94,6 @@ class SAOptions(Options):
 class OptimizedRetention(Method):
     """Keep the large weights plus the small weights a GA / PSO / SA finds useful (§8.2)."""
 
-    name = "optimized"
-
     class Options(OwnRatio):
         """``configs/method/optimized.yaml`` (methods.md §8.2)."""
 

@@ -38,8 +38,6 @@ GRANULARITIES = ("weight", "filter")
 
 @METHODS.register("random")
 class RandomPruning(Method):
-    name = "random"
-
     class Options(OwnRatio, ChannelOptions, ScheduleOptions):
         """``configs/method/random.yaml``: the pool and scope of ``magnitude`` (weights), or
         the groups, scope and guards of ``l1_filter`` (filters); the schedule (``gradual``:

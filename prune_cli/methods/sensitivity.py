@@ -45,7 +45,6 @@ from prune_cli.pruning.sensitivity import (
 
 @METHODS.register("sensitivity")
 class Sensitivity(Method):
-    name = "sensitivity"
     prunes: ClassVar[bool] = False
     produces_model: ClassVar[bool] = False
 

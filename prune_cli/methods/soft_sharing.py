@@ -46,8 +46,6 @@ from prune_cli.sharing import (
 
 @METHODS.register("soft_sharing")
 class SoftSharing(SharingMethod):
-    name = "soft_sharing"
-
     def __init__(self, cfg: MethodOptions | Mapping[str, Any], ratio: float, seed: int = 0) -> None:
         super().__init__(cfg, ratio, seed)
         self._kind = ""  # set by plans(): "cifar_resnet" or "shufflenet"

@@ -38,8 +38,6 @@ from prune_cli.sharing import COEFFICIENT_KINDS, BankPlan, is_shufflenet, shuffl
 
 @METHODS.register("template_reuse")
 class TemplateReuse(SharingMethod):
-    name = "template_reuse"
-
     class Options(SharingOptions):
         """``configs/method/template_reuse*.yaml``."""
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prune_cli.errors import ConfigError, ExportError
+from prune_cli.errors import ConfigError, ExportError, one_line
 from prune_cli.io import atomic_write_bytes
 
 FORMATS = ("torchscript", "onnx")
@@ -195,3 +195,31 @@ def export_model(
         path = stem.with_suffix(".onnx")
         written["onnx"] = str(export_onnx(model, path, input_size, data=onnx_data))
     return written
+
+
+def export_formats(
+    model: nn.Module,
+    stem: str | Path,
+    input_size: Sequence[int],
+    formats: Sequence[str],
+    onnx_data: bytes | None = None,
+) -> tuple[dict[str, str], list[str]]:
+    """:func:`export_model` one format at a time: ``({format: path} written, [why each other
+    format did not export])``. A format that does not export (:class:`ExportError`: the copy
+    computes other logits; or the exporter's own error) writes nothing; an ``OSError`` (a full
+    disk, no permission) is raised, as for a run's checkpoints."""
+    written: dict[str, str] = {}
+    errors: list[str] = []
+    for fmt in formats:
+        try:
+            written.update(export_model(model, stem, input_size, [fmt], onnx_data=onnx_data))
+        except OSError:
+            raise
+        except Exception as exc:  # no wrong copy is written
+            message = (
+                str(exc)
+                if isinstance(exc, ExportError)
+                else f"{fmt} export failed: {type(exc).__name__}: {one_line(exc)}"
+            )
+            errors.append(message)
+    return written, errors

@@ -2,92 +2,58 @@
 
 It knows stages, not methods: everything method-specific goes through the :class:`Method`
 interface (``prepare``, the training hooks, ``prune``) and the :class:`PruneContext` callbacks.
+The stages are thin; the work is done by:
 
-Run directory layout::
+- :mod:`prune_cli.schema`: the typed run plan (``validate``, before any data is read or model
+  built);
+- :mod:`prune_cli.trained`: dense training through the trained-model cache, and the figures
+  measured once per trained checkpoint;
+- :mod:`prune_cli.retrain`: fine-tuning, distillation, rewinding, from-scratch training;
+- :mod:`prune_cli.metrics` (:func:`~prune_cli.metrics.versus.dense_vs_final`: latency);
+- :mod:`prune_cli.record`: ``metrics.json``, the log lines, the trackers, the warnings (its
+  docstring has the run directory's layout).
 
-    .hydra/            resolved config, overrides (Hydra)
-    prune-run.log      the log (Hydra)
-    history.csv        one row per epoch of every training stage
-    checkpoints/       trained.pt, pruned.pt, final.pt, and per-epoch *_last.pt for resuming;
-                       final.safetensors + final.json, the portable copy (prune_cli.load_pruned)
-    metrics.json       written after every stage (status: running -> completed | failed)
-
-The first stage, ``validate``, checks the whole config against its schema
-(:mod:`prune_cli.schema`) before any data is read or model built. A failure in any stage is
-recorded in ``metrics.json`` (``status: failed``, ``error: "<Kind>: <one line>"``,
-``failed_stage``); expected failures of the machine (out of memory, disk full, permissions)
-are re-raised as the one-line :class:`~prune_cli.errors.UserError` that :func:`explain` gives.
+A failure in any stage is recorded in ``metrics.json`` (``status: failed``, ``error: "<Kind>:
+<one line>"``, ``failed_stage``); expected failures of the machine (out of memory, disk full,
+permissions) are re-raised as the one-line :class:`~prune_cli.errors.UserError` that
+:func:`explain` gives.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import logging
-import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from prune_cli import distributed
-from prune_cli.cache import (
-    RewindSaver,
-    TrainedCache,
-    cache_key,
-    file_sha256,
-    load_rewind_point,
-    rewind_point_path,
-    save_rewind_point,
-    saved_rewind_points,
-    training_payload,
-)
+from prune_cli.cache import file_sha256
 from prune_cli.data import build_dataset
 from prune_cli.engine import (
-    fit,
+    evaluate,
     load_checkpoint,
     resolve_device,
     save_checkpoint,
     seed_everything,
 )
-from prune_cli.engine.checkpoint import load_pretrained
-from prune_cli.engine.distill import Distiller
-from prune_cli.engine.hooks import CompositeHooks
-from prune_cli.engine.loop import FitResult, StageFiles, evaluate, write_history
-from prune_cli.engine.precision import resolve_precision
-from prune_cli.engine.settings import FitSettings, TrainOptions
-from prune_cli.errors import ExportError, UserError, explain, one_line
-from prune_cli.export import FORMATS, export_model, onnx_bytes
+from prune_cli.errors import explain, one_line
+from prune_cli.export import FORMATS, export_formats, onnx_bytes
 from prune_cli.methods import PruneContext, build_method
-from prune_cli.metrics.deploy import onnxruntime_latency
-from prune_cli.metrics.expected import check_expected_accuracy
-from prune_cli.metrics.figures import log_line
-from prune_cli.metrics.latency import compare_latency, latency_setting, measure_latency
-from prune_cli.metrics.report import (
-    netscore_units,
-    relative_to_dense,
-    stage_metrics,
-    write_metrics_json,
-)
-from prune_cli.models import build_model, build_skeleton, weights_warnings
-from prune_cli.models.base import key_map_of
-from prune_cli.models.traits import stem_and_classifier
+from prune_cli.metrics.report import netscore_units, relative_to_dense, stage_metrics
+from prune_cli.metrics.versus import dense_vs_final
 from prune_cli.portable import describe, save_portable
-from prune_cli.pruning import MaskHold, rate_check
-from prune_cli.retrain import (
-    load_start_weights,
-    scratch_seed,
-    scratch_steps,
-    stage_settings,
-)
+from prune_cli.record import RunFiles, RunRecord, completed_before
+from prune_cli.retrain import Retrainer
+from prune_cli.run_models import RunModels, launch_dir
 from prune_cli.schema import RunPlan, validate_config
-from prune_cli.tracking import RunInfo, Trackers, build_trackers
+from prune_cli.tracking import RunInfo
+from prune_cli.trained import CachedTraining
 
 log = logging.getLogger("prune_cli")
 #: Set by a launcher that ran the job otherwise than asked (hydra_plugins/prune_cli_launchers).
@@ -103,10 +69,6 @@ def _peek(cfg: DictConfig | RunPlan, key: str) -> Any:
         return OmegaConf.select(cfg, key)
     except Exception:  # any OmegaConf error: the check comes in validate()
         return None
-
-
-#: How far an achieved pruning rate may be from the one asked for before the run says so.
-RATE_TOLERANCE = 0.01
 
 
 class Pipeline:
@@ -130,63 +92,40 @@ class Pipeline:
         self.cfg = cfg
         self.plan: RunPlan
         self.run_dir = Path(run_dir)
-        self.ckpt_dir = self.run_dir / "checkpoints"
-        self.history_csv = self.run_dir / "history.csv"
-        self.metrics_path = self.run_dir / "metrics.json"
+        self.files = RunFiles(self.run_dir)
         self.stage: str | None = None
         # Taken as typed only in validate(), so that a bad value is recorded in metrics.json too.
-        self.resume = False
-        self.ratio = _peek(cfg, "ratio")
         self.seed = _peek(cfg, "seed")
-        self.metrics: dict[str, Any] = {
+        metrics: dict[str, Any] = {
             "status": "running",
             "error": None,
             "model": str(_peek(cfg, "model.name")),
             "dataset": str(_peek(cfg, "dataset.name")),
             "method": str(_peek(cfg, "method.name")),
-            "ratio": self.ratio,
+            "ratio": _peek(cfg, "ratio"),
             "seed": self.seed,
             "run_dir": str(self.run_dir),
             "netscore_units": None,
             "stages": [],
             "timings": {},
         }
-        self._inner_fit_seconds = 0.0  # fine-tuning done inside prune(), timed as its own stage
-        self.trackers: Trackers | None = None  # logger=: TensorBoard, MLflow, W&B (tracking.py)
-        # The trained checkpoint of each training stage ("train", "dense_reference"): the
-        # figures measured on the model as trained are cached beside it (TrainedCache.figures).
-        self.trained_at: dict[str, Path] = {}
+        self.recorder = RunRecord(self.files.metrics_path, metrics)
         self.dense_checkpoint: Path | None = None  # the dense reference's, when trained here
-        self.fitted: dict[str, FitResult] = {}  # the training stages run here (not from cache)
         self.final_onnx: bytes | None = None  # the final model's ONNX graph, once made
 
-    # ------------------------------------------------------------------ helpers
-    def _save_metrics(self) -> None:
-        if getattr(self, "data", None) is not None:  # unreadable files skipped so far
-            self.metrics["data"] = self.data.bad_files.summary()
-        write_metrics_json(self.metrics_path, self.metrics)
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The run's ``metrics.json`` content."""
+        return self.recorder.metrics
 
-    def _timed(self, stage: str, seconds: float) -> None:
-        self.metrics["timings"][stage] = round(self.metrics["timings"].get(stage, 0) + seconds, 3)
-
-    def _eval_batch_size(self) -> int:
-        return self.plan.train.eval_batch_size
-
-    def _eval_precision(self) -> str:
-        return self.plan.metrics.precision
+    def warn(self, message: str) -> None:
+        self.recorder.warn(message)
 
     def _test_eval(self, model: nn.Module) -> dict[str, float]:
-        loader = self.data.loader("test", self._eval_batch_size(), train=False, device=self.device)
-        return evaluate(model, loader, self.device, precision=self._eval_precision()).as_dict()
-
-    def _stage_settings(self, options: TrainOptions) -> FitSettings:
-        """The settings of a stage trained with ``options``, with the evaluations' precision."""
-        return FitSettings.of(options, eval_precision=self._eval_precision())
-
-    def _fit_notes(self, result: FitResult) -> None:
-        """What a training stage did otherwise than asked goes to the run's warnings."""
-        for note in result.notes:
-            self.warn(note)
+        loader = self.data.loader(
+            "test", self.plan.train.eval_batch_size, train=False, device=self.device
+        )
+        return evaluate(model, loader, self.device, precision=self.plan.metrics.precision).as_dict()
 
     def record(
         self,
@@ -200,45 +139,24 @@ class Pipeline:
         if evaluation is None:
             evaluation = self._test_eval(model)
         figures = stage_metrics(model, evaluation, self.input_size, self.units, per_layer=per_layer)
-        self.metrics[stage] = figures
-        if stage not in self.metrics["stages"]:
-            self.metrics["stages"].append(stage)
-        self._save_metrics()
-        if self.trackers is not None:
-            self.trackers.log_stage(stage, figures)
-        log.info("%s", log_line(stage, figures))
-        return figures
-
-    def _fit_summary(self, result: FitResult, model: nn.Module, epochs: int) -> dict[str, Any]:
-        """Final and best-epoch accuracy of a training stage; best is chosen on val when present."""
-        summary: dict[str, Any] = {
-            "epochs": epochs,
-            **({"numerics": result.numerics} if result.numerics else {}),
-            "selected_on": result.select_split,
-            "best_epoch": result.best_epoch,
-            "best_top1_selection": result.best_top1,
-            "seconds": round(result.seconds, 3),
-        }
-        if result.best_path is not None and result.select_split != "test":
-            best = copy.deepcopy(model)
-            best.load_state_dict(load_checkpoint(result.best_path, self.device)["model"])
-            summary["best_top1_test"] = round(self._test_eval(best)["top1"], 4)
-        elif result.best_top1 is not None:
-            summary["best_top1_test"] = round(result.best_top1, 4)
-        return summary
+        return self.recorder.stage(stage, figures)
 
     # ------------------------------------------------------------------ stages
     def validate(self) -> None:
-        """Check the whole config (:mod:`prune_cli.schema`) and go on with its typed values."""
+        """Check the whole config (:mod:`prune_cli.schema`) and go on with its typed plan."""
         self._record_launcher()  # first: a run that fails validation still says where it ran
         self.plan = plan = validate_config(self.cfg)
-        self.resume = plan.resume
-        self.ratio = self.metrics["ratio"] = plan.ratio
+        self.files = RunFiles(self.run_dir, plan.resume)
+        self.metrics["ratio"] = plan.ratio
         self.seed = self.metrics["seed"] = plan.seed
         self.units = plan.metrics.netscore.model_dump()
         self.metrics["netscore_units"] = netscore_units(self.units)
         if distributed.is_main():
-            self._start_tracking()
+            tags = {
+                k: str(self.metrics[k]) for k in ("model", "dataset", "method", "ratio", "seed")
+            }
+            run = RunInfo(self.run_dir, launch_dir(), plan.resolved, tags)
+            self.recorder.start_tracking(plan.resolved["logger"], run)
 
     def _record_launcher(self) -> None:
         """Which GPUs a launcher gave this run (``hydra/launcher=gpu_pool`` sets one per job),
@@ -250,668 +168,172 @@ class Pipeline:
         if note:
             self.warn(note)
 
-    def _start_tracking(self) -> None:
-        """Open the trackers of ``logger=`` and log the config; ``metrics.json`` follows how
-        they fare under ``tracking`` (the same dict, updated as they go)."""
-        self.trackers = build_trackers(self.plan.resolved["logger"])
-        self.metrics["tracking"] = self.trackers.records
-        tags = {k: str(self.metrics[k]) for k in ("model", "dataset", "method", "ratio", "seed")}
-        run = RunInfo(self.run_dir, Path(_original_cwd()), self.plan.resolved, tags)
-        self.trackers.start(run)
-
-    def _log_epoch(self, row: dict[str, Any]) -> None:
-        if self.trackers is not None:
-            self.trackers.log_epoch(str(row["stage"]), row)
-
     def setup(self) -> None:
         plan = self.plan
         self.device = resolve_device(plan.device)
         seed_everything(self.seed, plan.deterministic)
         self.method = build_method(plan)
-        self._hold_out_for_method()
+        self.plan, holdout = plan.held_out_for(self.method)
         self.data = build_dataset(self.plan.dataset)
-        self._data_notes()
+        self.recorder.data_read(self.data, holdout)
         self.input_size = (self.data.in_channels, self.data.image_size, self.data.image_size)
-        self.model_name = plan.model.name
-        self.model_options = plan.model_options
-        model = self._build_plain_model()
-        self.model = self.method.prepare(model).to(self.device)
+        self.models = RunModels(self.plan, self.data, self.device, self.warn)
+        self.model = self.method.prepare(self.models.fresh()).to(self.device)
         self.metrics["device"] = str(self.device)
         self.metrics["method_config"] = plan.resolved["method"]
-        self.cache = TrainedCache(plan.cache.enabled, Path(plan.cache.dir))
-
-    def _hold_out_for_method(self) -> None:
-        """A method that decides on held-out images (``optimized``'s fitness, ``sensitivity``'s
-        layer evaluations) gets a validation split carved from train (seeded, stratified:
-        ``dataset.val_size``) when the dataset has none configured; training then never sees
-        those images, and the run records it."""
-        wanted = self.method.holdout_size()
-        if not wanted or self.plan.dataset.val_size:
-            return
-        self.plan = self.plan.with_val_size(wanted)
-        self.metrics["data_holdout"] = {
-            "val_size": wanted,
-            "why": f"method {self.method.name!r} decides on images held out of training",
-        }
-        log.info(
-            "%s: %s training images held out as the validation split (dataset.val_size)",
-            self.method.name,
-            wanted,
+        self.training = CachedTraining(
+            self.plan, self.data, self.device, self.recorder, self.files, self._test_eval
         )
-
-    def _data_notes(self) -> None:
-        """What building the data did otherwise than asked goes to the warnings; a split held
-        out for the method is recorded with its size (or as the dataset's own, when it has
-        one: then nothing was held out)."""
-        holdout = self.metrics.get("data_holdout")
-        if holdout is not None and self.data.has_split("val"):
-            holdout["val_images"] = len(self.data.splits["val"])
-            if self.data.notes:  # the dataset's own validation split: nothing held out
-                holdout.update(val_size=0, used="the dataset's own validation split")
-                return
-        for note in self.data.notes:
-            self.warn(note)
-
-    def _build_plain_model(self, seed: int | None = None) -> nn.Module:
-        """The configured architecture, freshly initialised from the run seed (the same seed
-        gives the same initial weights whatever the method), or from ``seed``; layers that did
-        not get the library weights asked for (``model.weights``) are warnings."""
-        torch.manual_seed(self.seed if seed is None else seed)
-        model = build_model(
-            self.model_name,
-            num_classes=self.data.num_classes,
-            in_channels=self.data.in_channels,
-            image_size=self.data.image_size,
-            **self.model_options,
-        )
-        for message in weights_warnings(model):
-            self.warn(message)
-        return model
-
-    def _pretrained_path(self) -> Path | None:
-        if not self.plan.pretrained:
-            return None
-        path = Path(self.plan.pretrained).expanduser()
-        return Path(os.path.normpath(path if path.is_absolute() else Path(_original_cwd()) / path))
-
-    def _load_pretrained(self, model: nn.Module, path: Path, map_state: Any = None) -> dict:
-        """Load ``pretrained=`` into ``model``; a file in another code base's layout is mapped
-        with the model family's declared key map, against the plain architecture's keys (a
-        method may have re-parameterised ``model``: ``map_state`` maps onto that)."""
-        plain = None
-        if map_state is not None:
-            plain = build_skeleton(
-                self.model_name,
-                num_classes=self.data.num_classes,
-                in_channels=self.data.in_channels,
-                image_size=self.data.image_size,
-                **self.model_options,
-            ).state_dict()
-        loaded = load_pretrained(
-            model,
-            path,
-            expect_arch=self.model_name,
-            map_location=self.device,
-            map_state=map_state,
-            replaceable=stem_and_classifier(model, self.data.num_classes),
-            key_map=key_map_of(self.model_name),
-            plain_keys=plain,
-        )
-        for role, layer in loaded.get("pretrained_weights", {}).get("replaced", {}).items():
-            self.warn(
-                f"pretrained: the {role} {layer['layer']} does not fit the file and keeps its "
-                f"fresh initialisation ({layer['reason']})"
-            )
-        return loaded
 
     def train(self) -> None:
         """Dense training, shared through the cache, or loading ``pretrained``.
 
-        With ``pretrained=`` training is skipped, except for methods that prune *during*
-        training (``trains_from_pretrained``: dynamic_filter), whose training then starts from
-        the pretrained weights (keyed in the cache by the file's digest).
+        With ``pretrained=`` training is skipped, except for methods whose training is part of
+        the method (``trains_from_pretrained``: DPF, the sparsity training of slimming), whose
+        training then starts from the pretrained weights (keyed in the cache by its digest).
         """
         tic = time.perf_counter()
-        pretrained = self._pretrained_path()
+        pretrained, method = self.models.pretrained_path(), self.method
         if pretrained is None:
-            self.metrics["train"] = self._train_or_load(self.model, self.method)
+            summary = self.training.train_or_load(self.model, method, method.training_signature())
         else:
-            loaded = self._load_pretrained(
-                self.model,
-                pretrained,
-                map_state=lambda state: self.method.pretrained_state(self.model, state),
-            )
-            if self.method.trains_from_pretrained:
+            mapped = lambda state: method.pretrained_state(self.model, state)  # noqa: E731
+            summary = loaded = self.models.load_pretrained(self.model, pretrained, map_state=mapped)
+            if method.trains_from_pretrained:
                 start = {"pretrained": str(pretrained), "sha256": file_sha256(pretrained)}
-                trained = self._train_or_load(self.model, self.method, start=start)
-                what = f"{self.method.baseline_kind(True)}, from the pretrained weights (train.*)"
-                self.metrics["train"] = {**trained, "training": what, "started_from": loaded}
-                log.info("%s trains from the pretrained weights %s", self.method.name, pretrained)
-            else:
-                self.metrics["train"] = loaded
-        self._timed("train", time.perf_counter() - tic)
+                trained = self.training.train_or_load(
+                    self.model, method, method.training_signature(), start=start
+                )
+                what = f"{method.baseline_kind(True)}, from the pretrained weights (train.*)"
+                summary = {**trained, "training": what, "started_from": loaded}
+                log.info("%s trains from the pretrained weights %s", method.name, pretrained)
+        self.metrics["train"] = summary
+        self.recorder.timed("train", time.perf_counter() - tic)
         self.baseline_model = copy.deepcopy(self.model)
-        evaluation = self._trained_test_eval(self.model, self.trained_at.get("train"), "train")
+        evaluation = self.training.test_evaluation(self.model, "train")
         self.record("baseline", self.model, evaluation=evaluation)
 
-    def _trained_figures(
-        self,
-        model: nn.Module,
-        checkpoint: Path | None,
-        key: Mapping[str, Any],
-        compute: Callable[[], Mapping[str, Any]],
-    ) -> tuple[dict[str, Any], str]:
-        """Figures of ``model`` as trained into ``checkpoint``, computed once per checkpoint
-        and ``key`` (:meth:`TrainedCache.figures`: every job of a sweep reuses them) when there
-        is a checkpoint and ``cache.figures`` is on. The key also names the model's structure
-        (a method's re-parameterisation of the same weights is another measurement). Returns
-        the figures and where they came from: ``cached`` or ``measured``."""
-        if checkpoint is None or not self.plan.cache.figures:
-            return dict(compute()), "measured"
-        full = {**key, "module": cache_key({"repr": repr(model)})}
-        got = self.cache.figures(checkpoint, full, compute)
-        return got.values, "cached" if got.cached else "measured"
-
-    def _trained_test_eval(
-        self, model: nn.Module, checkpoint: Path | None, stage: str
-    ) -> dict[str, float]:
-        """The test evaluation of ``model`` as trained into ``checkpoint`` by the training
-        ``stage``: once per checkpoint and evaluation setting."""
-        key = {
-            "kind": "test_eval",
-            "split": "test",
-            "batch_size": self._eval_batch_size(),
-            "device": self.device.type,
-            "world_size": distributed.world_size(),
-        }
-        # Trained here and evaluated on the test split after its last epoch, as evaluating
-        # again would do it on the same weights: the same figures, an evaluation sooner.
-        fitted = self.fitted.get(stage)
-        key["precision"] = self._eval_precision()
-        same = (
-            fitted is not None
-            and fitted.select_split == "test"
-            and fitted.eval_batch_size == key["batch_size"]
-            and fitted.eval_precision == key["precision"]
-        )
-        last = fitted.last_eval if same else None
-
-        def compute() -> dict[str, float]:
-            return last.as_dict() if last is not None else self._test_eval(model)
-
-        values, source = self._trained_figures(model, checkpoint, key, compute)
-        if source == "cached":
-            log.info("test evaluation of %s reused from the trained-model cache", checkpoint)
-        return values
-
-    def _train_or_load(
-        self,
-        model: nn.Module,
-        hooks: Any,
-        *,
-        method_training: dict[str, Any] | None = None,
-        stage: str = "train",
-        filename: str = "trained.pt",
-        start: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Train ``model`` (with the training ``hooks``) through the trained-model cache
-        (:mod:`prune_cli.cache`); ``method_training`` defaults to the method's signature."""
-        plan = self.plan
-        signature = self.method.training_signature() if method_training is None else method_training
-        if stage == "train" and plan.finetune.rewind_epoch is not None:
-            # The epoch-K weights are saved only while training: a run that needs them trains
-            # its own cache entry (the same dense training, keyed apart), so a sweep over
-            # finetune.rewind=none,epoch:K never finds an entry trained without them.
-            signature = {**signature, "rewind_epochs": [plan.finetune.rewind_epoch]}
-        train = dict(plan.resolved["train"])
-        # ``auto`` names what this machine does natively: the key holds what training used.
-        train["precision"] = resolve_precision(plan.train.precision, self.device).name
-        payload = training_payload(
-            model=plan.resolved["model"],
-            dataset=plan.resolved["dataset"],
-            train=train,
-            seed=self.seed,
-            deterministic=plan.deterministic,
-            method_training=signature if start is None else {**signature, "start": start},
-            device_type=self.device.type,
-        )
-        cache = self.cache
-        run = StageFiles(stage, self.ckpt_dir, self.history_csv, self.resume)
-        label = f"{self.model_name}_{plan.dataset.name}"
-        trained = cache.train_or_load(
-            model,
-            payload,
-            run,
-            label=label,
-            arch=self.model_name,
-            device=self.device,
-            train=lambda files: self._train_dense(model, hooks, files),
-            filename=filename,
-        )
-        write_history(self.history_csv, stage, trained.history)
-        if trained.summary.get("from_cache"):  # the curves of the training that made the entry
-            for row in trained.history:
-                self._log_epoch({**row, "stage": stage})
-        self.trained_at[stage] = trained.checkpoint
-        if stage == "train":  # where the training's rewind points are (finetune.rewind)
-            self.rewind_dir = cache.entry(label, payload) if cache.enabled else self.ckpt_dir
-            self._check_rewind_point()
-        return trained.summary
-
-    def _check_rewind_point(self) -> None:
-        """The rewind point ``finetune.rewind`` asks for must have been saved when the trained
-        model was: an entry trained before (or by a run that asked for another epoch) lacks it,
-        and the run stops here rather than rewind to something else."""
-        point = self.plan.finetune.rewind_point
-        if point is None or rewind_point_path(self.rewind_dir, point).is_file():
-            return
-        saved = ", ".join(saved_rewind_points(self.rewind_dir)) or "none"
-        raise UserError(
-            f"finetune.rewind={point}: the trained model in {self.rewind_dir} has no saved "
-            f"{point} weights (saved there: {saved}; it was trained before rewind points were "
-            "kept); delete that directory, or set cache.dir to another one, to train it again"
-        )
-
-    def _train_dense(
-        self, model: nn.Module, hooks: Any, files: StageFiles
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Train ``model`` with the ``train`` settings and the given training hooks; the
-        weights it starts from (and those after epoch K for ``finetune.rewind=epoch:K``) are
-        kept beside the trained model as rewind points (:mod:`prune_cli.cache`)."""
-        settings = self._stage_settings(self.plan.train)
-        if not (files.resume and files.last.is_file()):  # a resumed one saved its start before
-            save_rewind_point(files.ckpt_dir, "init", model)
-        rewind_epoch = self.plan.finetune.rewind_epoch
-        if files.stage == "train" and rewind_epoch is not None:
-            hooks = CompositeHooks([hooks, RewindSaver(files.ckpt_dir, [rewind_epoch])])
-        result = fit(
-            model,
-            self.data,
-            settings,
-            device=self.device,
-            files=dataclasses.replace(files, on_epoch=self._log_epoch),
-            hooks=hooks,
-            seed=self.seed,
-        )
-        self.fitted[files.stage] = result
-        self._fit_notes(result)
-        return self._fit_summary(result, model, settings.epochs), result.history
-
     def dense_reference(self) -> None:
-        """The dense reference (design.md "Baselines"): the plain dense model of this training
-        setup, the yardstick of every run. When the method does not change training, it is the
-        baseline itself; otherwise (sparsity training, dynamic masks, sharing) the plain model is
-        trained through the cache (shared with ``method=none`` and every method that trains
-        plainly, so a sweep trains it once) or, with ``pretrained=``, loaded from the file.
+        """The dense reference: the plain dense model of this training setup, the yardstick of
+        every run. When the method does not change training, it is the baseline itself;
+        otherwise (sparsity training, dynamic masks, sharing) the plain model is trained
+        through the cache (shared with ``method=none`` and every method that trains plainly,
+        so a sweep trains it once) or, with ``pretrained=``, loaded from the file.
         ``baseline_kind`` says what the ``baseline`` stage is."""
         tic = time.perf_counter()
-        pretrained = self._pretrained_path()
+        pretrained = self.models.pretrained_path()
         trained = pretrained is None or self.method.trains_from_pretrained
-        kind = self.method.baseline_kind(trained)
-        self.metrics["baseline_kind"] = kind
+        kind = self.metrics["baseline_kind"] = self.method.baseline_kind(trained)
         if kind == "dense":
             self.dense_model = self.baseline_model
-            self.dense_checkpoint = self.trained_at.get("train")
-            self.metrics["dense_reference"] = {**self.metrics["baseline"], "source": "baseline"}
+            self.dense_checkpoint = self.training.trained_at.get("train")
             self.metrics["stages"].insert(1, "dense_reference")
-            self._save_metrics()
-            if self.trackers is not None:
-                self.trackers.log_stage("dense_reference", self.metrics["dense_reference"])
+            self.recorder.stage(
+                "dense_reference", {**self.metrics["baseline"], "source": "baseline"}
+            )
         else:
-            model = self._build_plain_model().to(self.device)
+            self.dense_model = model = self.models.fresh().to(self.device)
             if pretrained is not None:
-                self._load_pretrained(model, pretrained)
+                self.models.load_pretrained(model, pretrained)
                 source = f"pretrained: {pretrained}"
             else:
-                summary = self._train_or_load(
-                    model,
-                    None,
-                    method_training={},
-                    stage="dense_reference",
-                    filename="dense_reference.pt",
+                summary = self.training.train_or_load(
+                    model, None, {}, stage="dense_reference", filename="dense_reference.pt"
                 )
                 self.metrics["dense_reference_train"] = summary
                 source = "trained plainly" + (" (cache)" if summary.get("cache_entry") else "")
-            self.dense_model = model
-            self.dense_checkpoint = self.trained_at.get("dense_reference")
-            evaluation = self._trained_test_eval(model, self.dense_checkpoint, "dense_reference")
-            self.record("dense_reference", model, evaluation=evaluation)
-            self.metrics["dense_reference"]["source"] = source
-            self._save_metrics()
-        if pretrained is not None:
-            self._check_expected_accuracy()
-        self._timed("dense_reference", time.perf_counter() - tic)
-
-    def _check_expected_accuracy(self) -> None:
-        """The pretrained dense model against its published top-1 (``weights.top1``, set by a
-        ``weights=`` config or by hand): recorded as ``metrics.json`` ``weights``, and a gap
-        beyond ``weights.tolerance`` is a warning (:mod:`prune_cli.metrics.expected`)."""
-        weights = self.plan.weights.model_dump() if self.plan.weights is not None else {}
-        if weights.get("top1") is None:
-            return
-        record, warning = check_expected_accuracy(
-            weights,
-            float(self.metrics["dense_reference"]["top1"]),
-            len(self.data.splits["test"]),
-        )
-        self.metrics["weights"] = record
-        if warning is not None:
-            self.warn(warning)
-        else:
-            self._save_metrics()
+            self.dense_checkpoint = self.training.trained_at.get("dense_reference")
+            evaluation = self.training.test_evaluation(model, "dense_reference")
+            self.record("dense_reference", model, evaluation=evaluation)["source"] = source
+            self.recorder.save()
+        if pretrained is not None and self.plan.weights is not None:
+            weights = self.plan.weights.model_dump()
+            self.recorder.expected_accuracy(weights, len(self.data.splits["test"]))
+        self.recorder.timed("dense_reference", time.perf_counter() - tic)
 
     def prune(self) -> None:
         tic = time.perf_counter()
-        self._inner_fit_seconds = 0.0
-        pruned_path = self.ckpt_dir / "pruned.pt"
+        self.retrainer = retrainer = Retrainer(
+            self.plan,
+            self.data,
+            self.device,
+            self.recorder,
+            self.files,
+            self._test_eval,
+            dense=self.dense_model,
+            baseline=self.baseline_model,
+            rewind_dir=self.training.rewind_dir,
+            fresh_model=lambda seed: self.models.fresh(seed).to(self.device),
+        )
         ctx = PruneContext(
             data=self.data,
             device=self.device,
             seed=self.seed,
             input_size=self.input_size,
-            finetune=self._finetune_callback,
-            retrain=self._retrain_round,
+            finetune=retrainer.finetune,
+            retrain=retrainer.retrain_round,
             record=self.record,
             latency=self.plan.metrics.latency.enabled,
             run_dir=self.run_dir,
         )
-        if self.resume and pruned_path.is_file():
+        pruned_path = self.files.ckpt_dir / "pruned.pt"
+        if self.files.resume and pruned_path.is_file():
             ckpt = load_checkpoint(pruned_path, self.device)
             self.model = self.method.restore(self.model, ckpt, str(pruned_path)).to(self.device)
             self.masks = dict(ckpt.get("masks", {}))
             self.metrics["prune_info"] = ckpt.get("info", {})
-            self._check_prune_info(self.metrics["prune_info"])
             log.info("pruned model loaded from %s (resume)", pruned_path)
-        elif not self.method.produces_model:  # an analysis (sensitivity): no pruned model
-            result = self.method.prune(self.model, ctx)
-            self.masks = {}
-            self.metrics["analysis"] = result.info.get("analysis", self.method.name)
-            self.metrics[self.metrics["analysis"]] = result.info
-            self._timed("prune", time.perf_counter() - tic)
-            return
         else:
             result = self.method.prune(self.model, ctx)
+            if not self.method.produces_model:  # an analysis (sensitivity): no pruned model
+                self.masks = {}
+                self.metrics["analysis"] = analysis = result.info.get("analysis", self.method.name)
+                self.metrics[analysis] = result.info
+                self.recorder.timed("prune", time.perf_counter() - tic)
+                return
             self.model, self.masks = result.model.to(self.device), result.masks
             self.metrics["prune_info"] = result.info
-            self._check_prune_info(result.info)
-            save_checkpoint(
-                pruned_path,
-                {
-                    "model": self.model.state_dict(),
-                    "masks": self.masks,
-                    "arch": self.model_name,
-                    "info": result.info,
-                },
-            )
+            self._save_model(pruned_path, result.info)
+        self.recorder.check_prune_info(self.metrics["prune_info"], self.method.name)
         # A method's inner fine-tunes (double_pruning's slimmed_finetuned) are timed as their own
         # stages; timings.prune is the pruning work alone.
-        self._timed("prune", time.perf_counter() - tic - self._inner_fit_seconds)
+        self.recorder.timed("prune", time.perf_counter() - tic - retrainer.inner_seconds)
         if "schedule" in self.metrics["prune_info"]:
             self.metrics["schedule"] = self.metrics["prune_info"]["schedule"]
         tic = time.perf_counter()
         self.record("pruned", self.model)
-        self._timed("evaluate_pruned", time.perf_counter() - tic)
+        self.recorder.timed("evaluate_pruned", time.perf_counter() - tic)
 
-    def warn(self, message: str) -> None:
-        """A run that does something other than asked says so, in the log and in
-        ``metrics.json`` (``warnings``), which the report shows."""
-        log.warning(message)
-        warnings = self.metrics.setdefault("warnings", [])
-        if message not in warnings:
-            warnings.append(message)
-        self._save_metrics()
-
-    def _check_prune_info(self, info: Mapping[str, Any]) -> None:
-        """The method's own warnings, and every rate it achieved more than
-        :data:`RATE_TOLERANCE` (or one counted unit, if larger) away from the rate asked for
-        (``prune_info.rates``)."""
-        for message in info.get("warnings") or []:
-            self.warn(message)
-        for what, rate in (info.get("rates") or {}).items():
-            gap = float(rate["achieved"]) - float(rate["target"])
-            # one unit of what is counted may be more than a point (a layer of 24 filters)
-            tolerance = max(RATE_TOLERANCE, 1.0 / max(1, int(rate.get("total") or 1)))
-            if abs(gap) > tolerance:
-                self.warn(
-                    f"{self.method.name}: {what} pruned {rate['achieved']:.4f}, not the "
-                    f"{rate['target']:.4f} asked for ({100 * gap:+.1f} points)"
-                )
-
-    def _finetune_callback(
-        self,
-        model: nn.Module,
-        masks: Mapping[str, torch.Tensor],
-        stage: str,
-        epochs: int | None = None,
-    ) -> nn.Module:
-        tic = time.perf_counter()
-        self._fit_stage(model, masks, stage, epochs)
-        self._inner_fit_seconds += time.perf_counter() - tic
-        return model
-
-    def _retrain_round(
-        self,
-        model: nn.Module,
-        masks: Mapping[str, torch.Tensor],
-        stage: str,
-        info: Mapping[str, Any],
-    ) -> nn.Module:
-        """Between the rounds of an iterative schedule, the pruned model is retrained as the
-        fine-tune stage retrains it: rewound to ``finetune.rewind``'s weights and retrained
-        with ``train.*`` (Frankle & Carbin's iterative pruning with rewinding), with the
-        learning rate rewound (``lr``), or fine-tuned with ``finetune.*`` (also with
-        ``finetune.from_scratch``, which trains the final architecture only). ``info``: how
-        the round's model was cut from the dense one."""
-        plan = self.plan.finetune
-        if plan.from_scratch != "none" or not plan.uses_train_recipe:
-            return self._finetune_callback(model, masks, stage)
-        tic = time.perf_counter()
-        settings = stage_settings(plan, self.plan.train, self._eval_precision())
-        record = self._rewind(model, masks, info, settings)
-        self._fit_stage(model, masks, stage, settings=settings)
-        self.metrics[stage].update(record)
-        self._inner_fit_seconds += time.perf_counter() - tic
-        return model
-
-    def _rewind(
-        self,
-        model: nn.Module,
-        masks: Mapping[str, torch.Tensor],
-        info: Mapping[str, Any],
-        settings: FitSettings,
-    ) -> dict[str, Any]:
-        """Rewind ``model`` (cut from the dense one as ``info`` says, holding ``masks``) to the
-        weights ``finetune.rewind`` names, or keep its weights for learning-rate rewinding;
-        returns what ``metrics.json`` records."""
-        plan = self.plan.finetune
-        first = settings.schedule_start
-        schedule = f"train.* schedule, epochs {first + 1}..{first + settings.epochs}"
-        if plan.rewind_point is None:  # lr: the weights stay, the learning rate goes back
-            return {"rewind": {"to": "lr", "weights": "trained (kept)", "schedule": schedule}}
-        state = load_rewind_point(self.rewind_dir, plan.rewind_point, self.device)
-        load_start_weights(model, self.baseline_model, state, info, masks)
-        source = rewind_point_path(self.rewind_dir, plan.rewind_point)
-        return {"rewind": {"to": plan.rewind, "source": str(source), "schedule": schedule}}
-
-    def _fit_stage(
-        self,
-        model: nn.Module,
-        masks: Mapping[str, torch.Tensor],
-        stage: str,
-        epochs: int | None = None,
-        settings: FitSettings | None = None,
-        hooks: Any = None,
-    ) -> FitResult:
-        """Fine-tune with the ``finetune`` settings (or ``settings``; ``epochs`` overrides),
-        holding ``masks`` (or with ``hooks`` that hold masks of their own: a gradual
-        schedule's), distilling from the dense reference when ``finetune.kd.alpha > 0``."""
-        if settings is None:
-            settings = self._stage_settings(self.plan.finetune)
-        if epochs is not None:
-            settings = settings.replace(epochs=epochs)
-        tic = time.perf_counter()
-        files = StageFiles(
-            stage,
-            self.ckpt_dir,
-            self.history_csv,
-            self.resume,
-            {"masks": dict(masks)},
-            on_epoch=self._log_epoch,
-        )
-        result = fit(
-            model,
-            self.data,
-            settings,
-            device=self.device,
-            files=files,
-            hooks=hooks if hooks is not None else (MaskHold(model, masks) if masks else None),
-            seed=self.seed + 1,
-            criterion=self._distiller(),
-        )
-        self._fit_notes(result)
-        self.metrics[stage] = self._fit_summary(result, model, settings.epochs)
-        if self.plan.finetune.distills:
-            self.metrics[stage]["kd"] = self._kd_record()
-        self._timed(stage, time.perf_counter() - tic)
-        return result
-
-    def _skip(self, stage: str, reason: str) -> None:
-        """A stage that does not apply to this run, recorded with its reason."""
-        self.metrics.setdefault("skipped_stages", {})[stage] = reason
-        log.info("%s skipped: %s", stage, reason)
-        self._save_metrics()
-
-    def _distiller(self) -> Distiller | None:
-        """Distillation from the dense reference (``finetune.kd``), or None when it is off.
-        The teacher is the dense reference of this run, loaded or trained once through the
-        cache in the ``dense_reference`` stage; it is only evaluated here."""
-        kd = self.plan.finetune.kd
-        if kd.alpha <= 0:
-            return None
-        return Distiller(self.dense_model, kd.alpha, kd.temperature)
-
-    def _kd_record(self) -> dict[str, Any]:
-        reference = self.metrics.get("dense_reference", {})
-        return {
-            "alpha": self.plan.finetune.kd.alpha,
-            "temperature": self.plan.finetune.kd.temperature,
-            "teacher": "dense_reference",
-            "teacher_source": reference.get("source"),
-            "teacher_top1": reference.get("top1"),
-        }
-
-    def _reset_weights(self, settings: FitSettings) -> tuple[FitSettings, dict[str, Any]]:
-        """Before the fine-tune stage: rewind the pruned model's weights (``finetune.rewind``)
-        or re-initialise them (``finetune.from_scratch``), as :mod:`prune_cli.retrain` says;
-        for Scratch-B, set the step budget. Returns the stage's settings and what
-        ``metrics.json`` records under ``finetune`` (empty for plain fine-tuning)."""
-        plan, info = self.plan.finetune, self.metrics.get("prune_info", {})
-        total = self.plan.train.epochs
-        if plan.rewind != "none":
-            return settings, self._rewind(self.model, self.masks, info, settings)
-        if plan.from_scratch == "none":
-            return settings, {}
-        seed = scratch_seed(self.seed)
-        fresh = self._build_plain_model(seed).to(self.device)
-        load_start_weights(self.model, self.baseline_model, fresh.state_dict(), info, self.masks)
-        record: dict[str, Any] = {"mode": plan.from_scratch, "init_seed": seed}
-        if plan.from_scratch == "same_budget":
-            steps_per_epoch = len(
-                self.data.loader(
-                    "train",
-                    settings.batch_size,
-                    train=True,
-                    device=self.device,
-                    seed=self.seed + 1,
-                    drop_last=False,
-                )
-            )
-            dense_macs = float(self.metrics["dense_reference"]["macs"])
-            pruned_macs = float(self.metrics["pruned"]["macs_nonzero"])
-            steps = scratch_steps(total, steps_per_epoch, dense_macs, pruned_macs)
-            epochs = math.ceil(steps / steps_per_epoch)
-            settings = settings.replace(epochs=epochs, schedule_epochs=epochs, max_steps=steps)
-            record.update(
-                steps=steps,
-                steps_per_epoch=steps_per_epoch,
-                dense_macs=dense_macs,
-                pruned_macs_nonzero=pruned_macs,
-                formula="round(train.epochs * steps_per_epoch * dense_macs / pruned_macs)",
-            )
-            schedule = f"train.* schedule stretched over {settings.epochs} epochs"
-        else:
-            schedule = f"train.* schedule, epochs 1..{settings.epochs}"
-        record.update(epochs=settings.epochs, schedule=schedule)
-        return settings, {"from_scratch": record}
+    def _save_model(self, path: Path, info: Mapping[str, Any]) -> None:
+        model = {"model": self.model.state_dict(), "masks": self.masks}
+        save_checkpoint(path, {**model, "arch": self.plan.model.name, "info": info})
 
     def finetune(self) -> None:
         if not self.method.produces_model:
-            self._skip("finetune", f"{self.method.name} is an analysis: no pruned model")
+            self.recorder.skip("finetune", f"{self.method.name} is an analysis: no pruned model")
             return
-        final_path = self.ckpt_dir / "final.pt"
-        plan = self.plan.finetune
+        plan, info = self.plan.finetune, self.metrics.get("prune_info", {})
         if self.method.prunes and (plan.epochs > 0 or plan.resets_weights):
-            settings = stage_settings(plan, self.plan.train, self._eval_precision())
-            settings, reset = self._reset_weights(settings)
-            self._retraining_notes(reset)
-            schedule = self.method.finetune_hooks(self.model, self.masks)
-            result = self._fit_stage(
-                self.model, self.masks, "finetune", settings=settings, hooks=schedule
-            )
-            if schedule is not None:
-                self._gradual_done(schedule, result)
-            self.metrics["finetune"].update(reset)
-            self._save_metrics()
+            # a gradual schedule's hooks prune while fine-tuning: its masks are the run's after
+            self.masks = self.retrainer.stage(self.model, self.masks, info, self.method)
         elif plan.distills:
             why = "it prunes nothing" if not self.method.prunes else "finetune.epochs=0"
             self.warn(
-                f"finetune.kd.alpha={plan.alpha}: no distillation, there is no fine-tuning "
+                f"finetune.kd.alpha={plan.kd.alpha}: no distillation, there is no fine-tuning "
                 f"stage for method {self.method.name!r} ({why})"
             )
-        save_checkpoint(
-            final_path,
-            {
-                "model": self.model.state_dict(),
-                "masks": self.masks,
-                "arch": self.model_name,
-                "info": self.metrics.get("prune_info", {}),
-            },
-        )
+        final_path = self.files.ckpt_dir / "final.pt"
+        self._save_model(final_path, self.metrics.get("prune_info", {}))
         if distributed.is_main():  # weights + structure that load_pruned() reads, no pickle
             self.metrics["portable"] = save_portable(
                 final_path, self.model, self.masks, self._portable_description()
             )
 
-    def _retraining_notes(self, reset: dict[str, Any]) -> None:
-        """What the reset of the weights means for this method and schedule, in the record
-        (``metrics.json`` ``finetune``) and, where it is not what the method does in dense
-        training, in the warnings."""
-        plan, record = self.plan.finetune, next(iter(reset.values()), None)
-        if record is None:
-            return
-        if self.method.schedule == "iterative":
-            record["rounds"] = (
-                "fine-tuned with finetune.* between the rounds: from scratch trains the final "
-                "architecture only"
-                if plan.from_scratch != "none"
-                else "the same before every round's retraining (finetune_round_k stages)"
-            )
-        changed = self.method.training_signature()
-        if plan.resets_weights and changed:
-            key = "rewind" if plan.rewind != "none" else "from_scratch"
-            value = plan.rewind if key == "rewind" else plan.from_scratch
-            record["method_training"] = "not applied: train.* alone"
-            self.warn(
-                f"finetune.{key}={value}: the pruned model is retrained with train.* alone, "
-                f"without what {self.method.name} adds to dense training "
-                f"({self.method.baseline_kind(True)})"
-            )
-
     def _portable_description(self) -> dict[str, Any]:
         """What :func:`prune_cli.load_pruned` needs to rebuild the final model (portable.py)."""
         return describe(
-            model_name=self.model_name,
-            model_options=self.model_options,
+            model_name=self.plan.model.name,
+            model_options=self.plan.model_options,
             num_classes=self.data.num_classes,
             in_channels=self.data.in_channels,
             image_size=self.data.image_size,
@@ -924,105 +346,57 @@ class Pipeline:
             sharing=self.method.sharing_plan(),
         )
 
-    def _gradual_done(self, schedule: Any, result: FitResult) -> None:
-        """After a gradual schedule: its masks are the run's, its points go to
-        ``metrics.json`` (``schedule``: every update; per epoch the target, the sparsity reached
-        and the evaluation top-1 of that epoch), and its rate is checked."""
-        self.masks = dict(schedule.masks or {})
-        summary = schedule.summary()
-        by_epoch = {int(row["epoch"]): row for row in result.history}
-        for point in summary["epochs"]:
-            row = by_epoch.get(int(point["epoch"]), {})
-            point["eval_split"] = row.get("eval_split")
-            point["eval_top1"] = row.get("eval_top1")
-        self.metrics["schedule"] = {**self.metrics.get("schedule", {}), **summary}
-        info = self.metrics["prune_info"]
-        info["rates"] = {**info.get("rates", {}), "weights": rate_check(self.masks, schedule.ratio)}
-        self._check_prune_info({"rates": {"weights": info["rates"]["weights"]}})
-
     def evaluate(self) -> None:
         if not self.method.produces_model:
-            self._skip("evaluate", f"{self.method.name} is an analysis: no pruned model")
+            self.recorder.skip("evaluate", f"{self.method.name} is an analysis: no pruned model")
             return
         tic = time.perf_counter()
         final = self.record("final", self.model, per_layer=True)
-        self.metrics["relative_to_dense"] = relative_to_dense(
-            final, self.metrics["dense_reference"]
-        )
-        lat_cfg = self.plan.metrics.latency
-        backends = lat_cfg.backends
-        if lat_cfg.enabled and "torch" in backends:
-            kwargs = {
-                "batch_sizes": list(lat_cfg.batch_sizes),
+        dense = self.metrics["dense_reference"]
+        self.metrics["relative_to_dense"] = relative_to_dense(final, dense)
+        latency = self.plan.metrics.latency
+        if latency.enabled:
+            setting = {
+                "input_size": self.input_size,
+                "batch_sizes": latency.batch_sizes,
                 "device": self.device,
-                "warmup": lat_cfg.warmup,
-                "repeats": lat_cfg.repeats,
-                "compile": lat_cfg.compile,
+                "warmup": latency.warmup,
+                "repeats": latency.repeats,
+                "compile": latency.compile,
+                "interleaved": latency.dense == "interleaved",
+                "cached": lambda key, compute: self.training.figures(
+                    self.dense_model, self.dense_checkpoint, key, compute
+                ),
             }
-            if lat_cfg.dense == "interleaved":
-                # Against the plain dense reference (no mask re-parameterisation, no
-                # templates), each repeat timing both models in turn.
-                models = {"dense_reference": self.dense_model, "final": self.model}
-                both = compare_latency(models, self.input_size, **kwargs)
-                before, after, source = both["dense_reference"], both["final"], "interleaved"
-            else:  # reuse: the dense latency measured once per trained checkpoint and setting
-                key = {"kind": "latency", **latency_setting(self.device), **kwargs}
-                key["device"] = str(self.device)
-                before, source = self._trained_figures(
-                    self.dense_model,
-                    self.dense_checkpoint,
-                    key,
-                    lambda: measure_latency(self.dense_model, self.input_size, **kwargs),
+            if "torch" in latency.backends:
+                self.metrics["latency"] = dense_vs_final(
+                    "torch", self.dense_model, self.model, **setting
                 )
-                after = measure_latency(self.model, self.input_size, **kwargs)
-            speedup = {
-                key: round(before[key]["latency_ms"] / after[key]["latency_ms"], 4) for key in after
-            }
-            self.metrics["latency"] = {
-                "dense_reference": before,
-                "final": after,
-                "speedup": speedup,
-                "dense_source": source,
-            }
-        if lat_cfg.enabled and "onnxruntime" in backends:  # the deployed runtime
-            self.metrics.setdefault("latency", {})["onnxruntime"] = self._onnxruntime_latency()
-        self._timed("evaluate", time.perf_counter() - tic)
+            if "onnxruntime" in latency.backends:  # the deployed runtime
+                onnx = self._final_onnx_bytes()
+                exported = {"final": onnx} if onnx is not None else {}
+                self.metrics.setdefault("latency", {})["onnxruntime"] = dense_vs_final(
+                    "onnxruntime", self.dense_model, self.model, **setting, exported=exported
+                )
+        self.recorder.timed("evaluate", time.perf_counter() - tic)
 
     def export(self) -> None:
         """The final model as files that reload without prune-cli's classes (the narrower
         structure included): ``export.onnx`` (the graph whose ONNX Runtime latency was
-        measured, not made twice) and ``export.torchscript``. A format that does not export
-        (:class:`ExportError`: the copy computes other logits; or the exporter's own error) is
+        measured, not made twice) and ``export.torchscript``. A format that does not export is
         skipped and said; the run completes with its checkpoints."""
         formats = [f for f in FORMATS if getattr(self.plan.export, f)]
         if not formats or not self.method.produces_model or not distributed.is_main():
             return
         tic = time.perf_counter()
-        written: dict[str, str] = {}
-        errors = []
-        for fmt in formats:
-            try:
-                written.update(
-                    export_model(
-                        self.model,
-                        self.ckpt_dir / "final.pt",
-                        self.input_size,
-                        [fmt],
-                        onnx_data=self.final_onnx,
-                    )
-                )
-            except OSError:
-                raise  # a full disk, no permission: the run's failure, as for its checkpoints
-            except Exception as exc:  # no wrong copy is written
-                message = (
-                    str(exc)
-                    if isinstance(exc, ExportError)
-                    else (f"{fmt} export failed: {type(exc).__name__}: {one_line(exc)}")
-                )
-                errors.append(message)
-                self.warn(f"export skipped: {message}")
+        stem = self.files.ckpt_dir / "final.pt"
+        written, errors = export_formats(
+            self.model, stem, self.input_size, formats, onnx_data=self.final_onnx
+        )
+        for message in errors:
+            self.warn(f"export skipped: {message}")
         self.metrics["export"] = {**written, **({"error": "; ".join(errors)} if errors else {})}
-        self._timed("export", time.perf_counter() - tic)
+        self.recorder.timed("export", time.perf_counter() - tic)
 
     def _final_onnx_bytes(self) -> bytes | None:
         """The final model as ONNX, made once for its latency and its export (None when it
@@ -1034,54 +408,19 @@ class Pipeline:
                 return None
         return self.final_onnx
 
-    def _onnxruntime_latency(self) -> dict[str, Any]:
-        """The dense reference and the final model in ONNX Runtime: interleaved, or (the
-        default, ``metrics.latency.dense=reuse``) the dense one once per trained checkpoint,
-        like PyTorch eager's."""
-        lat_cfg = self.plan.metrics.latency
-        args = {
-            "input_size": self.input_size,
-            "batch_sizes": list(lat_cfg.batch_sizes),
-            "device": self.device,
-            "warmup": lat_cfg.warmup,
-            "repeats": lat_cfg.repeats,
-        }
-        final_onnx = self._final_onnx_bytes()
-        exported = {"final": final_onnx} if final_onnx is not None else {}
-        if lat_cfg.dense == "interleaved":
-            both = {"dense_reference": self.dense_model, "final": self.model}
-            result = onnxruntime_latency(both, **args, exported=exported)
-            return {**result, "dense_source": "interleaved"}
-        key = {"kind": "onnxruntime", **latency_setting(self.device), **args}
-        key.update(device=str(self.device), input_size=list(self.input_size))
-        dense, source = self._trained_figures(
-            self.dense_model,
-            self.dense_checkpoint,
-            key,
-            lambda: onnxruntime_latency({"dense_reference": self.dense_model}, **args),
-        )
-        final = onnxruntime_latency({"final": self.model}, **args, exported=exported)
-        if "skipped" in dense or "skipped" in final:
-            return final if "skipped" in final else dense
-        before, after = dense["dense_reference"], final["final"]
-        return {
-            **final,
-            "dense_reference": before,
-            "speedup": {
-                k: round(before[k]["latency_ms"] / after[k]["latency_ms"], 4) for k in after
-            },
-            "dense_source": source,
-        }
-
     # ------------------------------------------------------------------ driver
     def run(self) -> dict[str, Any]:
-        done = self._completed_before()
+        # With resume, a run whose metrics.json says completed is not run again (a resumed
+        # sweep redoes only its unfinished jobs); its figures are returned.
+        resume = _peek(self.cfg, "resume") is True
+        done = completed_before(self.files.metrics_path) if resume else None
         if done is not None:
+            log.info("%s already completed: nothing to resume", self.run_dir)
             return done
         total = time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self._save_metrics()
+            self.recorder.save()
             for stage in self.STAGES:
                 self.stage = stage
                 getattr(self, stage)()
@@ -1089,61 +428,18 @@ class Pipeline:
         except BaseException as exc:
             failure = explain(exc, self.stage) if isinstance(exc, Exception) else None
             shown = failure or exc
-            self.metrics["status"] = (
-                "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            )
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            self.metrics["status"] = "interrupted" if interrupted else "failed"
             self.metrics["error"] = f"{type(shown).__name__}: {one_line(shown)}"
             self.metrics["failed_stage"] = self.stage
             if failure is not None and failure is not exc:
                 raise failure from exc
             raise
         finally:
-            self._timed("total", time.perf_counter() - total)
-            self._save_final_metrics()
-            self._finish_tracking()
+            self.recorder.timed("total", time.perf_counter() - total)
+            self.recorder.save_final()
+            self.recorder.finish_tracking(self.run_dir)
         skipped = self.metrics.get("data", {}).get("skipped_files", 0)
         if skipped:
             log.warning("%d unreadable file(s) skipped (metrics.json: data)", skipped)
         return self.metrics
-
-    def _finish_tracking(self) -> None:
-        """Final figures and the run directory to the trackers, then close them; their
-        records go into ``metrics.json`` (written again)."""
-        if self.trackers is None:
-            return
-        self.metrics["tracking"] = self.trackers.finish(self.metrics, self.run_dir)
-        self.trackers = None
-        self._save_final_metrics()
-
-    def _completed_before(self) -> dict[str, Any] | None:
-        """With ``resume``, a run whose ``metrics.json`` already says ``completed`` is not run
-        again (a resumed sweep redoes only its unfinished jobs); its figures are returned."""
-        if _peek(self.cfg, "resume") is not True or not self.metrics_path.is_file():
-            return None
-        try:
-            previous = json.loads(self.metrics_path.read_text())
-        except (OSError, ValueError):
-            return None  # unreadable: run it again
-        if not isinstance(previous, dict) or previous.get("status") != "completed":
-            return None
-        log.info("%s already completed: nothing to resume", self.run_dir)
-        return previous
-
-    def _save_final_metrics(self) -> None:
-        """Write ``metrics.json`` at the end; when the run already failed (a full disk, say),
-        a failing write is logged rather than hiding the first error."""
-        try:
-            self._save_metrics()
-        except OSError as exc:
-            if self.metrics["status"] == "completed":
-                raise
-            log.error("could not record the failure in %s: %s", self.metrics_path, exc)
-
-
-def _original_cwd() -> str:
-    try:
-        from hydra.utils import get_original_cwd
-
-        return get_original_cwd()
-    except (ValueError, ImportError):
-        return os.getcwd()

@@ -22,10 +22,11 @@
   with ``train.*`` for ``train.epochs`` (``same_epochs``, Scratch-E) or for the dense training's
   MAC budget (``same_budget``, Scratch-B: :func:`scratch_steps`).
 
-Rewinding and from-scratch training are refused (one-line ConfigError) for a method whose pruned
-model has no dense-training counterpart (``Method.no_weight_reset``: sharing, ``none``,
-dynamic_filter), together, with ``pretrained=`` where the rewind point was never saved, and with a
-gradual schedule (which prunes during the stage they would retrain). With an iterative schedule
+Rewinding and from-scratch training are refused before any work (one-line ConfigError,
+:func:`prune_cli.schema.check_plan`) for a method whose pruned model has no dense-training
+counterpart (``Method.no_weight_reset``: sharing, ``none``, dynamic_filter), together, with
+``pretrained=`` where the rewind point was never saved, and with a gradual schedule (which prunes
+during the stage they would retrain). With an iterative schedule
 the rewinding happens before every round's retraining, not only the last (Frankle & Carbin's
 iterative pruning with rewinding). A method that changes dense training (network slimming's
 sparsity term) is retrained with ``train.*`` alone, which the run says in its warnings.
@@ -36,170 +37,24 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-from collections.abc import Mapping
-from typing import Annotated, Any
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
-from pydantic import BeforeValidator
 from torch import nn
 
-from prune_cli.defaults import group_defaults, with_defaults
+from prune_cli.cache import load_rewind_point, rewind_point_path
+from prune_cli.engine.distill import Distiller
+from prune_cli.engine.loop import FitResult, StageFiles, fit
 from prune_cli.engine.settings import FitSettings, TrainOptions
-from prune_cli.errors import ConfigError
-from prune_cli.options import Float, Int, OneOf, Options, Valid, parse
+from prune_cli.pruning import MaskHold, rate_check
 from prune_cli.pruning.channels import rebuild
 from prune_cli.pruning.masks import apply_masks
-
-#: ``finetune.from_scratch`` choices (Liu et al. 2019: Scratch-E, Scratch-B).
-FROM_SCRATCH = ("none", "same_epochs", "same_budget")
-#: How ``finetune.rewind`` is described in errors.
-REWIND_VALID = "none, init, lr, or epoch:K (K an integer >= 1)"
-
-
-def parse_rewind(value: Any) -> str:
-    """``finetune.rewind``: ``none``, ``init``, ``lr`` or ``epoch:K`` (K >= 1), normalised
-    (``epoch:03`` -> ``epoch:3``; a YAML null is ``none``)."""
-    if value is None:
-        return "none"
-    if not isinstance(value, str):
-        raise ValueError("is not a rewind point")
-    text = value.strip()
-    if text in ("none", "init", "lr"):
-        return text
-    kind, sep, number = text.partition(":")
-    if kind != "epoch" or not sep:
-        raise ValueError("is not a rewind point")
-    if not number.strip().isdigit() or int(number) < 1:
-        raise ValueError("has no epoch number K >= 1")
-    return f"epoch:{int(number)}"
-
-
-class KDOptions(Options):
-    """``finetune.kd.*``: knowledge distillation from the dense reference (Hinton et al. 2015):
-    loss = (1 - alpha)·CE + alpha·T²·KL(teacher/T ‖ student/T); ``alpha`` 0 turns it off."""
-
-    alpha: Float(ge=0, le=1)
-    temperature: Float(gt=0)
-
-
-class FinetuneOptions(TrainOptions):
-    """Fine-tuning after pruning (``finetune.*``; ``configs/finetune/default.yaml`` has the
-    defaults): as ``train``, and 0 epochs skips it.
-
-    ``kd``: distillation from the dense reference; ``rewind``: weights (``init``,
-    ``epoch:K``) or learning rate (``lr``) rewinding; ``from_scratch``: the pruned
-    architecture re-initialised and trained as the dense model was (module docstring).
-    """
-
-    epochs: Int(ge=0)
-    kd: KDOptions
-    rewind: Annotated[str, BeforeValidator(parse_rewind), Valid(REWIND_VALID)]
-    from_scratch: OneOf(*FROM_SCRATCH)
-
-    @property
-    def alpha(self) -> float:
-        return self.kd.alpha
-
-    @property
-    def temperature(self) -> float:
-        return self.kd.temperature
-
-    @property
-    def distills(self) -> bool:
-        return self.kd.alpha > 0
-
-    @property
-    def rewind_point(self) -> str | None:
-        """The saved weights the model goes back to: ``init``, ``epoch:K``, or None."""
-        return self.rewind if self.rewind == "init" or self.rewind.startswith("epoch:") else None
-
-    @property
-    def rewind_epoch(self) -> int | None:
-        return int(self.rewind.partition(":")[2]) if self.rewind.startswith("epoch:") else None
-
-    @property
-    def resets_weights(self) -> bool:
-        """Rewinding to saved weights or re-initialising: the stage retrains with ``train.*``."""
-        return self.rewind_point is not None or self.from_scratch != "none"
-
-    @property
-    def uses_train_recipe(self) -> bool:
-        return self.resets_weights or self.rewind == "lr"
-
-
-def finetune_options(given: Mapping[str, Any] | FinetuneOptions) -> FinetuneOptions:
-    """``given`` typed (:func:`~prune_cli.engine.settings.train_options` for ``finetune``: the
-    keys a mapping leaves out from ``configs/finetune/default.yaml``)."""
-    if isinstance(given, FinetuneOptions):
-        return given
-    defaults = group_defaults("finetune", "default")
-    return parse(FinetuneOptions, with_defaults(defaults, given), "finetune.")
-
-
-def check_plan(
-    plan: FinetuneOptions,
-    *,
-    method_name: str,
-    no_weight_reset: str | None,
-    train_epochs: int,
-    pretrained: bool,
-    schedule: str = "oneshot",
-) -> None:
-    """Refuse, in one line, what cannot be done (module docstring); called before any work.
-    ``schedule``: the method's sparsity schedule (``method.schedule``)."""
-    if plan.rewind != "none" and plan.from_scratch != "none":
-        raise ConfigError(
-            f"finetune.rewind={plan.rewind} and finetune.from_scratch={plan.from_scratch} "
-            "exclude each other; valid: set one of them to none"
-        )
-    if plan.resets_weights and no_weight_reset:
-        key = "rewind" if plan.rewind_point else "from_scratch"
-        value = plan.rewind if plan.rewind_point else plan.from_scratch
-        raise ConfigError(
-            f"finetune.{key}={value} is unsound for method {method_name!r}: {no_weight_reset}"
-        )
-    _check_gradual(plan, schedule)
-    k = plan.rewind_epoch
-    if k is not None and k >= train_epochs:
-        raise ConfigError(
-            f"finetune.rewind=epoch:{k} leaves nothing to retrain (train.epochs={train_epochs}); "
-            f"valid: epoch:1 ... epoch:{train_epochs - 1}, or init"
-            if train_epochs > 1
-            else f"finetune.rewind=epoch:{k} leaves nothing to retrain (train.epochs=1); "
-            "valid: init, lr, none"
-        )
-    if plan.rewind_point and pretrained:
-        raise ConfigError(
-            f"finetune.rewind={plan.rewind} needs the weights saved during dense training, and "
-            "pretrained= skips training; valid with pretrained=: none, lr"
-        )
-    finetune_epochs = plan.epochs
-    if plan.rewind == "lr" and not 1 <= finetune_epochs <= train_epochs:
-        raise ConfigError(
-            f"finetune.rewind=lr replays the last finetune.epochs={finetune_epochs} epochs of "
-            f"the training schedule (train.epochs={train_epochs}); valid: "
-            f"1 <= finetune.epochs <= {train_epochs}"
-        )
-
-
-def _check_gradual(plan: FinetuneOptions, schedule: str) -> None:
-    """A gradual schedule prunes *during* the fine-tune stage, so there is no pruned model
-    before it: rewinding would choose the masks from the rewound weights, and from-scratch
-    training would have no pruned architecture (nor its MACs, for Scratch-B) to start from."""
-    if schedule != "gradual":
-        return
-    if plan.rewind_point is not None:
-        raise ConfigError(
-            f"finetune.rewind={plan.rewind} with method.schedule=gradual would choose the masks "
-            "from the rewound weights (gradual pruning happens during that retraining); valid "
-            "with gradual: finetune.rewind none or lr"
-        )
-    if plan.from_scratch != "none":
-        raise ConfigError(
-            f"finetune.from_scratch={plan.from_scratch} with method.schedule=gradual has no "
-            "pruned architecture to train (gradual pruning happens during that stage); valid "
-            "with gradual: finetune.from_scratch=none, or method.schedule oneshot or iterative"
-        )
+from prune_cli.record import RunFiles, RunRecord
+from prune_cli.schema import FinetuneOptions, RunPlan
+from prune_cli.trained import TestEval, fit_summary
 
 
 def stage_settings(
@@ -261,3 +116,282 @@ def load_start_weights(
         start = rebuild(start, info)
     model.load_state_dict(start.state_dict())
     apply_masks(model, masks)
+
+
+class Retrainer:
+    """The run's fine-tuning: the fine-tune stage (:meth:`stage`), and the fine-tuning a method
+    asks for while pruning (:meth:`finetune`: after slimming, say; :meth:`retrain_round`: between
+    the rounds of an iterative schedule, rewinding as the fine-tune stage does). Every fit holds
+    the masks and distils from the dense reference when ``finetune.kd.alpha > 0``.
+
+    ``dense`` is the dense reference (the teacher), ``baseline`` the trained model in the dense
+    architecture (the layout of the rewind points), ``rewind_dir`` where the training's rewind
+    points are, and ``fresh_model(seed)`` a freshly initialised model of the run's architecture
+    (from-scratch training)."""
+
+    def __init__(
+        self,
+        plan: RunPlan,
+        data: Any,
+        device: torch.device,
+        record: RunRecord,
+        files: RunFiles,
+        test_eval: TestEval,
+        *,
+        dense: nn.Module,
+        baseline: nn.Module,
+        rewind_dir: Path,
+        fresh_model: Callable[[int], nn.Module],
+    ) -> None:
+        self.plan, self.data, self.device = plan, data, device
+        self.record, self.files, self.test_eval = record, files, test_eval
+        self.dense, self.baseline, self.rewind_dir = dense, baseline, rewind_dir
+        self.fresh_model = fresh_model
+        #: Seconds spent fine-tuning inside ``prune()``: timed as their own stages.
+        self.inner_seconds = 0.0
+
+    # ------------------------------------------------------------------ one fit
+    def fit_stage(
+        self,
+        model: nn.Module,
+        masks: Mapping[str, torch.Tensor],
+        stage: str,
+        epochs: int | None = None,
+        settings: FitSettings | None = None,
+        hooks: Any = None,
+    ) -> FitResult:
+        """Fine-tune with the ``finetune`` settings (or ``settings``; ``epochs`` overrides),
+        holding ``masks`` (or with ``hooks`` that hold masks of their own: a gradual
+        schedule's), distilling from the dense reference when ``finetune.kd.alpha > 0``; the
+        stage's summary goes to ``metrics[stage]``."""
+        if settings is None:
+            precision = self.plan.metrics.precision
+            settings = FitSettings.of(self.plan.finetune, eval_precision=precision)
+        if epochs is not None:
+            settings = settings.replace(epochs=epochs)
+        tic = time.perf_counter()
+        files = self.files
+        stage_files = StageFiles(
+            stage,
+            files.ckpt_dir,
+            files.history_csv,
+            files.resume,
+            {"masks": dict(masks)},
+            on_epoch=self.record.log_epoch,
+        )
+        result = fit(
+            model,
+            self.data,
+            settings,
+            device=self.device,
+            files=stage_files,
+            hooks=hooks if hooks is not None else (MaskHold(model, masks) if masks else None),
+            seed=self.plan.seed + 1,
+            criterion=self.distiller(),
+        )
+        for note in result.notes:  # what the stage did otherwise than asked
+            self.record.warn(note)
+        metrics = self.record.metrics
+        metrics[stage] = fit_summary(result, model, settings.epochs, self.device, self.test_eval)
+        if self.plan.finetune.distills:
+            metrics[stage]["kd"] = self.kd_record()
+        self.record.timed(stage, time.perf_counter() - tic)
+        return result
+
+    def distiller(self) -> Distiller | None:
+        """Distillation from the dense reference (``finetune.kd``), or None when it is off.
+        The teacher is the dense reference of this run, loaded or trained once through the
+        cache in the ``dense_reference`` stage; it is only evaluated here."""
+        kd = self.plan.finetune.kd
+        if kd.alpha <= 0:
+            return None
+        return Distiller(self.dense, kd.alpha, kd.temperature)
+
+    def kd_record(self) -> dict[str, Any]:
+        reference = self.record.metrics.get("dense_reference", {})
+        return {
+            "alpha": self.plan.finetune.kd.alpha,
+            "temperature": self.plan.finetune.kd.temperature,
+            "teacher": "dense_reference",
+            "teacher_source": reference.get("source"),
+            "teacher_top1": reference.get("top1"),
+        }
+
+    # ------------------------------------------------------------------ while pruning
+    def finetune(
+        self,
+        model: nn.Module,
+        masks: Mapping[str, torch.Tensor],
+        stage: str,
+        epochs: int | None = None,
+    ) -> nn.Module:
+        """``PruneContext.finetune``: fine-tune ``model`` with ``finetune.*`` as stage
+        ``stage`` (``epochs`` overrides their epoch count)."""
+        tic = time.perf_counter()
+        self.fit_stage(model, masks, stage, epochs)
+        self.inner_seconds += time.perf_counter() - tic
+        return model
+
+    def retrain_round(
+        self,
+        model: nn.Module,
+        masks: Mapping[str, torch.Tensor],
+        stage: str,
+        info: Mapping[str, Any],
+    ) -> nn.Module:
+        """``PruneContext.retrain``: between the rounds of an iterative schedule, the pruned
+        model is retrained as the fine-tune stage retrains it: rewound to ``finetune.rewind``'s
+        weights and retrained with ``train.*`` (Frankle & Carbin's iterative pruning with
+        rewinding), with the learning rate rewound (``lr``), or fine-tuned with ``finetune.*``
+        (also with ``finetune.from_scratch``, which trains the final architecture only).
+        ``info``: how the round's model was cut from the dense one."""
+        plan = self.plan.finetune
+        if plan.from_scratch != "none" or not plan.uses_train_recipe:
+            return self.finetune(model, masks, stage)
+        tic = time.perf_counter()
+        settings = stage_settings(plan, self.plan.train, self.plan.metrics.precision)
+        record = self.rewind(model, masks, info, settings)
+        self.fit_stage(model, masks, stage, settings=settings)
+        self.record.metrics[stage].update(record)
+        self.inner_seconds += time.perf_counter() - tic
+        return model
+
+    # ------------------------------------------------------------------ the fine-tune stage
+    def stage(
+        self,
+        model: nn.Module,
+        masks: Mapping[str, torch.Tensor],
+        info: Mapping[str, Any],
+        method: Any,
+    ) -> dict[str, torch.Tensor]:
+        """The fine-tune stage of ``model`` (pruned by ``method``, cut as ``info`` says,
+        holding ``masks``, or pruned while it trains by the method's gradual schedule): its
+        weights reset as ``finetune.rewind``/``finetune.from_scratch`` say, then trained;
+        ``metrics.json`` ``finetune`` records both. Returns the masks the model holds after."""
+        plan = self.plan.finetune
+        settings = stage_settings(plan, self.plan.train, self.plan.metrics.precision)
+        settings, reset = self.reset(model, masks, info, settings)
+        self.notes(reset, method)
+        schedule = method.finetune_hooks(model, masks)
+        result = self.fit_stage(model, masks, "finetune", settings=settings, hooks=schedule)
+        self.record.metrics["finetune"].update(reset)
+        self.record.save()
+        if schedule is None:
+            return dict(masks)
+        return self._gradual_done(schedule, result, method.name)
+
+    def _gradual_done(self, schedule: Any, result: FitResult, method: str) -> dict[str, Any]:
+        """After a gradual schedule: its masks are the run's (returned), its points go to
+        ``metrics.json`` (``schedule``: every update; per epoch the target, the sparsity reached
+        and the evaluation top-1 of that epoch), and its rate is checked."""
+        masks = dict(schedule.masks or {})
+        summary = schedule.summary()
+        by_epoch = {int(row["epoch"]): row for row in result.history}
+        for point in summary["epochs"]:
+            row = by_epoch.get(int(point["epoch"]), {})
+            point["eval_split"] = row.get("eval_split")
+            point["eval_top1"] = row.get("eval_top1")
+        metrics = self.record.metrics
+        metrics["schedule"] = {**metrics.get("schedule", {}), **summary}
+        info = metrics["prune_info"]
+        info["rates"] = {**info.get("rates", {}), "weights": rate_check(masks, schedule.ratio)}
+        self.record.check_prune_info({"rates": {"weights": info["rates"]["weights"]}}, method)
+        return masks
+
+    def rewind(
+        self,
+        model: nn.Module,
+        masks: Mapping[str, torch.Tensor],
+        info: Mapping[str, Any],
+        settings: FitSettings,
+    ) -> dict[str, Any]:
+        """Rewind ``model`` (cut from the dense one as ``info`` says, holding ``masks``) to the
+        weights ``finetune.rewind`` names, or keep its weights for learning-rate rewinding;
+        returns what ``metrics.json`` records."""
+        plan = self.plan.finetune
+        first = settings.schedule_start
+        schedule = f"train.* schedule, epochs {first + 1}..{first + settings.epochs}"
+        if plan.rewind_point is None:  # lr: the weights stay, the learning rate goes back
+            return {"rewind": {"to": "lr", "weights": "trained (kept)", "schedule": schedule}}
+        state = load_rewind_point(self.rewind_dir, plan.rewind_point, self.device)
+        load_start_weights(model, self.baseline, state, info, masks)
+        source = rewind_point_path(self.rewind_dir, plan.rewind_point)
+        return {"rewind": {"to": plan.rewind, "source": str(source), "schedule": schedule}}
+
+    def reset(
+        self,
+        model: nn.Module,
+        masks: Mapping[str, torch.Tensor],
+        info: Mapping[str, Any],
+        settings: FitSettings,
+    ) -> tuple[FitSettings, dict[str, Any]]:
+        """Before the fine-tune stage: rewind the pruned model's weights (``finetune.rewind``)
+        or re-initialise them (``finetune.from_scratch``), as the module docstring says; for
+        Scratch-B, set the step budget. Returns the stage's settings and what ``metrics.json``
+        records under ``finetune`` (empty for plain fine-tuning)."""
+        plan = self.plan.finetune
+        if plan.rewind != "none":
+            return settings, self.rewind(model, masks, info, settings)
+        if plan.from_scratch == "none":
+            return settings, {}
+        seed = scratch_seed(self.plan.seed)
+        fresh = self.fresh_model(seed)
+        load_start_weights(model, self.baseline, fresh.state_dict(), info, masks)
+        record: dict[str, Any] = {"mode": plan.from_scratch, "init_seed": seed}
+        if plan.from_scratch == "same_budget":
+            settings = self._scratch_budget(settings, record)
+            schedule = f"train.* schedule stretched over {settings.epochs} epochs"
+        else:
+            schedule = f"train.* schedule, epochs 1..{settings.epochs}"
+        record.update(epochs=settings.epochs, schedule=schedule)
+        return settings, {"from_scratch": record}
+
+    def _scratch_budget(self, settings: FitSettings, record: dict[str, Any]) -> FitSettings:
+        """Scratch-B: the dense training's MAC budget in steps of the pruned model
+        (:func:`scratch_steps`), recorded with its inputs."""
+        loader = self.data.loader(
+            "train",
+            settings.options.batch_size,
+            train=True,
+            device=self.device,
+            seed=self.plan.seed + 1,
+            drop_last=False,
+        )
+        steps_per_epoch = len(loader)
+        metrics = self.record.metrics
+        dense_macs = float(metrics["dense_reference"]["macs"])
+        pruned_macs = float(metrics["pruned"]["macs_nonzero"])
+        steps = scratch_steps(self.plan.train.epochs, steps_per_epoch, dense_macs, pruned_macs)
+        epochs = math.ceil(steps / steps_per_epoch)
+        record.update(
+            steps=steps,
+            steps_per_epoch=steps_per_epoch,
+            dense_macs=dense_macs,
+            pruned_macs_nonzero=pruned_macs,
+            formula="round(train.epochs * steps_per_epoch * dense_macs / pruned_macs)",
+        )
+        return settings.replace(epochs=epochs, schedule_epochs=epochs, max_steps=steps)
+
+    def notes(self, reset: dict[str, Any], method: Any) -> None:
+        """What the reset of the weights means for this method and schedule, in the record
+        (``metrics.json`` ``finetune``) and, where it is not what the method does in dense
+        training, in the warnings."""
+        plan, record = self.plan.finetune, next(iter(reset.values()), None)
+        if record is None:
+            return
+        if method.schedule == "iterative":
+            record["rounds"] = (
+                "fine-tuned with finetune.* between the rounds: from scratch trains the final "
+                "architecture only"
+                if plan.from_scratch != "none"
+                else "the same before every round's retraining (finetune_round_k stages)"
+            )
+        if plan.resets_weights and method.training_signature():
+            key = "rewind" if plan.rewind != "none" else "from_scratch"
+            value = plan.rewind if key == "rewind" else plan.from_scratch
+            record["method_training"] = "not applied: train.* alone"
+            self.record.warn(
+                f"finetune.{key}={value}: the pruned model is retrained with train.* alone, "
+                f"without what {method.name} adds to dense training "
+                f"({method.baseline_kind(True)})"
+            )

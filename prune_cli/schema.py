@@ -27,29 +27,176 @@ status ``failed`` and the message, in seconds rather than after a training run.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import ConfigDict, Field, SerializeAsAny
+from pydantic import BeforeValidator, ConfigDict, Field, SerializeAsAny
 
 from prune_cli.data import DatasetOptions, dataset_options
+from prune_cli.defaults import group_defaults, with_defaults
 from prune_cli.engine.precision import PRECISIONS
 from prune_cli.engine.settings import TrainOptions
 from prune_cli.errors import ConfigError, one_line
 from prune_cli.methods import METHODS, Method, MethodOptions
 from prune_cli.methods.base import Ratio, schedule_of
 from prune_cli.metrics.deploy import LATENCY_BACKENDS
-from prune_cli.options import Bool, Float, Int, OneOf, Options, Text, is_number, parse
+from prune_cli.options import Bool, Float, Int, OneOf, Options, Text, Valid, is_number, parse
 from prune_cli.pruning.schedules import check_window
-from prune_cli.retrain import FinetuneOptions, check_plan
 from prune_cli.tracking import LoggerOptions
 
+log = logging.getLogger("prune_cli")
 DEVICES = ("auto", "cpu", "cuda")
 #: How the dense model's latency is had (``metrics.latency.dense``): measured once per trained
 #: checkpoint and reused from the cache entry, or in every run interleaved with the final model.
 DENSE_LATENCY = ("reuse", "interleaved")
+
+
+#: ``finetune.from_scratch`` choices (Liu et al. 2019: Scratch-E, Scratch-B).
+FROM_SCRATCH = ("none", "same_epochs", "same_budget")
+#: How ``finetune.rewind`` is described in errors.
+REWIND_VALID = "none, init, lr, or epoch:K (K an integer >= 1)"
+
+
+def parse_rewind(value: Any) -> str:
+    """``finetune.rewind``: ``none``, ``init``, ``lr`` or ``epoch:K`` (K >= 1), normalised
+    (``epoch:03`` -> ``epoch:3``; a YAML null is ``none``)."""
+    if value is None:
+        return "none"
+    if not isinstance(value, str):
+        raise ValueError("is not a rewind point")
+    text = value.strip()
+    if text in ("none", "init", "lr"):
+        return text
+    kind, sep, number = text.partition(":")
+    if kind != "epoch" or not sep:
+        raise ValueError("is not a rewind point")
+    if not number.strip().isdigit() or int(number) < 1:
+        raise ValueError("has no epoch number K >= 1")
+    return f"epoch:{int(number)}"
+
+
+class KDOptions(Options):
+    """``finetune.kd.*``: knowledge distillation from the dense reference (Hinton et al. 2015):
+    loss = (1 - alpha)·CE + alpha·T²·KL(teacher/T ‖ student/T); ``alpha`` 0 turns it off."""
+
+    alpha: Float(ge=0, le=1)
+    temperature: Float(gt=0)
+
+
+class FinetuneOptions(TrainOptions):
+    """Fine-tuning after pruning (``finetune.*``; ``configs/finetune/default.yaml`` has the
+    defaults): as ``train``, and 0 epochs skips it.
+
+    ``kd``: distillation from the dense reference; ``rewind``: weights (``init``,
+    ``epoch:K``) or learning rate (``lr``) rewinding; ``from_scratch``: the pruned
+    architecture re-initialised and trained as the dense model was (:mod:`prune_cli.retrain`).
+    """
+
+    epochs: Int(ge=0)
+    kd: KDOptions
+    rewind: Annotated[str, BeforeValidator(parse_rewind), Valid(REWIND_VALID)]
+    from_scratch: OneOf(*FROM_SCRATCH)
+
+    @property
+    def distills(self) -> bool:
+        return self.kd.alpha > 0
+
+    @property
+    def rewind_point(self) -> str | None:
+        """The saved weights the model goes back to: ``init``, ``epoch:K``, or None."""
+        return self.rewind if self.rewind == "init" or self.rewind.startswith("epoch:") else None
+
+    @property
+    def rewind_epoch(self) -> int | None:
+        return int(self.rewind.partition(":")[2]) if self.rewind.startswith("epoch:") else None
+
+    @property
+    def resets_weights(self) -> bool:
+        """Rewinding to saved weights or re-initialising: the stage retrains with ``train.*``."""
+        return self.rewind_point is not None or self.from_scratch != "none"
+
+    @property
+    def uses_train_recipe(self) -> bool:
+        return self.resets_weights or self.rewind == "lr"
+
+
+def finetune_options(given: Mapping[str, Any] | FinetuneOptions) -> FinetuneOptions:
+    """``given`` typed (:func:`~prune_cli.engine.settings.train_options` for ``finetune``: the
+    keys a mapping leaves out from ``configs/finetune/default.yaml``)."""
+    if isinstance(given, FinetuneOptions):
+        return given
+    defaults = group_defaults("finetune", "default")
+    return parse(FinetuneOptions, with_defaults(defaults, given), "finetune.")
+
+
+def check_plan(
+    plan: FinetuneOptions,
+    *,
+    method_name: str,
+    no_weight_reset: str | None,
+    train_epochs: int,
+    pretrained: bool,
+    schedule: str = "oneshot",
+) -> None:
+    """Refuse, in one line, what the fine-tune stage cannot do (:mod:`prune_cli.retrain`);
+    a rule of the plan, run before any work. ``schedule``: the method's sparsity schedule
+    (``method.schedule``)."""
+    if plan.rewind != "none" and plan.from_scratch != "none":
+        raise ConfigError(
+            f"finetune.rewind={plan.rewind} and finetune.from_scratch={plan.from_scratch} "
+            "exclude each other; valid: set one of them to none"
+        )
+    if plan.resets_weights and no_weight_reset:
+        key = "rewind" if plan.rewind_point else "from_scratch"
+        value = plan.rewind if plan.rewind_point else plan.from_scratch
+        raise ConfigError(
+            f"finetune.{key}={value} is unsound for method {method_name!r}: {no_weight_reset}"
+        )
+    _check_gradual(plan, schedule)
+    k = plan.rewind_epoch
+    if k is not None and k >= train_epochs:
+        raise ConfigError(
+            f"finetune.rewind=epoch:{k} leaves nothing to retrain (train.epochs={train_epochs}); "
+            f"valid: epoch:1 ... epoch:{train_epochs - 1}, or init"
+            if train_epochs > 1
+            else f"finetune.rewind=epoch:{k} leaves nothing to retrain (train.epochs=1); "
+            "valid: init, lr, none"
+        )
+    if plan.rewind_point and pretrained:
+        raise ConfigError(
+            f"finetune.rewind={plan.rewind} needs the weights saved during dense training, and "
+            "pretrained= skips training; valid with pretrained=: none, lr"
+        )
+    finetune_epochs = plan.epochs
+    if plan.rewind == "lr" and not 1 <= finetune_epochs <= train_epochs:
+        raise ConfigError(
+            f"finetune.rewind=lr replays the last finetune.epochs={finetune_epochs} epochs of "
+            f"the training schedule (train.epochs={train_epochs}); valid: "
+            f"1 <= finetune.epochs <= {train_epochs}"
+        )
+
+
+def _check_gradual(plan: FinetuneOptions, schedule: str) -> None:
+    """A gradual schedule prunes *during* the fine-tune stage, so there is no pruned model
+    before it: rewinding would choose the masks from the rewound weights, and from-scratch
+    training would have no pruned architecture (nor its MACs, for Scratch-B) to start from."""
+    if schedule != "gradual":
+        return
+    if plan.rewind_point is not None:
+        raise ConfigError(
+            f"finetune.rewind={plan.rewind} with method.schedule=gradual would choose the masks "
+            "from the rewound weights (gradual pruning happens during that retraining); valid "
+            "with gradual: finetune.rewind none or lr"
+        )
+    if plan.from_scratch != "none":
+        raise ConfigError(
+            f"finetune.from_scratch={plan.from_scratch} with method.schedule=gradual has no "
+            "pruned architecture to train (gradual pruning happens during that stage); valid "
+            "with gradual: finetune.from_scratch=none, or method.schedule oneshot or iterative"
+        )
 
 
 class ModelOptions(Options):
@@ -177,6 +324,19 @@ class RunPlan(RunOptions):
     def model_options(self) -> dict[str, Any]:
         """The model's options (every ``model.*`` key but ``name``): the factory's keywords."""
         return dict(self.model.model_extra or {})
+
+    def held_out_for(self, method: Method) -> tuple[RunPlan, dict[str, Any] | None]:
+        """A method that decides on held-out images (``optimized``'s fitness, ``sensitivity``'s
+        layer evaluations) gets a validation split carved from train (seeded, stratified:
+        ``dataset.val_size``) when the dataset has none configured; training then never sees
+        those images. Returns the plan and what ``metrics.json`` records (``data_holdout``;
+        None when nothing is held out)."""
+        wanted = method.holdout_size()
+        if not wanted or self.dataset.val_size:
+            return self, None
+        log.info("%s: %s training images held out as the validation split", method.name, wanted)
+        why = f"method {method.name!r} decides on images held out of training"
+        return self.with_val_size(wanted), {"val_size": wanted, "why": why}
 
     def with_val_size(self, val_size: int | float) -> RunPlan:
         """The plan with ``dataset.val_size`` set (a validation split carved from train for a

@@ -58,7 +58,8 @@ def prune_run(
 
 
 def composed(*overrides: str) -> dict[str, Any]:
-    """The job config ``prune-run`` would see for ``overrides`` (``hydra`` node removed)."""
+    """The job config ``prune-run`` would see for ``overrides`` (``hydra`` node removed), resolved;
+    Hydra's global state is left as it was (a later test's launch directory is its own)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf, open_dict
@@ -67,10 +68,15 @@ def composed(*overrides: str) -> dict[str, Any]:
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", list(overrides), return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # for ${hydra:runtime.cwd}
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    hydra = HydraConfig.instance()
+    before = hydra.cfg
+    hydra.set_config(cfg)  # for ${hydra:runtime.cwd}
+    try:
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    finally:
+        hydra.cfg = before
 
 
 def run_in_process(run_dir: Path, overrides: Sequence[str]) -> Any:

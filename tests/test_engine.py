@@ -201,13 +201,15 @@ def test_stage_files_extra_state_and_no_resume(data, tmp_path) -> None:
 
 def test_fit_settings_are_typed_and_bad_values_are_one_line_errors() -> None:
     s = FitSettings.from_cfg({**CFG, "precision": "bf16", "select_best": False})
-    assert (s.epochs, s.batch_size, s.eval_batch_size) == (2, 32, 64)
-    assert s.precision == "bf16" and s.memory_format == "contiguous"
-    assert not s.select_best and s.label_smoothing == 0.0
+    o = s.options
+    assert (s.epochs, o.batch_size, o.eval_batch_size) == (2, 32, 64)
+    assert o.precision == "bf16" and o.memory_format == "contiguous"
+    assert not o.select_best and o.label_smoothing == 0.0
     assert s.options.lr == 0.05 and FitSettings.from_cfg(s) is s
     # the keys a mapping leaves out are those of configs/train/default.yaml
     defaults = FitSettings.from_cfg({"epochs": 1})
-    assert (defaults.eval_batch_size, defaults.batch_size, defaults.precision) == (128, 128, "auto")
+    o = defaults.options
+    assert (o.eval_batch_size, o.batch_size, o.precision) == (128, 128, "auto")
     assert defaults.eval_precision == "fp32"  # metrics.precision of configs/config.yaml
     for key, value in [("epochs", "ten"), ("epochs", 0), ("batch_size", 0), ("epochs", True)]:
         with pytest.raises(ConfigError, match=rf"^train.{key} .* valid: an integer >= 1$"):

@@ -50,6 +50,9 @@ LAYERS: dict[str, int] = {
     "cache": 4,
     "portable": 4,  # portable checkpoints: rebuilds a run's final model (models + methods)
     "retrain": 4,  # the fine-tune stage's distillation, rewinding, from-scratch controls
+    "trained": 4,  # dense training through the trained-model cache
+    "record": 4,  # metrics.json, the log lines, the trackers, the warnings of a run
+    "run_models": 4,  # the run's architecture, freshly initialised or pretrained
     # entry points: prune-run, its Hydra callbacks, prune-report
     "cli": 5,
     "callbacks": 5,

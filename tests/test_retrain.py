@@ -33,16 +33,8 @@ from prune_cli.methods import build_method
 from prune_cli.pruning import magnitude_masks
 from prune_cli.pruning.channels import channel_prune
 from prune_cli.pruning.importance import FilterNorm
-from prune_cli.retrain import (
-    FinetuneOptions,
-    check_plan,
-    finetune_options,
-    load_start_weights,
-    scratch_seed,
-    scratch_steps,
-    stage_settings,
-)
-from prune_cli.schema import validate_config
+from prune_cli.retrain import load_start_weights, scratch_seed, scratch_steps, stage_settings
+from prune_cli.schema import FinetuneOptions, check_plan, finetune_options, validate_config
 
 CFG = {"epochs": 2, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
        "schedule": "cosine", "eval_batch_size": 64, "select_best": False, "precision": "fp32",

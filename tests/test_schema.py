@@ -28,8 +28,7 @@ from prune_cli.methods import METHODS, Method, MethodOptions, build_method
 from prune_cli.metrics.report import netscore_units
 from prune_cli.options import Bool, Float, Int, OneOf, Options, describe, parse
 from prune_cli.pruning.search import GAConfig, PSOConfig, SAConfig
-from prune_cli.retrain import FinetuneOptions
-from prune_cli.schema import RunOptions, RunPlan, validate_config
+from prune_cli.schema import FinetuneOptions, RunOptions, RunPlan, validate_config
 from prune_cli.tracking import LoggerOptions
 
 #: Methods whose options are declared (the others keep their own checks for now).

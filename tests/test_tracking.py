@@ -157,7 +157,7 @@ class Broken(Tracker):
 def test_a_failing_tracker_does_not_lose_the_run(tmp_path: Path, monkeypatch, caplog) -> None:
     broken = Broken(fail_at=2)
     monkeypatch.setattr(
-        "prune_cli.pipeline.build_trackers", lambda cfg: Trackers([broken], ["tensorboard"])
+        "prune_cli.record.build_trackers", lambda cfg: Trackers([broken], ["tensorboard"])
     )
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", [*TINY, f"cache.dir={tmp_path / 'cache'}"])

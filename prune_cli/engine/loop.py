@@ -355,7 +355,7 @@ def fit(
     if result.best_epoch is not None and files.best.is_file():
         result.best_path = files.best
     trainer.hooks.on_fit_start(model, settings.epochs, len(trainer.train_loader))
-    trainer.forward = _training_forward(model, device, settings.compile)
+    trainer.forward = _training_forward(model, device, settings.options.compile)
     model.train()
     for epoch in range(start_epoch, settings.epochs):
         tic = time.perf_counter()
@@ -363,12 +363,12 @@ def fit(
         train_stats, ev = _train_and_evaluate(trainer, settings, files, epoch)
         elapsed = time.perf_counter() - tic
         result.last_eval = ev
-        result.eval_batch_size = settings.eval_batch_size
+        result.eval_batch_size = settings.options.eval_batch_size
         result.eval_precision = trainer.eval_precision.name
         result.seconds += elapsed
         row = _history_row(files.stage, epoch, lr, train_stats, trainer.select_split, ev, elapsed)
         result.history.append(row)
-        _save_epoch(trainer, files, result, epoch, ev.top1, settings.select_best)
+        _save_epoch(trainer, files, result, epoch, ev.top1, settings.options.select_best)
         if files.history_csv is not None:
             write_history(files.history_csv, files.stage, result.history)
         if files.on_epoch is not None:
@@ -406,7 +406,7 @@ def _choose_numerics(trainer: _Trainer, settings: FitSettings) -> tuple[dict[str
     batch = next(iter(trainer.eval_loader), None)
     images = batch[0][:16] if batch is not None else torch.zeros(0)
     channels_last, note = choose_memory_format(
-        settings.memory_format, trainer.model, images, trainer.precision
+        settings.options.memory_format, trainer.model, images, trainer.precision
     )
     if channels_last:
         trainer.model.to(memory_format=torch.channels_last)
@@ -414,7 +414,7 @@ def _choose_numerics(trainer: _Trainer, settings: FitSettings) -> tuple[dict[str
     record = {
         **trainer.precision.record(),
         "memory_format": {
-            "requested": settings.memory_format,
+            "requested": settings.options.memory_format,
             "used": "channels_last" if channels_last else "contiguous",
         },
         "eval_precision": trainer.eval_precision.name,
@@ -434,17 +434,19 @@ def _build_trainer(
 ) -> _Trainer:
     """Optimizer, schedule, loaders and numerics of a stage (the memory format is settled by
     :func:`_choose_numerics`)."""
-    precision = resolve_precision(settings.precision, device)
+    precision = resolve_precision(settings.options.precision, device)
     span = {"schedule_epochs": settings.schedule_epochs, "schedule_start": settings.schedule_start}
     optimizer = build_optimizer(model, settings.options)
     scheduler = build_scheduler(optimizer, settings.options, settings.epochs, **span)
     # Distributed: the batch size is the global batch, split evenly across ranks.
-    distributed.local_batch_size(settings.batch_size)
+    distributed.local_batch_size(settings.options.batch_size)
     train_loader = data.loader(
-        "train", settings.batch_size, train=True, device=device, seed=seed, drop_last=False
+        "train", settings.options.batch_size, train=True, device=device, seed=seed, drop_last=False
     )
     select_split = "val" if data.has_split("val") else "test"
-    eval_loader = data.loader(select_split, settings.eval_batch_size, train=False, device=device)
+    eval_loader = data.loader(
+        select_split, settings.options.eval_batch_size, train=False, device=device
+    )
     return _Trainer(
         model=model,
         optimizer=optimizer,
@@ -509,7 +511,7 @@ def _train_and_evaluate(
         device=device,
         epoch=epoch,
         steps_per_epoch=len(trainer.train_loader),
-        smoothing=settings.label_smoothing,
+        smoothing=settings.options.label_smoothing,
         precision=trainer.precision,
         channels_last=trainer.channels_last,
         scaler=trainer.scaler,

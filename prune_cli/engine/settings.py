@@ -122,35 +122,6 @@ class FitSettings:
     def replace(self, **changes: Any) -> FitSettings:
         return dataclasses.replace(self, **changes)
 
-    # The options every stage reads, by name.
-    @property
-    def batch_size(self) -> int:
-        return self.options.batch_size
-
-    @property
-    def eval_batch_size(self) -> int:
-        return self.options.eval_batch_size
-
-    @property
-    def label_smoothing(self) -> float:
-        return self.options.label_smoothing
-
-    @property
-    def precision(self) -> str:
-        return self.options.precision
-
-    @property
-    def memory_format(self) -> str:
-        return self.options.memory_format
-
-    @property
-    def select_best(self) -> bool:
-        return self.options.select_best
-
-    @property
-    def compile(self) -> bool:
-        return self.options.compile
-
 
 #: Keys of a mapping given to :meth:`FitSettings.from_cfg` that are the stage's, not options.
 STAGE_KEYS = ("eval_precision", "max_steps", "schedule_epochs", "schedule_start")

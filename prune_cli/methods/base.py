@@ -56,6 +56,7 @@ from prune_cli.errors import ConfigError
 from prune_cli.methods.registry import METHODS
 from prune_cli.options import Float, Int, OneOf, Options, Text, Valid, parse
 from prune_cli.pruning.groups import GROUPINGS
+from prune_cli.pruning.regularizers import BNSparsity
 from prune_cli.pruning.schedules import (
     SCHEDULES,
     STEPS,
@@ -391,6 +392,36 @@ def check_schedule(cls: type[Method], cfg: Mapping[str, Any]) -> None:
         f"method {cls.name!r} has no method.schedule={value}; methods with schedules: "
         + ", ".join(having)
     )
+
+
+class SparsityTraining(Method):
+    """Base of the methods that train with network slimming's L1 term on BN γ
+    (:class:`~prune_cli.pruning.regularizers.BNSparsity`: ``method.l1_lambda``,
+    ``method.bn_init``): ``network_slimming`` and ``double_pruning``. ``pretrained=`` weights
+    start that sparsity training (``train.*``): slimming ranks the γ that the L1 term has driven
+    apart, which a plainly trained model's γ are not."""
+
+    trains_from_pretrained: ClassVar[bool] = True
+
+    def __init__(self, cfg: MethodOptions | Mapping[str, Any], ratio: float, seed: int = 0) -> None:
+        super().__init__(cfg, ratio, seed)
+        self.sparsity = BNSparsity(self.opts.l1_lambda, self.opts.bn_init)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Resolve ``l1_lambda: auto`` from the model family; apply ``bn_init`` if set."""
+        self.sparsity.prepare(model)
+        return model
+
+    def training_signature(self) -> dict[str, Any]:
+        """Sparsity training differs from plain training: λ and the γ init key the cache."""
+        return self.sparsity.signature()
+
+    def after_backward(self, model: nn.Module) -> None:
+        """``γ.grad += λ·sign(γ)`` for every BatchNorm2d (methods.md §3 step 1)."""
+        self.sparsity.after_backward(model)
+
+    def baseline_kind(self, trained: bool = True) -> str:
+        return self.sparsity.baseline_kind() if trained else "dense"
 
 
 class SharingOptions(OwnRatio):

@@ -36,12 +36,12 @@ from torch import nn
 from prune_cli.methods.base import (
     AutoOrNonNegative,
     ChannelOptions,
-    Method,
     MethodOptions,
     PruneContext,
     PruneResult,
     Ratio,
     ScheduleOptions,
+    SparsityTraining,
 )
 from prune_cli.methods.registry import METHODS
 from prune_cli.options import Bool, Float, Int, OneOf
@@ -54,12 +54,11 @@ from prune_cli.pruning.channels import channel_prune, restore_channels
 from prune_cli.pruning.groups import GROUPINGS, ChannelRemovalError
 from prune_cli.pruning.importance import BNScale, weight_scores
 from prune_cli.pruning.masks import SCOPES
-from prune_cli.pruning.regularizers import BNSparsity
 from prune_cli.pruning.schedules import WeightSteps
 
 
 @METHODS.register("double_pruning")
-class DoublePruning(Method):
+class DoublePruning(SparsityTraining):
     class Options(ChannelOptions, ScheduleOptions):
         """``configs/method/double_pruning.yaml``; ``mode`` applies to both stages."""
 
@@ -77,27 +76,8 @@ class DoublePruning(Method):
     def __init__(self, cfg: MethodOptions | Mapping[str, Any], ratio: float, seed: int = 0) -> None:
         super().__init__(cfg, ratio, seed)
         opts = self.opts
-        self.sparsity = BNSparsity(opts.l1_lambda, opts.bn_init)
         self.channel_ratio = self.ratio if opts.channel_ratio is None else opts.channel_ratio
         self.weight_ratio = self.ratio if opts.weight_ratio is None else opts.weight_ratio
-
-    # ------------------------------------------------------------------ training
-    def prepare(self, model: nn.Module) -> nn.Module:
-        self.sparsity.prepare(model)
-        return model
-
-    def training_signature(self) -> dict[str, Any]:
-        return self.sparsity.signature()
-
-    def after_backward(self, model: nn.Module) -> None:
-        self.sparsity.after_backward(model)
-
-    #: ``pretrained=`` weights start the sparsity training (``train.*``): slimming ranks the
-    #: γ that the L1 term has driven apart, which a plainly trained model's γ are not.
-    trains_from_pretrained = True
-
-    def baseline_kind(self, trained: bool = True) -> str:
-        return self.sparsity.baseline_kind() if trained else "dense"
 
     # ------------------------------------------------------------------ pruning
     def gradual_scores(self, model: nn.Module) -> dict[str, torch.Tensor]:

@@ -40,24 +40,22 @@ from torch import nn
 from prune_cli.methods.base import (
     AutoOrNonNegative,
     ChannelOptions,
-    Method,
-    MethodOptions,
     OwnRatio,
     PruneContext,
     PruneResult,
     ScheduleOptions,
+    SparsityTraining,
 )
 from prune_cli.methods.registry import METHODS
 from prune_cli.options import Float, OneOf
 from prune_cli.pruning.channels import restore_channels
 from prune_cli.pruning.groups import GROUPINGS
 from prune_cli.pruning.importance import BNScale
-from prune_cli.pruning.regularizers import BNSparsity
 from prune_cli.pruning.schedules import ChannelSteps
 
 
 @METHODS.register("network_slimming")
-class NetworkSlimming(Method):
+class NetworkSlimming(SparsityTraining):
     class Options(OwnRatio, ChannelOptions, ScheduleOptions):
         """``configs/method/network_slimming.yaml``."""
 
@@ -66,31 +64,6 @@ class NetworkSlimming(Method):
         bn_init: Float() | None
 
     opts: Options
-
-    def __init__(self, cfg: MethodOptions | Mapping[str, Any], ratio: float, seed: int = 0) -> None:
-        super().__init__(cfg, ratio, seed)
-        self.sparsity = BNSparsity(self.opts.l1_lambda, self.opts.bn_init)
-
-    # ------------------------------------------------------------------ training
-    def prepare(self, model: nn.Module) -> nn.Module:
-        """Resolve ``l1_lambda: auto`` from the model family; apply ``bn_init`` if set."""
-        self.sparsity.prepare(model)
-        return model
-
-    def training_signature(self) -> dict[str, Any]:
-        """Sparsity training differs from plain training: λ and the γ init key the cache."""
-        return self.sparsity.signature()
-
-    def after_backward(self, model: nn.Module) -> None:
-        """``γ.grad += λ·sign(γ)`` for every BatchNorm2d (methods.md §3 step 1)."""
-        self.sparsity.after_backward(model)
-
-    #: ``pretrained=`` weights start the sparsity training (``train.*``): slimming ranks the
-    #: γ that the L1 term has driven apart, which a plainly trained model's γ are not.
-    trains_from_pretrained = True
-
-    def baseline_kind(self, trained: bool = True) -> str:
-        return self.sparsity.baseline_kind() if trained else "dense"
 
     # ------------------------------------------------------------------ pruning
     @classmethod

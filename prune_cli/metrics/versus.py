@@ -1,0 +1,93 @@
+"""The dense reference against the final model: their latency in one backend, and the speedup.
+
+:func:`dense_vs_final` is the one comparison for both backends a run measures
+(``metrics.latency.backends``): ``torch`` (PyTorch eager, :mod:`.latency`) and ``onnxruntime``
+(the exported ONNX model in ONNX Runtime, :mod:`.deploy`). The dense model's figures are measured
+interleaved with the final model's (``metrics.latency.dense=interleaved``) or, by default, once
+per trained checkpoint and reused (``reuse``: through the caller's ``cached``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from prune_cli.metrics.deploy import LATENCY_BACKENDS, onnxruntime_latency
+from prune_cli.metrics.latency import compare_latency, latency_setting, measure_latency
+
+#: ``cached(key, compute) -> (figures, source)``: the dense model's figures for ``key``, from
+#: ``compute()`` or stored before; ``source`` is ``cached`` or ``measured``.
+Cached = Callable[[Mapping[str, Any], Callable[[], Mapping[str, Any]]], tuple[dict[str, Any], str]]
+
+
+def dense_vs_final(
+    backend: str,
+    dense: nn.Module,
+    final: nn.Module,
+    *,
+    input_size: tuple[int, int, int],
+    batch_sizes: Sequence[int],
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    compile: bool,
+    interleaved: bool,
+    cached: Cached,
+    exported: Mapping[str, bytes] | None = None,
+) -> dict[str, Any]:
+    """Latency of ``dense`` (the dense reference) and ``final`` in ``backend``, per batch size,
+    with ``speedup`` (dense latency / final latency) and ``dense_source`` (``interleaved``,
+    ``cached`` or ``measured``). ``compile`` (torch only) measures compiled copies;
+    ``exported`` (onnxruntime only): ONNX bytes of the final model made already. An ONNX
+    Runtime that cannot measure (not installed, a model it cannot take) gives
+    ``{"skipped": reason}``."""
+    if backend not in LATENCY_BACKENDS:
+        raise ValueError(f"unknown latency backend {backend!r}; choose one of {LATENCY_BACKENDS}")
+    common = {"batch_sizes": list(batch_sizes), "device": device, "warmup": warmup}
+    common["repeats"] = repeats
+    if backend == "torch":
+        kwargs = {**common, "compile": compile}
+        key = {"kind": "latency", **latency_setting(device), **kwargs, "device": str(device)}
+
+        def measure(models: Mapping[str, nn.Module]) -> dict[str, Any]:
+            return compare_latency(models, input_size, **kwargs)
+
+        def dense_alone() -> dict[str, Any]:  # what the cache keeps: the dense table itself
+            return measure_latency(dense, input_size, **kwargs)
+
+        def dense_table(stored: dict[str, Any]) -> dict[str, Any]:
+            return stored
+
+    else:
+        args = {"input_size": input_size, **common}
+        key = {"kind": "onnxruntime", **latency_setting(device), **args, "device": str(device)}
+        key["input_size"] = list(input_size)
+
+        def measure(models: Mapping[str, nn.Module]) -> dict[str, Any]:
+            return onnxruntime_latency(models, **args, exported=exported)
+
+        def dense_alone() -> dict[str, Any]:
+            return onnxruntime_latency({"dense_reference": dense}, **args)
+
+        def dense_table(stored: dict[str, Any]) -> dict[str, Any]:
+            return stored["dense_reference"]
+
+    if interleaved:  # both now, each repeat timing both models in turn
+        result, source = measure({"dense_reference": dense, "final": final}), "interleaved"
+        if "skipped" in result:
+            return {**result, "dense_source": source}
+    else:  # the dense latency once per trained checkpoint and setting
+        stored, source = cached(key, dense_alone)
+        result = measure({"final": final})
+        if "skipped" in stored or "skipped" in result:
+            return result if "skipped" in result else stored
+        result["dense_reference"] = dense_table(stored)
+    before, after = result["dense_reference"], result["final"]
+    result["speedup"] = {
+        k: round(before[k]["latency_ms"] / after[k]["latency_ms"], 4) for k in after
+    }
+    result["dense_source"] = source
+    return result

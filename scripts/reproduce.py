@@ -48,7 +48,11 @@ class Row:
 
 #: The rows, in the order their jobs are started.
 ROWS: tuple[Row, ...] = (
-    Row("depgraph", ("experiment=repro_depgraph_resnet56",)),
+    Row(
+        "depgraph",
+        ("experiment=repro_depgraph_resnet56",),
+        {"layerwise": ("method.scope=layerwise",), "global": ("method.scope=global",)},
+    ),
     Row("li2017_b", ("experiment=repro_li2017_resnet56_b",)),
     Row(
         "parity_magnitude",

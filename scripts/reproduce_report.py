@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from study_report import (  # noqa: E402  (a sibling script, not a package)
+from study_report import (  # a sibling script, not a package
     _ms,
     claims,
     claims_table,
@@ -118,8 +118,7 @@ CLAIM_ROWS: dict[str, tuple[str, str, str]] = {
         "Network slimming vs double pruning at 0.5, equal fine-tuning budgets, ResNet-20",
         "Lee et al. 2020 (double pruning): NetScore above the dense model's and above "
         "slimming alone's",
-        "prune-run -m experiment=repro_slimming_resnet20,repro_double_pruning_resnet20 "
-        "seed=0,1,2",
+        "prune-run -m experiment=repro_slimming_resnet20,repro_double_pruning_resnet20 seed=0,1,2",
     ),
 }
 
@@ -361,7 +360,8 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
     writer.writeheader()
-    writer.writerows(sorted(rows, key=lambda r: (r["row"], r["variant"], r["ratio"] or 0, r["seed"])))
+    order = sorted(rows, key=lambda r: (r["row"], r["variant"], r["ratio"] or 0, r["seed"]))
+    writer.writerows(order)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(buf.getvalue())
 

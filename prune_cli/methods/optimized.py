@@ -32,6 +32,7 @@ import numpy as np
 from pydantic import model_validator
 from torch import nn
 
+from prune_cli.engine.precision import PRECISIONS, resolve_precision
 from prune_cli.errors import ConfigError
 from prune_cli.methods.base import Method, MethodOptions, PruneContext, PruneResult
 from prune_cli.methods.registry import METHODS
@@ -117,6 +118,9 @@ class OptimizedRetention(Method):
         fitness_size: Int(ge=1) = 512
         fitness_split: OneOf("holdout", "train") = "holdout"
         fitness_batch_size: Int(ge=1) = 512
+        #: The fitness forward passes' precision: auto = bf16 where the hardware does bf16
+        #: natively (engine/precision.py), else fp32.
+        fitness_precision: OneOf(*PRECISIONS) = "auto"
         reuse_prefix: Bool = True
         prefix_limit_mb: Float(ge=0) = 2048.0
         finetune_baseline: Bool = False
@@ -199,6 +203,7 @@ class OptimizedRetention(Method):
                 "optimized: no held-out split to measure fitness on (the dataset has no val "
                 "split): fitness measured on training images"
             )
+        precision = resolve_precision(o.fitness_precision, ctx.device)
         fitness = MaskedFitness(
             model,
             weights,
@@ -206,6 +211,7 @@ class OptimizedRetention(Method):
             batches,
             reuse_prefix=o.reuse_prefix,
             prefix_limit_mb=o.prefix_limit_mb,
+            precision=precision,
         )
         problem = Problem(layout.gene_segment, layout.seed, fitness)
         rng = np.random.default_rng(self.seed)
@@ -261,8 +267,10 @@ class OptimizedRetention(Method):
             "small_ratio": small_ratio,
             "layers": list(layers) if layers else None,
             **layout.counts,
+            "pool_rule": pool,
             "fitness_images": fitness.n_images,
             "fitness_split": source,
+            "fitness_precision": precision.record(),
             "evaluations": result.evaluations,
             "generations": result.generations,
             "seconds_per_generation": round(float(np.mean(seconds)), 4) if seconds else 0.0,

@@ -35,7 +35,7 @@ STUDY=${STUDY:-outputs/study/issue12}
 SEEDS=${SEEDS:-0,1,2}
 EPOCHS=${EPOCHS:-3}             # dense training epochs on cifar10-mini (the budget: docs/results.md)
 FT_EPOCHS=${FT_EPOCHS:-1}       # fine-tuning epochs after pruning
-PRETRAINED_EPOCHS=${PRETRAINED_EPOCHS:-2}  # training epochs from the published weights (sparsity
+PRETRAINED_EPOCHS=${PRETRAINED_EPOCHS:-1}  # training epochs from the published weights (sparsity
                                 # training, DPF) and fine-tuning epochs of the pretrained setup
 FER_EPOCHS=${FER_EPOCHS:-6}     # dense training epochs of ResNet-20 on fer2013-mini (recipe_of)
 FER_MOBILE_EPOCHS=${FER_MOBILE_EPOCHS:-10}  # ... of ShuffleNetV2 x0.5 on fer2013-mini (recipe_of)

@@ -96,14 +96,17 @@ class L1FilterPruning(Method):
     ) -> PruneResult:
         """One shot at the smallest ratio that reaches ``method.macs_reduction``."""
         target = float(self.opts.macs_reduction)  # type: ignore[arg-type]
+        found = discover(model, ctx.input_size, self.opts.groups)  # once for every cut below
 
         def cut(ratio: float) -> nn.Module:
             return channel_prune(
-                model, importance, ratio, input_size=ctx.input_size, **settings
+                model, importance, ratio, input_size=ctx.input_size, found=found, **settings
             ).model
 
         ratio, search = ratio_for_macs_reduction(model, cut, target, ctx.input_size)
-        pruned = channel_prune(model, importance, ratio, input_size=ctx.input_size, **settings)
+        pruned = channel_prune(
+            model, importance, ratio, input_size=ctx.input_size, found=found, **settings
+        )
         info = {**pruned.info, "macs_reduction": search}
         info["warnings"] = [
             f"l1_filter: ratio {self.ratio} not used: method.macs_reduction={target:g} solved "

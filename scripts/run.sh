@@ -57,13 +57,13 @@ sec_cifar_magnitude() {
         ratio=0.5,0.6,0.7,0.8,0.9
 }
 
-# Source paper 1: double pruning against its two halves, as a NetScore table (methods.md §5).
+# Source paper 1: double pruning against its two halves, as a NetScore table (docs/methods.md §5).
 sec_double_pruning() {
     sweep double_pruning model=resnet56 dataset=cifar10 "dataset.root=$DATA/cifar10" \
         train=cifar method=magnitude,network_slimming,double_pruning ratio=0.1,0.3,0.5,0.7,0.9
 }
 
-# Source 3: heehehe/pruning-decorrelation's grid (prune rate x regulariser weight, methods.md §7).
+# Source 3: heehehe/pruning-decorrelation's grid (prune rate x regulariser weight, docs/methods.md §7).
 sec_dynamic_filter() {
     sweep dynamic_filter +experiment=dynamic_filter_prune_reg "dataset.root=$DATA/cifar10"
 }

@@ -1,4 +1,4 @@
-"""Imports flow one way (docs/design.md, "Code layout"):
+"""Imports flow one way (docs/development.md "Code layout"):
 
     cli -> pipeline -> methods -> {pruning, sharing} -> {engine, models, data, metrics}
 

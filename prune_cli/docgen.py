@@ -253,12 +253,20 @@ def _split_comment(rest: str) -> tuple[str, str, int]:
 
 
 def read_yaml(group: str, name: str) -> YamlFile:
-    """Parse ``configs/<group>/<name>.yaml`` for its comments; values are loaded by OmegaConf
-    without resolving interpolations."""
-    path = _file(group, name)
-    text = path.read_text()
+    """``configs/<group>/<name>.yaml`` with its comments (:func:`parse_yaml`)."""
+    return parse_yaml(_file(group, name).read_text(), group, name)
+
+
+def parse_yaml(text: str, group: str = "", name: str = "") -> YamlFile:
+    """A config file's header, defaults list, keys and their comments; the values are loaded
+    by OmegaConf without resolving interpolations.
+
+    A key's comment is the one on its line, continued by comment-only lines whose ``#`` is in
+    the same column; else the comment lines right above it (no blank line between). The first
+    comment block of the file is its header, not a key's comment.
+    """
     out = YamlFile(group, name)
-    loaded = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    loaded = OmegaConf.to_container(OmegaConf.create(text), resolve=False)
     out.data = dict(loaded or {})  # type: ignore[arg-type]
     header: list[str] = []
     pending: list[str] = []

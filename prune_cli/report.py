@@ -23,9 +23,9 @@ Written into ``--out`` (default: the first PATH), each through a temporary file 
 Analysis runs (``method=sensitivity``: ``analysis`` in ``metrics.json``) produce no pruned
 model: they are listed with their ``analysis`` column and kept out of the figures and plots.
 
-Definitions (those of ``metrics.json``, README "What a run writes"): "before" is the ``baseline``
-stage (the trained model the method pruned, ``baseline_kind`` says what it is: the dense model,
-or a sparsity-trained, masked or shared one), "after" the ``final`` stage (pruned and
+Definitions (those of ``metrics.json``, docs/metrics.md): "before" is the ``baseline`` stage (the
+trained model the method pruned, ``baseline_kind`` says what it is: the dense model, or a
+sparsity-trained, masked or shared one), "after" the ``final`` stage (pruned and
 fine-tuned), "dense" the ``dense_reference`` stage (the plain dense model of the same training
 setup); accuracies are top-1 on the test split in percent; ``params``/``macs`` are the dense
 counts and ``*_nonzero`` the counts of non-zero weights; ``sparsity`` is the fraction of zero conv

@@ -8,8 +8,8 @@
 #   LAUNCHER="hydra/launcher=parallel hydra.launcher.n_jobs=4" SECTIONS=cifar_magnitude ...
 #   DRY_RUN=1 SECTIONS=all bash scripts/run.sh            # print the commands only
 #
-# Every sweep writes to $OUT/<name>/ (one run directory per job, see README "What a run
-# writes"), then prune-report summarises it there (summary.csv, summary.md, PNG plots), and at
+# Every sweep writes to $OUT/<name>/ (one run directory per job, see docs/metrics.md
+# "The run directory"), then prune-report summarises it there (summary.csv, summary.md, PNG plots), and at
 # the end all sweeps together in $OUT/. A sweep trains each dense model once (the trained-model
 # cache in outputs/cache is shared across sweeps too: the same model, data, training settings
 # and seed are never trained twice). A failed job is recorded in its metrics.json and shown by

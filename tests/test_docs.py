@@ -497,6 +497,20 @@ def test_the_readme_single_run_sweep_and_report_run_as_written(tmp_path: Path) -
     assert len(rows) == expected and {r["status"] for r in rows} == {"completed"}
 
 
+def _installed_dependencies(folder: Path) -> Path:
+    """A folder of links to what the running environment has installed, without prune-cli
+    itself (its editable-install hook would import the checkout the tests run from)."""
+    folder.mkdir()
+    for packages in site.getsitepackages():
+        for entry in Path(packages).iterdir():
+            name = entry.name
+            if name.startswith(("__editable__", "prune_cli")) or name.endswith(".pth"):
+                continue
+            if not (folder / name).exists():
+                (folder / name).symlink_to(entry)
+    return folder
+
+
 @pytest.mark.slow
 def test_the_quick_start_runs_as_written_in_a_fresh_virtualenv(tmp_path: Path) -> None:
     """The first Quick start command, word for word, in a copy of the repository. Offline, pip
@@ -509,9 +523,9 @@ def test_the_quick_start_runs_as_written_in_a_fresh_virtualenv(tmp_path: Path) -
     )
     env = {
         **_env(),
-        "PYTHONPATH": os.pathsep.join(site.getsitepackages()),
+        "PYTHONPATH": str(_installed_dependencies(tmp_path / "deps")),
         "PIP_NO_INDEX": "1",
-        "PIP_NO_BUILD_ISOLATION": "1",
+        "PIP_NO_BUILD_ISOLATION": "0",  # pip's inverted spelling of --no-build-isolation
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
     }
     env.pop("VIRTUAL_ENV", None)
@@ -522,3 +536,13 @@ def test_the_quick_start_runs_as_written_in_a_fresh_virtualenv(tmp_path: Path) -
     (metrics,) = (copy / "outputs" / "runs").glob("*/*/metrics.json")
     assert json.loads(metrics.read_text())["status"] == "completed"
     assert (copy / ".venv" / "bin" / "prune-run").is_file()
+    # the copy's code ran, not the checkout's
+    code = "import prune_cli; print(prune_cli.__file__)"
+    where = subprocess.run(
+        [str(copy / ".venv" / "bin" / "python"), "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert where.stdout.strip() == str(copy / "prune_cli" / "__init__.py"), where.stderr

@@ -238,6 +238,6 @@ def test_resnet50_gets_its_offline_budget_and_nothing_else_does() -> None:
     assert headline.model.stem == "imagenet" and headline.model.zero_init_residual is True
     assert (headline.train.optimizer, headline.finetune.optimizer) == ("adamw", "adamw")
     assert (default.train.optimizer, default.finetune.optimizer) == ("sgd", "sgd")
-    assert "zero_init_residual" not in real.model and real.model.stem == "auto"
+    assert real.model.zero_init_residual is False and real.model.stem == "auto"  # the defaults
     assert real.train.optimizer == "sgd" and real.train.lr == 0.1
     assert mine.model.stem == "auto"  # the command line wins over the budget

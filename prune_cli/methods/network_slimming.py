@@ -18,7 +18,7 @@
    of the stream averaged), concatenations and ShuffleNetV2 streams. ``single`` is the default
    because one global γ threshold over coupled streams can empty a stream: the stream BNs'
    γ end up small, so ResNet-20 at ratio 0.3 kept 1 of 64 stage-3 stream channels and fell
-   to chance (README, "Channel groups").
+   to chance (docs/methods-guide.md).
 4. **Guards.** A group keeps at least ``method.min_channels`` channels (an int, or a fraction of
    the group for a float < 1) and, with ``method.round_to`` = r, a multiple of r channels (more
    kept, never fewer); so the removed count can be below ``floor(N·ratio)``.

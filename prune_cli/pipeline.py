@@ -568,7 +568,7 @@ class Pipeline:
         return self._fit_summary(result, model, settings.epochs), result.history
 
     def dense_reference(self) -> None:
-        """The dense reference (design.md "Baselines"): the plain dense model of this training
+        """The dense reference (docs/metrics.md): the plain dense model of this training
         setup, the yardstick of every run. When the method does not change training, it is the
         baseline itself; otherwise (sparsity training, dynamic masks, sharing) the plain model is
         trained through the cache (shared with ``method=none`` and every method that trains

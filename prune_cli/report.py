@@ -23,18 +23,19 @@ Written into ``--out`` (default: the first PATH), each through a temporary file 
 Analysis runs (``method=sensitivity``: ``analysis`` in ``metrics.json``) produce no pruned
 model: they are listed with their ``analysis`` column and kept out of the figures and plots.
 
-Definitions (those of ``metrics.json``, README "What a run writes"): "before" is the ``baseline``
-stage (the trained model the method pruned, ``baseline_kind`` says what it is: the dense model,
-or a sparsity-trained, masked or shared one), "after" the ``final`` stage (pruned and
+Definitions (those of ``metrics.json``, docs/metrics.md): "before" is the ``baseline`` stage (the
+trained model the method pruned, ``baseline_kind`` says what it is: the dense model, or a
+sparsity-trained, masked or shared one), "after" the ``final`` stage (pruned and
 fine-tuned), "dense" the ``dense_reference`` stage (the plain dense model of the same training
 setup); accuracies are top-1 on the test split in percent; ``params``/``macs`` are the dense
 counts and ``*_nonzero`` the counts of non-zero weights; ``sparsity`` is the fraction of zero conv
 + linear weights *of the final model itself* (about 0 for a physically narrowed model), so methods
 are compared with ``weights_removed`` (the fraction of the dense reference's conv + linear weights
 removed or zero) and ``params_vs_dense``/``macs_vs_dense`` (nonzero counts over the dense
-reference's); NetScore (methods.md §2.3) = ``20·log10(top1² / (√(params/p_unit)·√(MACs/m_unit)))``,
-``netscore`` with the counting mode the run was configured with (``netscore_count``), both modes
-in ``netscore_dense``/``netscore_nonzero``, and the units in ``params_unit``/``macs_unit``;
+reference's); NetScore (docs/methods.md §2.3) =
+``20·log10(top1² / (√(params/p_unit)·√(MACs/m_unit)))``, ``netscore`` with the counting mode the
+run was configured with (``netscore_count``), both modes in ``netscore_dense``/``netscore_nonzero``,
+and the units in ``params_unit``/``macs_unit``;
 ``speedup_bN`` is the dense reference's latency / the final model's at batch size N in PyTorch
 eager, ``ort_speedup_bN`` the same for the exported ONNX models in ONNX Runtime;
 ``warnings`` lists what a run did other than asked (a skipped stage, a missed rate).

@@ -15,7 +15,9 @@ thread on 2 cores: two small models train faster side by side than one on both c
 
 Row ``study`` is ``scripts/study.sh`` on its pretrained setup (every method at 0.3 and 0.6 from
 the published ResNet-20), one seed per job. The data and checkpoints are looked up under
-``$PRUNE_CLI_DATA`` / ``$PRUNE_CLI_MODELS`` (default ``../shared/data`` and ``../shared/models``).
+``--data`` / ``--models`` (default ``$PRUNE_CLI_DATA`` / ``$PRUNE_CLI_MODELS``, else
+``../shared/data`` and ``../shared/models`` beside the repository), which every job gets as
+``$PRUNE_CLI_DATA`` / ``$PRUNE_CLI_MODELS``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _folder(variable: str, default: Path) -> Path:
+    value = os.environ.get(variable)
+    return Path(value).expanduser() if value else default
+
+
+#: Where the full CIFAR-10 (``cifar10/``) and the published checkpoints (``cifar10/*.th``) are.
+DATA = _folder("PRUNE_CLI_DATA", ROOT.parent / "shared" / "data")
+MODELS = _folder("PRUNE_CLI_MODELS", ROOT.parent / "shared" / "models")
 
 
 @dataclass(frozen=True)
@@ -198,6 +210,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="lanes run side by side")
     parser.add_argument("--threads", type=int, default=1, help="threads of each lane")
     parser.add_argument("--list", action="store_true", help="list the jobs and their state")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DATA,
+        help="folder holding cifar10/ (the full CIFAR-10, cifar-10-batches-py inside); default "
+        f"$PRUNE_CLI_DATA, else ../shared/data beside the repository (now: {DATA})",
+    )
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=MODELS,
+        help="folder holding cifar10/resnet20-12fca82f.th and cifar10/resnet56-4bfd9763.th; "
+        f"default $PRUNE_CLI_MODELS, else ../shared/models beside the repository (now: {MODELS})",
+    )
     args = parser.parse_args(argv)
     wanted = [n.strip() for n in args.rows.split(",") if n.strip()]
     unknown = [n for n in wanted if n not in names]
@@ -210,7 +236,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         for job in jobs:
             print(f"{job.state():>11}  {job.row.name}/{job.arm}/seed={job.seed}")
         return 0
+    missing = missing_inputs(args.data, args.models)
+    if missing:
+        print(f"reproduce.py: error: {missing}", file=sys.stderr)
+        return 2
+    # Every job (prune-run, study.sh) finds them through the variables the configs read.
+    os.environ["PRUNE_CLI_DATA"] = str(args.data.resolve())
+    os.environ["PRUNE_CLI_MODELS"] = str(args.models.resolve())
     return 1 if run_lanes(jobs, args.jobs, args.threads) else 0
+
+
+def missing_inputs(data: Path, models: Path) -> str | None:
+    """One line naming the option to fix when the data or the checkpoints are not there."""
+    if not (data / "cifar10").is_dir():
+        return (
+            f"no folder {data / 'cifar10'} (the full CIFAR-10); pass --data DIR or set "
+            "PRUNE_CLI_DATA"
+        )
+    if not (models / "cifar10").is_dir():
+        return (
+            f"no folder {models / 'cifar10'} (the published checkpoints); pass --models DIR or "
+            "set PRUNE_CLI_MODELS"
+        )
+    return None
 
 
 if __name__ == "__main__":

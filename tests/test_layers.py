@@ -1,4 +1,4 @@
-"""Imports flow one way (docs/design.md, "Code layout"):
+"""Imports flow one way (docs/development.md "Code layout"):
 
     cli -> pipeline -> methods -> {pruning, sharing} -> {engine, models, data, metrics}
 
@@ -53,6 +53,7 @@ LAYERS: dict[str, int] = {
     "cli": 5,
     "callbacks": 5,
     "report": 5,
+    "docgen": 5,  # python -m prune_cli.docgen: docs/configuration.md from the options and configs/
 }
 #: Public entry points the package re-exports lazily (PEP 562 ``__getattr__`` in
 #: ``prune_cli/__init__.py``): imported on first use only, so ``import prune_cli`` stays at the

@@ -1,4 +1,4 @@
-"""``optimized`` (methods.md §8.2): the cardinality-constrained searches and the method.
+"""``optimized`` (docs/methods.md §8.2): the cardinality-constrained searches and the method.
 
 Search-level tests drive GA / PSO / SA with toy fitness functions; method-level tests use the
 small ``TinyNet`` of conftest.py and tiny in-memory datasets; one end-to-end run goes through the
@@ -154,7 +154,7 @@ def test_identical_genomes_are_evaluated_once() -> None:
 
 
 def test_recovery_linear_regression_search() -> None:
-    """methods.md §8.2 synthetic recovery, at the search level: y = X w*, fitness = -MSE."""
+    """docs/methods.md §8.2 synthetic recovery, at the search level: y = X w*, fitness = -MSE."""
     g = torch.Generator().manual_seed(0)
     w_star = torch.tensor([3.0, -2.5, 2.0, 0.05, 0.4, -0.35, 0.3, 0.01])
     scale = torch.tensor([1.0, 1, 1, 40, 1, 1, 1, 1])  # feature 3: small weight, large feature
@@ -374,7 +374,7 @@ RECOVERY_W = torch.tensor([2.0, -1.8, 1.5, 0.06, 0.1, -0.09, 0.08, 0.02])
 
 
 def test_recovery_finds_the_small_weight_that_matters() -> None:
-    """methods.md §8.2 synthetic recovery, through the method: K_s = 1, pool = all_rest."""
+    """docs/methods.md §8.2 synthetic recovery, through the method: K_s = 1, pool = all_rest."""
     model = nn.Sequential(nn.Flatten(), nn.Linear(8, 2, bias=False))
     with torch.no_grad():
         model[1].weight.zero_()

@@ -386,7 +386,7 @@ class SharingOptions(MethodOptions):
 
 
 class SharingMethod(Method):
-    """Base of the parameter-sharing methods (methods.md §9); subclasses define :meth:`plans`.
+    """Base of the parameter-sharing methods (docs/methods.md §9); subclasses define :meth:`plans`.
 
     Sharing re-parameterises the model *before training*, which then trains it from scratch
     through the normal pipeline:

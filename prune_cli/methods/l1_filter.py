@@ -1,4 +1,4 @@
-"""``l1_filter``: filter pruning by L1 norm, Li et al., ICLR 2017 (methods.md §6).
+"""``l1_filter``: filter pruning by L1 norm, Li et al., ICLR 2017 (docs/methods.md §6).
 
 One shot: every channel group (:mod:`prune_cli.pruning.groups`) is scored by the L1 norm of its
 filters summed over all producers (:class:`~prune_cli.pruning.importance.FilterNorm`), the lowest

@@ -1,9 +1,10 @@
-"""``optimized``: magnitude + search-selected small weights (source 4, NTNU thesis 2021; §8).
+"""``optimized``: magnitude + search-selected small weights (source 4, NTNU thesis 2021;
+docs/methods.md §8).
 
 The thesis keeps "the larger weights plus a set of smaller weights chosen by an optimisation
-strategy"; its algorithm is not public, so everything below is **our design** (methods.md §8.2).
-The recipe, on the toolbox's :mod:`prune_cli.pruning.retention` (the search space and its
-fitness) and :mod:`prune_cli.pruning.search` (the searches):
+strategy"; its algorithm is not public, so everything below is **our design**
+(docs/methods.md §8.2). The recipe, on the toolbox's :mod:`prune_cli.pruning.retention` (the search
+space and its fitness) and :mod:`prune_cli.pruning.search` (the searches):
 
 1. The large weights ``L`` are always kept; ``K_s`` small ones are chosen from a candidate pool
    (:func:`~prune_cli.pruning.retention.build_layout`, where the option semantics are spelled
@@ -59,7 +60,7 @@ from prune_cli.pruning.search import (
 
 log = logging.getLogger("prune_cli")
 
-#: Above this many genes a warning suggests block genes (methods.md §8.2 "Scaling").
+#: Above this many genes a warning suggests block genes (docs/methods.md §8.2 "Scaling").
 GENOME_WARN = 100_000
 
 
@@ -93,12 +94,13 @@ class SAOptions(Options):
 
 @METHODS.register("optimized")
 class OptimizedRetention(Method):
-    """Keep the large weights plus the small weights a GA / PSO / SA finds useful (§8.2)."""
+    """Keep the large weights plus the small weights a GA / PSO / SA finds useful
+    (docs/methods.md §8.2)."""
 
     name = "optimized"
 
     class Options(MethodOptions):
-        """``configs/method/optimized.yaml`` (methods.md §8.2)."""
+        """``configs/method/optimized.yaml`` (docs/methods.md §8.2)."""
 
         small_ratio: Float(ge=0, le=1) = 0.1
         pool: OneOf(*POOLS) = "next"
@@ -258,7 +260,7 @@ class OptimizedRetention(Method):
             del magnitude_model
         seconds = result.seconds_per_generation
         info: dict[str, Any] = {
-            "design": "our design (methods.md §8.2): the thesis' algorithm is not public",
+            "design": "our design (docs/methods.md §8.2): the thesis' algorithm is not public",
             "search": search,
             "scope": scope,
             "gene": gene,

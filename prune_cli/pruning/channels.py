@@ -12,7 +12,7 @@
   cannot score (e.g. slimming on a group without a BN followed by an activation) is left whole.
 - **keep**: ``layerwise`` removes ``floor(ratio * size)`` channels of every scored group;
   ``global`` ranks all channels of all scored groups together and removes the lowest
-  ``floor(ratio * N)`` (methods.md §2.1: ``mode=exact``; ``reference`` reproduces the reference
+  ``floor(ratio * N)`` (docs/methods.md §2.1: ``mode=exact``; ``reference`` reproduces the reference
   code's ``+1``); ``zeros`` removes exactly the channels scored 0 (a mask decided elsewhere).
   Then the guards: a group keeps at least ``min_channels`` (an int, or a fraction of the group if
   < 1) rounded up to a multiple of ``round_to`` (channels come back in order of score); channels
@@ -371,7 +371,7 @@ def global_keep(
     round_to: int = 1,
     groups: Mapping[str, ChannelGroup] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One threshold over the scores of all groups together (methods.md §2.1, §3 step 2).
+    """One threshold over the scores of all groups together (docs/methods.md §2.1, §3 step 2).
 
     The lowest ``ratio`` of all channels is removed (``exact``: ``floor(N*ratio)``; ``reference``:
     the reference code's ``+1``); tied channels (``groups``) are ranked by their mean score and
@@ -662,7 +662,7 @@ def _zero_inputs(layer: nn.Module, positions: list[int]) -> None:
 def zero_pruned_bn(
     model: nn.Module, groups: Sequence[ChannelGroup], keep: Mapping[str, torch.Tensor]
 ) -> None:
-    """The mask implementation of slimming (methods.md §3 step 3): γ = β = 0 on the removed
+    """The mask implementation of slimming (docs/methods.md §3 step 3): γ = β = 0 on the removed
     channels of every BN of each group, in place. In eval mode this model computes the same
     function as :func:`remove_channels`'s output when every removed channel then reaches its
     consumers as exactly 0 (single groups whose BN follows the producer, activations with

@@ -1,4 +1,4 @@
-"""Channel groups: every tensor slice that must go when one channel goes (design.md).
+"""Channel groups: every tensor slice that must go when one channel goes (docs/methods.md §2.4).
 
 A **channel group** is a set of channels removed together. Channel ``j`` of a group is one
 *logical* channel of the network, and each **member** of the group says where that channel sits
@@ -634,7 +634,7 @@ def _is_gate(node: Any, OP: Any) -> bool:
 
 
 def _mark_after_depthwise(members: list[Member], graph: Any, names: dict) -> list[Member]:
-    """Flag BNs that normalise a depthwise member of the same group (methods.md §3: a
+    """Flag BNs that normalise a depthwise member of the same group (docs/methods.md §3: a
     depthwise BN follows its producer's mask and is never ranked)."""
     depthwise = {m.module for m in members if m.kind == DEPTHWISE}
     if not depthwise:

@@ -1,5 +1,5 @@
 """Which small weights to keep beside the large ones: the search space and its fitness
-(methods.md §8.2, **our design**; used by the ``optimized`` method).
+(docs/methods.md §8.2, **our design**; used by the ``optimized`` method).
 
 - :func:`build_layout`: ``N`` prunable weights, ``K = N - floor(r N)`` kept (the count of
   magnitude's exact mode), ``K_s = round(ρ K)`` of them "small", ``K_l = K - K_s`` "large".
@@ -117,7 +117,8 @@ def build_layout(
     gene: str = "weight",
     layers: Sequence[str] | None = None,
 ) -> Layout:
-    """The large set, the candidate pool, the genes and the magnitude seed (methods.md §8.2)."""
+    """The large set, the candidate pool, the genes and the magnitude seed
+    (docs/methods.md §8.2)."""
     names = list(weights)
     sizes = [weights[n].numel() for n in names]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)

@@ -51,6 +51,7 @@ from prune_cli.errors import (
     one_line,
     unknown_choice,
 )
+from prune_cli.renamed import renamed_key_message
 
 log = logging.getLogger("prune_cli")
 
@@ -304,6 +305,9 @@ def composition_error(exc: BaseException) -> str | None:
         key = str(cause.full_key)
         parent = getattr(cause, "parent_node", None)
         if parent is not None and "not in struct" in str(cause):
+            renamed = renamed_key_message(key)
+            if renamed is not None:
+                return renamed
             group, _, _ = key.rpartition(".")
             valid = sorted(k for k in parent if k != "hydra")
             extra = f" (a new model option: +{key}=...)" if group == "model" else ""

@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "registry": 0,
     "distributed": 0,
     "options": 0,  # the typed-options mechanism (pydantic)
+    "renamed": 0,  # config keys of earlier releases and their replacements
     # training, models, data, counting; export writes a model in portable formats
     "engine": 1,
     "models": 1,

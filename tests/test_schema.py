@@ -342,3 +342,15 @@ def test_fuzz_lists_where_scalars_are_expected_and_back(base: dict[str, Any]) ->
         with pytest.raises(ConfigError) as err:
             validate_config(cfg)
         assert ".".join(path) in str(err.value)
+
+
+def test_a_key_of_an_earlier_release_names_its_replacement() -> None:
+    from prune_cli.renamed import renamed_key_message
+
+    assert renamed_key_message("train.amp") == (
+        "train.amp was replaced by train.precision (auto | fp32 | bf16 | fp16)"
+    )
+    assert renamed_key_message("finetune.channels_last").startswith(
+        "finetune.channels_last was replaced by finetune.memory_format"
+    )
+    assert renamed_key_message("train.lr") is None and renamed_key_message("amp") is None

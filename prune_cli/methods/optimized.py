@@ -33,7 +33,6 @@ import numpy as np
 from pydantic import model_validator
 from torch import nn
 
-from prune_cli.engine.precision import PRECISIONS, resolve_precision
 from prune_cli.errors import ConfigError
 from prune_cli.methods.base import Method, MethodOptions, PruneContext, PruneResult
 from prune_cli.methods.registry import METHODS
@@ -41,6 +40,7 @@ from prune_cli.options import Bool, Float, Int, OneOf, Options, Text
 from prune_cli.pruning import prunable_weights, rate_check
 from prune_cli.pruning.masks import SCOPES
 from prune_cli.pruning.retention import (
+    FITNESS_PRECISIONS,
     GENES,
     POOLS,
     MaskedFitness,
@@ -122,7 +122,7 @@ class OptimizedRetention(Method):
         fitness_batch_size: Int(ge=1) = 512
         #: The fitness forward passes' precision: auto = bf16 where the hardware does bf16
         #: natively (engine/precision.py), else fp32.
-        fitness_precision: OneOf(*PRECISIONS) = "auto"
+        fitness_precision: OneOf(*FITNESS_PRECISIONS) = "auto"
         reuse_prefix: Bool = True
         prefix_limit_mb: Float(ge=0) = 2048.0
         finetune_baseline: Bool = False
@@ -205,7 +205,6 @@ class OptimizedRetention(Method):
                 "optimized: no held-out split to measure fitness on (the dataset has no val "
                 "split): fitness measured on training images"
             )
-        precision = resolve_precision(o.fitness_precision, ctx.device)
         fitness = MaskedFitness(
             model,
             weights,
@@ -213,7 +212,7 @@ class OptimizedRetention(Method):
             batches,
             reuse_prefix=o.reuse_prefix,
             prefix_limit_mb=o.prefix_limit_mb,
-            precision=precision,
+            precision=o.fitness_precision,
         )
         problem = Problem(layout.gene_segment, layout.seed, fitness)
         rng = np.random.default_rng(self.seed)
@@ -272,7 +271,7 @@ class OptimizedRetention(Method):
             "pool_rule": pool,
             "fitness_images": fitness.n_images,
             "fitness_split": source,
-            "fitness_precision": precision.record(),
+            "fitness_precision": fitness.precision.record(),
             "evaluations": result.evaluations,
             "generations": result.generations,
             "seconds_per_generation": round(float(np.mean(seconds)), 4) if seconds else 0.0,

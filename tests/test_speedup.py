@@ -132,13 +132,13 @@ def test_the_report_shows_eta_after_the_speedups(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- round_to
-def test_auto_rounding_is_16_for_groups_of_32_channels_or_more() -> None:
+def test_auto_rounding_is_16_for_groups_of_more_than_16_channels() -> None:
     # what oneDNN's and ONNX Runtime's blocked convolutions want on an AVX-512 CPU
     assert [rounded_keep(k, 64, "auto") for k in (3, 15, 16, 17, 40, 63)] == [
         16, 16, 16, 32, 48, 64,
     ]  # fmt: skip
     assert [rounded_keep(k, 16, "auto") for k in (3, 11)] == [3, 11]  # narrow: any count
-    assert rounded_keep(20, 24, "auto") == 20 and rounded_keep(20, 32, "auto") == 32
+    assert rounded_keep(12, 24, "auto") == 16 and rounded_keep(20, 24, "auto") == 24
     assert [rounded_keep(k, 64, 8) for k in (1, 8, 9)] == [8, 8, 16]
     assert not allowed_width(12, 64, "auto") and allowed_width(12, 16, "auto")
     assert allowed_width(24, 24, "auto") and allowed_width(24, 64, 8)
@@ -353,3 +353,17 @@ def test_a_conv_in_a_plain_sequence_is_priced_by_both_its_groups() -> None:
     layers = {x.name: x for x in model_layers(model, groups, (3, 8, 8))}
     assert set(layers["3"].ins) == {"0"} and set(layers["3"].outs) == {"3"}
     assert layers["1"].shape.kind == "bn" and layers["8"].shape.kind == "linear"
+
+
+def test_a_mac_budget_that_rounding_overshoots_is_said() -> None:
+    """The small net's 32-channel groups keep 16 or 32 with round_to=auto: no uniform ratio
+    lands near 2x fewer MACs, and the run says how far it went."""
+    ctx = PruneContext(data=None, device=torch.device("cpu"), seed=0, input_size=SMALL)
+    cfg = {"name": "l1_filter", "macs_reduction": 2.0}
+    result = build_method(cfg, 0.5).prune(small_resnet(), ctx)
+    reached = result.info["macs_reduction"]["achieved"]
+    assert reached > 2.1
+    assert any(f"overshot: {reached:.3f}x" in w for w in result.info["warnings"])
+    exact = build_method({**cfg, "round_to": 1}, 0.5).prune(small_resnet(), ctx)
+    assert exact.info["macs_reduction"]["achieved"] < 2.1
+    assert not any("overshot" in w for w in exact.info["warnings"])

@@ -15,7 +15,7 @@ fine-tunes it.
 - ``method.norm``: ``l1`` (default) or ``l2``.
 - ``method.mode``, ``method.min_channels``: as in ``network_slimming``.
 - ``method.round_to`` (default ``auto``): kept counts rounded up to a multiple of 16 in every
-  group of 32 channels or more (:func:`~prune_cli.pruning.channels.multiple_of`), the channel
+  group of more than 16 channels (:func:`~prune_cli.pruning.channels.multiple_of`), the channel
   block of oneDNN's and ONNX Runtime's convolutions on AVX-512 CPUs: at 2x fewer MACs this took
   ONNX Runtime's speedup efficiency from 0.09-0.76 to 0.91-1.03 on MobileNetV2 and ResNet-50
   (``scripts/bench_deploy.py``). The channel ratio achieved is recorded exactly
@@ -69,6 +69,9 @@ from prune_cli.pruning.importance import CRITERIA, FilterNorm
 from prune_cli.pruning.schedules import ChannelSteps
 from prune_cli.pruning.sensitivity import read_layer_ratios
 
+#: A MAC reduction this much above the one asked for is said (rounding makes ratios coarse).
+OVERSHOOT = 0.05
+
 
 @METHODS.register("l1_filter")
 class L1FilterPruning(Method):
@@ -84,7 +87,7 @@ class L1FilterPruning(Method):
         ) = None
         #: Dense MACs over pruned MACs to reach; the ratio is solved for (null: use ratio).
         macs_reduction: Float(ge=1) | None = None
-        #: Kept counts rounded up to multiples of 16 in groups of 32 or more (issue 26).
+        #: Kept counts rounded up to multiples of 16 in groups of more than 16 (issue 26).
         round_to: AutoOrPositiveInt = "auto"
         #: How many channels each group keeps (null: method.scope decides).
         allocation: OneOf(*ALLOCATIONS) | None = None
@@ -190,6 +193,12 @@ class L1FilterPruning(Method):
             info["warnings"].append(
                 f"l1_filter: method.macs_reduction={target:g} not reached: at most "
                 f"{search['achieved']:.3f}x with these groups and guards"
+            )
+        elif search["achieved"] > target * (1 + OVERSHOOT):
+            info["warnings"].append(
+                f"l1_filter: method.macs_reduction={target:g} overshot: {search['achieved']:.3f}x "
+                f"fewer MACs, the nearest one ratio reaches with round_to={self.opts.round_to} "
+                "(method.allocation=latency chooses each group's width for the budget)"
             )
         # The rate asked for is the solved one.
         rate = info.get("rates", {}).get("channels")

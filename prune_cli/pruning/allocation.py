@@ -11,36 +11,48 @@
   by what they cost at run time, not only by their MACs.
 
 **Latency-aware allocation** (after HALP, Shen et al. 2022, "Structural pruning via
-latency-saliency knapsack"): maximise the importance kept under a latency budget. Here the
-budget is the MAC budget the user gave (``method.macs_reduction``, or the MACs of the uniform cut
-at ``ratio``), and the knapsack is solved greedily, as HALP does:
+latency-saliency knapsack": a latency lookup table and a greedy knapsack): keep the most value
+for the latency spent. The budget is the MAC budget the user gave (``method.macs_reduction``, or
+the MACs of the uniform cut at ``ratio``), so that the same MAC reduction is bought with the
+largest latency reduction:
 
 1. **Layers** (:func:`model_layers`): every conv, depthwise conv, linear and BatchNorm that a
    ranked group reaches, with its shape and how its input and output widths follow the kept
    channel counts of the groups (a conv's input may come from several groups: a concatenation).
-2. **Candidate widths** per group (:func:`candidate_widths`): multiples of a step (at most
-   :data:`MAX_CANDIDATES` of them, multiples of ``round_to``), at least ``min_channels``.
+2. **Candidate widths** per group (:func:`candidate_widths`): multiples of the group's
+   ``round_to`` multiple (:func:`~prune_cli.pruning.channels.multiple_of`; coarser for wide
+   groups, at most :data:`MAX_CANDIDATES`), at least ``min_channels``.
 3. **Latency table** (:mod:`prune_cli.metrics.layer_latency`): each layer timed alone at the
    candidate widths of its input and output, per batch size of ``latency_batch_sizes``, on
    ``latency_backend`` (PyTorch eager or ONNX Runtime), once per machine and setting (cached on
    disk). The predicted latency of an allocation is the sum of its layers' latencies; with
    several batch sizes, the mean over batch sizes of the latency relative to the dense layers'.
-4. **Greedy** (:func:`solve`): from the dense widths, repeatedly take the move (one group down
-   to one of its next :data:`LOOKAHEAD` lower candidate widths) that loses the least importance
-   per unit of predicted latency saved, until the MACs are within the budget. Importance is the
-   criterion's score of the channels a move removes (the lowest-scored of the group first), so
-   the scores must compare across groups (``FilterNorm(mean=True)``, as ``global`` uses); a move
-   that saves no predicted latency is taken only when no other is left.
+4. **Value** (:func:`kept_values`): a group that keeps its ``k`` best channels is worth
+   ``W_g * log(share of the group's importance they carry)``, ``W_g`` the MACs of the layers
+   the group reaches. The criterion only orders channels within a group (filter norms do not
+   compare across layers of different sizes, and a coupled group's score is not its whole
+   weight); across groups, the log makes every further cut of a group cost more, so no group is
+   emptied, and when latency is proportional to MACs everywhere the optimum is the uniform
+   allocation: the latency-aware one departs from uniform exactly where the table says that
+   some layers cost more per MAC than others.
+5. **Greedy** (:func:`solve`): from the dense widths, repeatedly take the move (one group down
+   to one of its next :data:`LOOKAHEAD` lower candidate widths) that loses the least value per
+   unit of predicted latency saved, until the MACs are within the budget; then give back the
+   channels that still fit in it (the last move may overshoot by a whole step). A move that
+   saves no predicted latency is taken only when no other is left.
 
 The chosen widths are cut by :func:`~prune_cli.pruning.channels.channel_prune` with per-group
-ratios (the lowest-scored channels of each group go). :class:`Allocation` records what was
-chosen, the MACs and predicted latencies, and where the table came from.
+ratios (the lowest-scored channels of each group go); :func:`latency_cut` checks the exact MACs
+of the cut model and aims lower if they miss the budget, and returns what was chosen, the MACs
+and predicted latencies, and where the table came from.
 
 Limits: the table prices each layer alone (no fusion across layers, element-wise operations
-other than BatchNorm not priced), and a layer's two widths as independent factors
-(``t(a, b) = t_in(a) * t_out(b) / t_dense``); grouped (not depthwise) convolutions are priced
-by their MACs. The table serves the relative choice between groups; the real speedup is what
-the run measures afterwards (``latency.speedup``, ``speedup_efficiency``).
+other than BatchNorm not priced, and a backend's graph-level choices, such as ONNX Runtime's
+layout reorders between blocked and plain convolutions, not seen: ``round_to`` keeps widths on
+those paths), and a layer's two widths as independent factors
+(``t(a, b) = t_in(a) * t_out(b) / t_dense``); grouped (not depthwise) convolutions are not
+priced (their MACs count as fixed). The table serves the relative choice between groups; the
+real speedup is what the run measures afterwards (``latency.speedup``, ``speedup_efficiency``).
 """
 
 from __future__ import annotations
@@ -347,9 +359,10 @@ def latency_allocation(
     round_to: int | str = 1,
     table: LatencyTable | None = None,
 ) -> tuple[dict[str, int], dict[str, Any]]:
-    """Kept channels per ranked group for ``macs_budget`` (MACs of one image), and the record
-    for ``prune_info.allocation`` (module docstring). ``table``: a table to use instead of the
-    stored one of ``backend`` (tests); a stored table gains what was measured."""
+    """Kept channels per ranked group for ``macs_budget`` (the whole model's MACs of one
+    image), and the record for ``prune_info.allocation`` (module docstring). ``table``: a
+    table to use instead of the stored one of ``backend`` (tests); a stored table gains what
+    was measured."""
     tic = time.perf_counter()
     ranked = [g for g in groups if g.name in scores]
     sizes = {g.name: g.size for g in ranked}
@@ -372,7 +385,9 @@ def latency_allocation(
 
     touched = {n: sum(x.macs for x in layers if n in x.groups) for n in sizes}
     values = {n: kept_values(s, touched[n]) for n, s in scores.items() if n in sizes}
-    chosen = solve(layers, sizes, candidates, values, cost, macs_budget)
+    # MACs of the layers no ranked group reaches (and of unpriced ones) stay as they are
+    fixed = count_macs(model, tuple(int(v) for v in input_size)).dense - sum(x.macs for x in layers)
+    chosen = solve(layers, sizes, candidates, values, cost, macs_budget - fixed)
     predicted = {
         f"b{b}": round(sum(table.predict(x.shape, b, *x.widths(chosen.kept)) for x in layers), 4)
         for b in batch_sizes

@@ -15,8 +15,8 @@
   ``floor(ratio * N)`` (methods.md §2.1: ``mode=exact``; ``reference`` reproduces the reference
   code's ``+1``); ``zeros`` removes exactly the channels scored 0 (a mask decided elsewhere).
   Then the guards: a group keeps at least ``min_channels`` (an int, or a fraction of the group if
-  < 1) rounded up to a multiple of ``round_to`` (``auto``: of 16 in groups of 32 channels or
-  more, :func:`multiple_of`; channels come back in order of score); channels
+  < 1) rounded up to a multiple of ``round_to`` (``auto``: of 16 in groups of more than 16
+  channels, :func:`multiple_of`; channels come back in order of score); channels
   tied by a grouped convolution go together; and no conv, linear or BN is left without input or
   output channels (the best-scored channel that reaches it comes back).
 - **removal** (:func:`remove_channels`): a new, physically smaller copy of the model. For every
@@ -307,11 +307,11 @@ def min_keep(size: int, min_channels: float) -> int:
     return max(1, min(size, n))
 
 
-#: ``round_to: auto``: a group of at least twice this many channels keeps a multiple of it; a
-#: narrower group keeps any count (a multiple of 16 would leave it no width but its own). 16 fp32
-#: values fill an AVX-512 vector; oneDNN blocks channels by 16 on such CPUs, and ONNX Runtime's
-#: blocked (NCHWc) convolutions need channel counts in multiples of 16 (any other count falls
-#: back to plain NCHW kernels between layout reorders; ``scripts/bench_round_to.py``,
+#: ``round_to: auto``: a group wider than this keeps a multiple of it (or all its channels); a
+#: group of at most this many keeps any count (a multiple would leave it no width but its own).
+#: 16 fp32 values fill an AVX-512 vector; oneDNN blocks channels by 16 on such CPUs, and ONNX
+#: Runtime's blocked (NCHWc) convolutions need channel counts in multiples of 16 (any other
+#: count falls back to plain NCHW kernels between layout reorders; ``scripts/bench_round_to.py``,
 #: ``scripts/bench_deploy.py``). 16 is also a multiple of the 8 that AVX2 and GPU tensor cores
 #: want.
 AUTO_BLOCK = 16
@@ -328,9 +328,9 @@ def check_round_to(round_to: int | str) -> int | str:
 
 def multiple_of(size: int, round_to: int | str) -> int:
     """The multiple a group of ``size`` channels keeps: ``round_to``, or for ``"auto"``
-    :data:`AUTO_BLOCK` when ``size >= 2 * AUTO_BLOCK`` and 1 otherwise."""
+    :data:`AUTO_BLOCK` when ``size > AUTO_BLOCK`` and 1 otherwise."""
     if check_round_to(round_to) == "auto":
-        return AUTO_BLOCK if size >= 2 * AUTO_BLOCK else 1
+        return AUTO_BLOCK if size > AUTO_BLOCK else 1
     return int(round_to)
 
 

@@ -339,6 +339,8 @@ def test_l1_filter_allocation_latency_records_it_and_refuses_schedules(table_cac
         build_method({**cfg, "schedule": "iterative"}, 0.5)
     with pytest.raises(ConfigError, match="allocation"):
         build_method({"name": "l1_filter", "allocation": "greedy"}, 0.5)
+    with pytest.raises(ConfigError, match=r"does not take method\.allocation=latency"):
+        build_method({**cfg, "layer_ratios": {"stem.0": 0.5}}, 0.5)
     glob = build_method({"name": "l1_filter", "allocation": "global"}, 0.5).prune(dense, ctx)
     assert glob.info["scope"] == "global" and glob.info["allocation"] == {"name": "global"}
 

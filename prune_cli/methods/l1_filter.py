@@ -104,6 +104,17 @@ class L1FilterPruning(Method):
         return "global" if self.opts.scope == "global" else "uniform"
 
     @classmethod
+    def parse_options(cls, cfg: Mapping[str, Any]) -> Options:
+        """The options, and the combinations they refuse (checked before any work)."""
+        opts = super().parse_options(cfg)
+        if opts.layer_ratios and opts.allocation not in (None, "uniform"):
+            raise ConfigError(
+                "method.layer_ratios sets each group's ratio; it does not take "
+                f"method.allocation={opts.allocation}"
+            )
+        return opts
+
+    @classmethod
     def refuses_schedule(cls, cfg: Mapping[str, Any]) -> str | None:
         if cfg.get("layer_ratios"):
             return "method.layer_ratios prunes one shot"
@@ -124,11 +135,6 @@ class L1FilterPruning(Method):
         importance = FilterNorm(p=1 if self.opts.norm == "l1" else 2, mean=mean)
         settings = {"scope": scope, **self.opts.channel_settings()}
         if self.opts.layer_ratios:
-            if self.opts.allocation not in (None, "uniform"):
-                raise ConfigError(
-                    f"method.layer_ratios sets each group's ratio; it does not take "
-                    f"method.allocation={allocation}"
-                )
             result = self._per_layer(model, ctx, importance, settings)
         elif allocation == "latency":
             result = self._latency_allocation(model, ctx, importance, settings)

@@ -295,7 +295,19 @@ def measure_tables(
     warmup: int = 2,
     repeats: int = 7,
 ) -> None:
-    """Measure every (shape, widths) of ``wanted`` that ``table`` lacks, at every batch size."""
+    """Measure every (shape, widths) of ``wanted`` that ``table`` lacks, at every batch size
+    (logged: the first measurement of a large model takes minutes)."""
+    todo = sum(
+        bool(sum(map(bool, table.missing(shape, int(b), ins, outs))))
+        for b in batch_sizes
+        for shape, (ins, outs) in wanted.items()
+    )
+    if todo:
+        log.info(
+            "latency table: measuring %d of %d layer shapes x batch sizes %s (%s, once per "
+            "machine; cached in %s)", todo, len(wanted) * len(batch_sizes), list(batch_sizes),
+            table.setting["backend"], cache_dir(),
+        )  # fmt: skip
     for batch in batch_sizes:
         for shape, (ins, outs) in wanted.items():
             table.measure(shape, int(batch), ins, outs, warmup, repeats)

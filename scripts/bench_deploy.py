@@ -90,7 +90,7 @@ def floor_model(dense: nn.Module) -> nn.Module:
 def latencies(
     models: dict[str, nn.Module], backend: str, args: argparse.Namespace
 ) -> dict[str, dict[str, dict[str, float]]]:
-    timing = {"warmup": args.warmup, "repeats": args.repeats}
+    timing = {"warmup": args.warmup, "repeats": args.repeats, "statistic": args.stat}
     if backend == "torch":
         return compare_latency(models, INPUT, args.batch_sizes, "cpu", **timing)
     ort = onnxruntime_latency(
@@ -112,6 +112,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument(
+        "--stat",
+        choices=("median", "min"),
+        default="median",
+        help="summary of the repeats: median (as a run records), or min (a loaded machine "
+        "preempts short forwards, which inflates medians at batch 1)",
+    )
+    parser.add_argument(
         "--table-backend",
         default="torch",
         help="backend of the latency tables of allocation=latency (method.latency_backend)",
@@ -128,7 +135,7 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), input {INPUT}, "
         f"l1_filter groups=coupled at {args.macs_reduction}x fewer MACs; "
-        f"interleaved medians of {args.repeats} rounds"
+        f"interleaved rounds: {args.stat} of {args.repeats}"
     )
     cols = [f"{b}_b{n}" for b in args.backends for n in args.batch_sizes]
     heads = [f"speedup {c}" for c in cols] + [f"eta {c}" for c in cols]

@@ -87,12 +87,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--stat", choices=("median", "min"), default="median")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), input {INPUT}; "
         f"Torch-Pruning uniform L1 solved for {args.macs_reduction}x fewer MACs, prune-cli "
-        f"l1_filter at its MAC count; interleaved medians of {args.repeats} rounds"
+        f"l1_filter at its MAC count; interleaved rounds: {args.stat} of {args.repeats}"
     )
     cols = [f"{b}_b{n}" for b in args.backends for n in args.batch_sizes]
     heads = [f"speedup {c}" for c in cols] + [f"eta {c}" for c in cols]

@@ -52,8 +52,9 @@ def measure_latency(
 
 
 #: How the repeats of one forward are summarised: the median (the run's figures), or the
-#: minimum (benchmarks on a loaded machine: a forward of a millisecond or two is often
-#: preempted, which inflates a median; the fastest repeat is the closest to its own cost).
+#: minimum (for benchmark scripts, ``--stat min``: on a loaded machine a forward of a
+#: millisecond or two is often preempted, which inflates a median; on the 2-core machine of
+#: issue 26, with the cores oversubscribed, the minimum of 21 rounds was no steadier).
 STATISTICS = {"median": statistics.median, "min": min}
 
 

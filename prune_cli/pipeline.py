@@ -72,6 +72,7 @@ from prune_cli.errors import ConfigError, ExportError, UserError, explain, one_l
 from prune_cli.export import FORMATS, export_model, onnx_bytes
 from prune_cli.methods import PruneContext, build_method
 from prune_cli.metrics.deploy import onnxruntime_latency
+from prune_cli.metrics.efficiency import add_speedup_efficiency
 from prune_cli.metrics.expected import check_expected_accuracy
 from prune_cli.metrics.latency import compare_latency, latency_setting, measure_latency
 from prune_cli.metrics.report import (
@@ -947,6 +948,9 @@ class Pipeline:
             }
         if bool(lat_cfg.enabled) and "onnxruntime" in backends:  # the deployed runtime
             self.metrics.setdefault("latency", {})["onnxruntime"] = self._onnxruntime_latency()
+        if "latency" in self.metrics:  # eta = speedup / MAC reduction, per backend and batch
+            dense_macs = self.metrics["dense_reference"]["macs"]
+            add_speedup_efficiency(self.metrics["latency"], dense_macs, final["macs"])
         self._timed("evaluate", time.perf_counter() - tic)
 
     def export(self) -> None:

@@ -41,6 +41,7 @@ the base of the parameter-sharing methods.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,28 @@ AutoOrNonNegative = Annotated[
 ]
 
 
+def _auto_or_positive_int(value: Any) -> Any:
+    if value == "auto":
+        return value
+    if isinstance(value, bool):
+        raise ValueError("is not auto or an integer")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("is not auto or an integer") from None
+    if not math.isfinite(number) or number != int(number):
+        raise ValueError("is not auto or an integer")
+    if number < 1:
+        raise ValueError("is out of range")
+    return int(number)
+
+
+#: ``auto`` or an integer >= 1 (``round_to``).
+AutoOrPositiveInt = Annotated[
+    Any, BeforeValidator(_auto_or_positive_int), Valid("auto, or an integer >= 1")
+]
+
+
 class MethodOptions(Options):
     """Keys every method config may have: its ``name`` and its own ``ratio`` (the fraction
     its main rate prunes; default: the run's ``ratio``). Subclasses add the method's keys."""
@@ -127,12 +150,13 @@ class ChannelOptions(MethodOptions):
     """Keys of the channel-removal methods (:func:`~prune_cli.pruning.channels.channel_prune`):
     ``groups`` (``coupled``: residual streams, concatenations, ShuffleNetV2 streams too;
     ``single``: one-producer groups only), the threshold ``mode``, ``min_channels`` (an int, or
-    a fraction of the group if < 1) and ``round_to``."""
+    a fraction of the group if < 1) and ``round_to`` (an int, or ``auto``:
+    :func:`~prune_cli.pruning.channels.rounded_keep`)."""
 
     groups: OneOf(*GROUPINGS) = "coupled"
     mode: OneOf(*THRESHOLD_MODES) = "exact"
     min_channels: Float(gt=0) = 1
-    round_to: Int(ge=1) = 1
+    round_to: AutoOrPositiveInt = 1
 
     def channel_settings(self) -> dict[str, Any]:
         """These options as :func:`channel_prune` keywords."""

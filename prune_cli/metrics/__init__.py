@@ -1,5 +1,7 @@
-"""Metrics: parameters, MACs, sparsity (:mod:`.counting`), NetScore (:mod:`.netscore`) and
-latency (:mod:`.latency`). Definitions are in each module's docstring."""
+"""Metrics: parameters, MACs, sparsity (:mod:`.counting`), NetScore (:mod:`.netscore`),
+latency (:mod:`.latency`, :mod:`.deploy` for ONNX Runtime), speedup efficiency
+(:mod:`.efficiency`) and single-layer latency tables (:mod:`.layer_latency`). Definitions are in
+each module's docstring."""
 
 from prune_cli.metrics.counting import MacCount, count_macs, count_params, prunable_layers, sparsity
 from prune_cli.metrics.latency import compare_latency, measure_latency

@@ -3,6 +3,8 @@
 - :mod:`.threshold`, :mod:`.masks`: percentile thresholds, weight masks, holding them at zero;
 - :mod:`.groups`, :mod:`.shufflenet`: channel groups (coupled producers, concatenations, splits,
   ShuffleNetV2 streams); :mod:`.channels`: :func:`~.channels.channel_prune` (score, keep, remove);
+- :mod:`.budget`: the ratio for a MAC budget; :mod:`.allocation`: how many channels each group
+  keeps (uniform, global, or latency-aware from measured latency tables);
 - :mod:`.importance`: importance criteria; :mod:`.regularizers`: training-time penalties;
 - :mod:`.reparam`: masked re-parameterisation of weights (DPF); :mod:`.schedules`: sparsity
   schedules; :mod:`.search`: mask search (GA / PSO / SA).

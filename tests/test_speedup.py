@@ -329,11 +329,18 @@ def test_l1_filter_allocation_latency_records_it_and_refuses_schedules(table_cac
     result = build_method(cfg, 0.5).prune(dense, ctx)
     alloc = result.info["allocation"]
     assert alloc["name"] == "latency" and alloc["budget_from"] == "the uniform cut at ratio 0.5"
+    assert result.info["round_to"] == "auto"  # a MAC budget: the fast kernels' multiples
     uniform = build_method({"name": "l1_filter"}, 0.5).prune(dense, ctx)
     assert uniform.info["allocation"] == {"name": "uniform"}
-    assert uniform.info["round_to"] == "auto"  # the default
-    # the budget is the uniform cut's MACs
-    assert alloc["macs"] <= count_macs(uniform.model, SMALL).dense
+    # the default auto keeps a ratio's exact counts, and says why
+    assert uniform.info["round_to"] == 1
+    assert uniform.info["round_to_rule"]["requested"] == "auto"
+    assert "a ratio sets the cut" in uniform.info["round_to_rule"]["why"]
+    # the budget is the MACs of the uniform cut (rounded as the allocation rounds)
+    budget = channel_prune(
+        dense, FilterNorm(), 0.5, input_size=SMALL, scope="layerwise", round_to="auto"
+    ).model
+    assert alloc["macs"] <= count_macs(budget, SMALL).dense
     assert any("allocation=latency" in w for w in result.info["warnings"])
     with pytest.raises(ConfigError, match="one shot"):
         build_method({**cfg, "schedule": "iterative"}, 0.5)

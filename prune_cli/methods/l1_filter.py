@@ -14,12 +14,17 @@ fine-tunes it.
   3x3 and 1x1 filters are comparable).
 - ``method.norm``: ``l1`` (default) or ``l2``.
 - ``method.mode``, ``method.min_channels``: as in ``network_slimming``.
-- ``method.round_to`` (default ``auto``): kept counts rounded up to a multiple of 16 in every
-  group of more than 16 channels (:func:`~prune_cli.pruning.channels.multiple_of`), the channel
-  block of oneDNN's and ONNX Runtime's convolutions on AVX-512 CPUs: at 2x fewer MACs this took
-  ONNX Runtime's speedup efficiency from 0.09-0.76 to 0.91-1.03 on MobileNetV2 and ResNet-50
-  (``scripts/bench_deploy.py``). The channel ratio achieved is recorded exactly
-  (``prune_info.rates.channels``); ``round_to: 1`` cuts the exact ``floor(ratio * C)``.
+- ``method.round_to`` (default ``auto``): where a MAC budget sets the widths
+  (``method.macs_reduction``, ``method.allocation=latency``), kept counts are rounded up to a
+  multiple of 16 in every group of more than 16 channels
+  (:func:`~prune_cli.pruning.channels.multiple_of`), the channel block of oneDNN's and ONNX
+  Runtime's convolutions on AVX-512 CPUs: at 2x fewer MACs this took ONNX Runtime's speedup
+  efficiency from 0.09-0.76 to 0.91-1.03 on MobileNetV2 and ResNet-50
+  (``scripts/bench_deploy.py``). Where a ratio sets the cut, ``auto`` keeps the exact
+  ``floor(ratio * C)`` (rounding a 32-channel group at ratio 0.3 up to 32 would not prune it);
+  ``round_to: 16`` rounds there too. ``prune_info.round_to`` (and ``round_to_rule``: why)
+  records what was used and the achieved channel ratio is recorded exactly
+  (``prune_info.rates.channels``).
 - ``method.schedule``: ``oneshot`` or ``iterative`` (rounds cut the model further, each to its
   ratio of the *original* channel counts, so the last equals one shot); ``gradual`` is refused
   (masked channels would have to be removed physically at the end: use iterative).
@@ -87,7 +92,8 @@ class L1FilterPruning(Method):
         ) = None
         #: Dense MACs over pruned MACs to reach; the ratio is solved for (null: use ratio).
         macs_reduction: Float(ge=1) | None = None
-        #: Kept counts rounded up to multiples of 16 in groups of more than 16 (issue 26).
+        #: auto: multiples of 16 (groups of more than 16) where a MAC budget sets the widths,
+        #: exact counts where a ratio does (:meth:`_round_to`).
         round_to: AutoOrPositiveInt = "auto"
         #: How many channels each group keeps (null: method.scope decides).
         allocation: OneOf(*ALLOCATIONS) | None = None
@@ -134,6 +140,7 @@ class L1FilterPruning(Method):
         mean = allocation == "global"
         importance = FilterNorm(p=1 if self.opts.norm == "l1" else 2, mean=mean)
         settings = {"scope": scope, **self.opts.channel_settings()}
+        settings["round_to"], round_note = self._round_to(allocation)
         if self.opts.layer_ratios:
             result = self._per_layer(model, ctx, importance, settings)
         elif allocation == "latency":
@@ -145,7 +152,23 @@ class L1FilterPruning(Method):
             model, _, info = self.scheduled(model, ctx, step, self.ratio)
             result = PruneResult(model=model, masks={}, info={**step.info, **info})
         result.info.setdefault("allocation", {"name": allocation})
+        result.info["round_to_rule"] = {
+            "requested": self.opts.round_to,
+            "used": settings["round_to"],
+            **({"why": round_note} if round_note else {}),
+        }
         return result
+
+    def _round_to(self, allocation: str) -> tuple[int | str, str | None]:
+        """``round_to`` as this cut uses it: ``auto`` rounds to the fast kernels' block (16)
+        where the widths serve a MAC budget (``macs_reduction``, ``allocation=latency``), and
+        keeps the exact counts where the user set the cut by a ratio (a 32-channel group kept
+        at ratio 0.3 would otherwise keep all 32: the ratio asked for would not hold)."""
+        if self.opts.round_to != "auto":
+            return self.opts.round_to, None
+        if allocation == "latency" or self.opts.macs_reduction is not None:
+            return "auto", "a MAC budget sets the widths: multiples of 16 (the fast kernels)"
+        return 1, "a ratio sets the cut: exact counts (set round_to=auto|16 for the fast kernels)"
 
     def _latency_allocation(
         self, model: nn.Module, ctx: PruneContext, importance: FilterNorm, settings: dict

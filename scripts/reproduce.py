@@ -58,6 +58,8 @@ class Row:
     study: bool = False  # the row is scripts/study.sh's pretrained setup
     #: Arms run with fewer seeds than the row (a side arm that does not fit the budget).
     arm_seeds: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: Rows of a lower priority start after every job of the higher ones (0 first).
+    priority: int = 0
 
     def seeds_of(self, arm: str) -> tuple[int, ...]:
         return self.arm_seeds.get(arm, self.seeds)
@@ -96,8 +98,8 @@ ROWS: tuple[Row, ...] = (
             "double_pruning": ("experiment=repro_double_pruning_resnet20",),
         },
     ),
-    Row("study", (), seeds=(0,), study=True),
-    Row("dpf_resnet56_90", ("experiment=repro_dpf_resnet56_90",), seeds=(0,)),
+    Row("study", (), seeds=(0,), study=True, priority=1),
+    Row("dpf_resnet56_90", ("experiment=repro_dpf_resnet56_90",), seeds=(0,), priority=2),
 )
 
 
@@ -149,14 +151,17 @@ class Job:
 
 
 def jobs_of(rows: Sequence[Row], seeds: Sequence[int] | None, out: Path) -> list[Job]:
-    """Every job of ``rows``, seed by seed across the rows (seed 0 of every row and arm before
-    any seed 1), so that one seed of every row is there early."""
+    """Every job of ``rows``: by priority, then seed by seed across the rows (seed 0 of every
+    row and arm before any seed 1), so that one seed of every row is there early."""
     jobs = []
-    for seed in sorted({s for row in rows for s in row.seeds}):
-        if seeds is not None and seed not in seeds:
-            continue
-        for row in rows:
-            jobs += [Job(row, arm, seed, out) for arm in row.arms if seed in row.seeds_of(arm)]
+    for priority in sorted({row.priority for row in rows}):
+        level = [row for row in rows if row.priority == priority]
+        for seed in sorted({s for row in level for s in row.seeds}):
+            if seeds is not None and seed not in seeds:
+                continue
+            for row in level:
+                arms = [arm for arm in row.arms if seed in row.seeds_of(arm)]
+                jobs += [Job(row, arm, seed, out) for arm in arms]
     return jobs
 
 

@@ -1,4 +1,4 @@
-"""Pruned models that run as fast as they are small (issue 26 §2).
+"""Pruned models that run as fast as they are small (issue 26, Section 2).
 
 - speedup efficiency (eta = measured speedup / MAC reduction) computed from the measured numbers,
   recorded per backend and batch size, and shown by the report;

@@ -42,7 +42,16 @@ from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from prune_cli.errors import ConfigError, UserError, explain, one_line, unknown_choice
+from prune_cli.errors import (
+    CheckpointError,
+    ConfigError,
+    DataNotFoundError,
+    UserError,
+    explain,
+    one_line,
+    unknown_choice,
+)
+from prune_cli.renamed import renamed_key_message
 
 log = logging.getLogger("prune_cli")
 
@@ -232,12 +241,28 @@ def traceback_to_log(exc: BaseException, run_dir: Path) -> Path | None:
     return path
 
 
-def report_failure(exc: Exception, run_dir: Path) -> tuple[str, int]:
+def setting_hint(exc: Exception, cfg: DictConfig) -> str:
+    """For a dataset or a known checkpoint that is not where the config points: the setting
+    that points there. Data and checkpoints live outside the repository, found through
+    ``dataset.root`` (default ``$PRUNE_CLI_DATA/<dataset>``) and ``$PRUNE_CLI_MODELS``."""
+    if isinstance(exc, DataNotFoundError):
+        name = OmegaConf.select(cfg, "dataset.name", default="<dataset>")
+        return f"; point dataset.root=DIR at it (default: $PRUNE_CLI_DATA/{name})"
+    weights = OmegaConf.select(cfg, "weights.name", default=None, throw_on_resolution_failure=False)
+    if isinstance(exc, CheckpointError) and weights and "does not exist" in str(exc):
+        return (
+            f"; weights={weights} looks for its file under $PRUNE_CLI_MODELS: set it to the "
+            "folder that holds it, or pass pretrained=PATH"
+        )
+    return ""
+
+
+def report_failure(exc: Exception, run_dir: Path, hint: str = "") -> tuple[str, int]:
     """One line for a failed job (logged, and printed on stderr) and its exit status; the
-    traceback goes to the run's log file."""
+    traceback goes to the run's log file. ``hint`` ends the line of an expected failure."""
     failure = explain(exc)
     if failure is not None:
-        message, status = one_line(failure), EXIT_USER_ERROR
+        message, status = one_line(failure) + hint, EXIT_USER_ERROR
         log.error("%s", message)
         traceback_to_log(exc, run_dir)
     else:
@@ -263,7 +288,7 @@ def _task(cfg: DictConfig) -> float | None:
     except Exception as exc:
         # One line, no traceback; the run directory keeps metrics.json with the failure and
         # the log the traceback, and in a sweep the other jobs go on.
-        _failures.append(report_failure(exc, run_dir))
+        _failures.append(report_failure(exc, run_dir, setting_hint(exc, cfg)))
         return None
     final = metrics.get("final", {})
     log.info("run finished: %s (metrics.json)", run_dir)
@@ -280,6 +305,9 @@ def composition_error(exc: BaseException) -> str | None:
         key = str(cause.full_key)
         parent = getattr(cause, "parent_node", None)
         if parent is not None and "not in struct" in str(cause):
+            renamed = renamed_key_message(key)
+            if renamed is not None:
+                return renamed
             group, _, _ = key.rpartition(".")
             valid = sorted(k for k in parent if k != "hydra")
             extra = f" (a new model option: +{key}=...)" if group == "model" else ""

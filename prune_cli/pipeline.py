@@ -45,6 +45,7 @@ from prune_cli.engine import (
 from prune_cli.errors import explain, one_line
 from prune_cli.export import FORMATS, export_formats, onnx_bytes
 from prune_cli.methods import PruneContext, build_method
+from prune_cli.metrics.efficiency import add_speedup_efficiency
 from prune_cli.metrics.report import netscore_units, relative_to_dense, stage_metrics
 from prune_cli.metrics.versus import dense_vs_final
 from prune_cli.portable import describe, save_portable
@@ -378,6 +379,8 @@ class Pipeline:
                 self.metrics.setdefault("latency", {})["onnxruntime"] = dense_vs_final(
                     "onnxruntime", self.dense_model, self.model, **setting, exported=exported
                 )
+            if "latency" in self.metrics:  # eta = speedup / MAC reduction, per backend and batch
+                add_speedup_efficiency(self.metrics["latency"], dense["macs"], final["macs"])
         self.recorder.timed("evaluate", time.perf_counter() - tic)
 
     def export(self) -> None:

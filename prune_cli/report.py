@@ -23,20 +23,24 @@ Written into ``--out`` (default: the first PATH), each through a temporary file 
 Analysis runs (``method=sensitivity``: ``analysis`` in ``metrics.json``) produce no pruned
 model: they are listed with their ``analysis`` column and kept out of the figures and plots.
 
-Definitions (those of ``metrics.json``, README "What a run writes"): "before" is the ``baseline``
-stage (the trained model the method pruned, ``baseline_kind`` says what it is: the dense model,
-or a sparsity-trained, masked or shared one), "after" the ``final`` stage (pruned and
+Definitions (those of ``metrics.json``, docs/metrics.md): "before" is the ``baseline`` stage (the
+trained model the method pruned, ``baseline_kind`` says what it is: the dense model, or a
+sparsity-trained, masked or shared one), "after" the ``final`` stage (pruned and
 fine-tuned), "dense" the ``dense_reference`` stage (the plain dense model of the same training
 setup); accuracies are top-1 on the test split in percent; ``params``/``macs`` are the dense
 counts and ``*_nonzero`` the counts of non-zero weights; ``sparsity`` is the fraction of zero conv
 + linear weights *of the final model itself* (about 0 for a physically narrowed model), so methods
 are compared with ``weights_removed`` (the fraction of the dense reference's conv + linear weights
 removed or zero) and ``params_vs_dense``/``macs_vs_dense`` (nonzero counts over the dense
-reference's); NetScore (methods.md §2.3) = ``20·log10(top1² / (√(params/p_unit)·√(MACs/m_unit)))``,
-``netscore`` with the counting mode the run was configured with (``netscore_count``), both modes
-in ``netscore_dense``/``netscore_nonzero``, and the units in ``params_unit``/``macs_unit``;
+reference's); NetScore (docs/methods.md §2.3) =
+``20·log10(top1² / (√(params/p_unit)·√(MACs/m_unit)))``, ``netscore`` with the counting mode the
+run was configured with (``netscore_count``), both modes in ``netscore_dense``/``netscore_nonzero``,
+and the units in ``params_unit``/``macs_unit``;
 ``speedup_bN`` is the dense reference's latency / the final model's at batch size N in PyTorch
-eager, ``ort_speedup_bN`` the same for the exported ONNX models in ONNX Runtime;
+eager, ``ort_speedup_bN`` the same for the exported ONNX models in ONNX Runtime; ``eta_bN`` and
+``ort_eta_bN`` the speedup efficiency, speedup / MAC reduction (the dense reference's MACs over
+the final model's, structure counts: :mod:`prune_cli.metrics.efficiency`), as the run recorded it
+(runs made before it was recorded leave it empty);
 ``warnings`` lists what a run did other than asked (a skipped stage, a missed rate).
 
 ``variant`` names the command-line overrides (other than model, dataset, method, ratio, seed)
@@ -65,8 +69,9 @@ from prune_cli.metrics.figures import REPORT_COLUMNS
 EXIT_USER_ERROR = 2
 #: Statuses of runs that produced final figures; every other status is listed but not plotted.
 DONE = "completed"
-#: Columns of the per-run table fixed by this module (``speedup_b<N>`` and ``ort_speedup_b<N>``
-#: columns are added per batch size found in the runs, after ``netscore_count``).
+#: Columns of the per-run table fixed by this module (``speedup_b<N>``, ``ort_speedup_b<N>``,
+#: ``eta_b<N>`` and ``ort_eta_b<N>`` columns are added per batch size found in the runs, after
+#: ``netscore_count``).
 CSV_COLUMNS = [
     "model",
     "dataset",
@@ -103,6 +108,8 @@ CSV_COLUMNS = [
 ]
 #: Overrides that are columns of their own, or say nothing about the experiment.
 _NOT_VARIANT = ("model", "dataset", "method", "ratio", "seed", "resume", "pretrained", "device")
+#: Prefixes of the per-batch-size latency columns.
+_LATENCY_COLUMNS = ("speedup_", "ort_speedup_", "eta_", "ort_eta_")
 PLOTS = ("accuracy_vs_removed.png", "accuracy_vs_macs.png", "netscore_vs_ratio.png")
 
 
@@ -312,13 +319,22 @@ def make_rows(runs: Sequence[Run]) -> tuple[list[dict[str, Any]], list[str]]:
             for key, value in (block.get("speedup") or {}).items():
                 row[f"{prefix}speedup_{key}"] = _num(value)
                 speedup_keys.add(f"{prefix}speedup_{key}")
+            for key, value in _efficiency(block).items():
+                row[f"{prefix}eta_{key}"] = _num(value)
+                speedup_keys.add(f"{prefix}eta_{key}")
         rows.append(row)
-    # speedup_b1 before speedup_b64, PyTorch before ONNX Runtime
-    speedups = sorted(speedup_keys, key=lambda k: (k.startswith("ort_"), len(k), k))
+    # speedup_b1 before speedup_b64 before eta_b1, PyTorch before ONNX Runtime
+    speedups = sorted(speedup_keys, key=lambda k: (k.startswith("ort_"), "eta_" in k, len(k), k))
     at = CSV_COLUMNS.index("netscore_count") + 1
     columns = [*CSV_COLUMNS[:at], *speedups, *CSV_COLUMNS[at:]]
     rows.sort(key=_row_order)
     return rows, columns
+
+
+def _efficiency(block: dict[str, Any]) -> dict[str, float]:
+    """A latency block's ``speedup_efficiency`` (recorded by the run; runs made before it
+    existed have none)."""
+    return dict(block.get("speedup_efficiency") or {})
 
 
 def _row_order(row: dict[str, Any]) -> tuple:
@@ -426,9 +442,11 @@ def _md_table(header: Sequence[str], body: Iterable[Sequence[str]]) -> list[str]
 
 
 def _speedup_header(column: str) -> str:
-    """``speedup_b1`` -> ``speedup b1``; ``ort_speedup_b1`` -> ``ORT speedup b1``."""
+    """``speedup_b1`` -> ``speedup b1``; ``ort_speedup_b1`` -> ``ORT speedup b1``;
+    ``eta_b1`` -> ``η b1``."""
     runtime = "ORT " if column.startswith("ort_") else ""
-    return f"{runtime}speedup {column.split('speedup_', 1)[1]}"
+    what, _, batch = column.removeprefix("ort_").partition("_")
+    return f"{runtime}{'η' if what == 'eta' else what} {batch}"
 
 
 def render_markdown(
@@ -442,7 +460,7 @@ def render_markdown(
     counts: dict[str, int] = defaultdict(int)
     for row in rows:
         counts[row["status"]] += 1
-    speedups = [c for c in columns if c.startswith(("speedup_", "ort_speedup_"))]
+    speedups = [c for c in columns if c.startswith(_LATENCY_COLUMNS)]
     has_variant = any(r["variant"] for r in rows)
     lines = ["# prune-report", ""]
     lines.append("Runs from: " + ", ".join(f"`{p}`" for p in sources))
@@ -470,7 +488,8 @@ def render_markdown(
         "NetScore = 20·log10(top1² / (√(params/p_unit)·√(MACs/m_unit))) from nonzero and dense "
         "counts, units per run in `summary.csv` (`params_unit`, `macs_unit`). Speedup = dense "
         "reference latency / final latency at batch size N (PyTorch eager; ORT: the exported "
-        "ONNX models in ONNX Runtime).",
+        "ONNX models in ONNX Runtime); η = speedup / MAC reduction (dense reference MACs / "
+        "final MACs), 1.0 when latency falls as fast as the MACs.",
         "",
         "## Runs",
         "",

@@ -45,6 +45,7 @@ from prune_cli.methods.base import Ratio, schedule_of
 from prune_cli.metrics.deploy import LATENCY_BACKENDS
 from prune_cli.options import Bool, Float, Int, OneOf, Options, Text, Valid, is_number, parse
 from prune_cli.pruning.schedules import check_window
+from prune_cli.renamed import RENAMED_IN, renamed_key_message
 from prune_cli.tracking import LoggerOptions
 
 log = logging.getLogger("prune_cli")
@@ -448,17 +449,11 @@ PLAN_RULES: tuple[Callable[[RunPlan], None], ...] = (
 )
 
 
-#: Keys of earlier releases -> what replaced them.
-RENAMED_KEYS = {
-    "amp": "precision (auto | fp32 | bf16 | fp16)",
-    "channels_last": "memory_format (auto | channels_last | contiguous)",
-}
-
-
 def _check_renamed(raw: Mapping[str, Any]) -> None:
     """A key an earlier release had (``train.amp``) gets one line naming its replacement."""
-    for group in ("train", "finetune"):
+    for group in RENAMED_IN:
         node = raw.get(group)
-        for key, replacement in RENAMED_KEYS.items():
-            if isinstance(node, Mapping) and key in node:
-                raise ConfigError(f"{group}.{key} was replaced by {group}.{replacement}")
+        for key in node if isinstance(node, Mapping) else ():
+            message = renamed_key_message(f"{group}.{key}")
+            if message is not None:
+                raise ConfigError(message)

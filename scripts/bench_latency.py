@@ -6,7 +6,7 @@ the channel groups, :func:`prune_cli.pruning.channels.channel_prune` with the BN
 model whose BN γ are drawn uniformly from [0, 1) (latency does not depend on the weights, only on
 the kept widths), then
 
-- ``mac_x``     = dense MACs / pruned MACs (one 32x32 image, conv + linear; methods.md §2.2),
+- ``mac_x``     = dense MACs / pruned MACs (one 32x32 image, conv + linear; docs/methods.md §2.2),
 - ``speedup_bN`` = dense latency / pruned latency at batch N (median of ``--repeats`` forwards
   in eval mode under inference_mode, the dense and pruned forwards interleaved so that a slow
   phase of the machine slows both; :func:`prune_cli.metrics.latency.compare_latency`),

@@ -1,4 +1,6 @@
-"""Benchmark of ``method=optimized`` (methods.md §8.2): time per generation and gain over magnitude.
+"""Benchmark of ``method=optimized``: time per generation and gain over magnitude.
+
+The method is described in docs/methods.md §8.2.
 
 Trains a dense model on the default dataset (``shapes``; or loads ``--pretrained``, a
 ``trained.pt`` of a run), then for every requested search runs :class:`OptimizedRetention.prune`

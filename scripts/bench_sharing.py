@@ -1,7 +1,8 @@
 """What does template sharing cost at run time? Shared vs materialised vs unshared latency.
 
 For each model and number of templates k: the model is shared with the method's plan
-(``template_reuse`` on ShuffleNetV2, ``soft_sharing`` on CIFAR ResNets; methods.md §9), and then
+(``template_reuse`` on ShuffleNetV2, ``soft_sharing`` on CIFAR ResNets; docs/methods.md §9),
+and then
 
 - ``params``      = stored parameters of the shared model (what a checkpoint holds),
 - ``reduction``   = 1 - params / unshared params,

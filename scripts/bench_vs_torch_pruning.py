@@ -1,23 +1,25 @@
-"""prune-cli's structural pruning beside Torch-Pruning's, on the same models, in one process.
+"""prune-cli's structural pruning beside Torch-Pruning's at the same MAC count, in one process.
 
 For each model: the same randomly initialised dense network (BN statistics randomised so that
 latency-irrelevant zeros do not decide anything), pruned by
 
-- **prune-cli**: ``l1_filter`` (:func:`prune_cli.pruning.channels.channel_prune` with the summed
-  filter-L1 criterion), uniform channel ratio per group, ``--groups coupled`` (default);
 - **Torch-Pruning** 1.6: ``tp.pruner.MetaPruner`` with ``tp.importance.MagnitudeImportance(p=1)``,
-  the same uniform ratio (``pruning_ratio``, not global), the classifier ignored — the library's
-  documented recipe.
+  one uniform ``pruning_ratio`` for every layer (not global), the classifier ignored — the
+  library's documented recipe. Its ratio is solved (bisection) for ``--macs-reduction`` (dense
+  MACs / pruned MACs, default 2); a model Torch-Pruning cannot prune is reported with its error;
+- **prune-cli**: the ``l1_filter`` method (``groups=coupled``) in each ``--variants`` setting
+  (``allocation:round_to``, as in ``scripts/bench_deploy.py``; ``uniform:1`` is the default of
+  before issue 26), at Torch-Pruning's MAC count (``method.macs_reduction`` = its achieved
+  reduction; at ``--macs-reduction`` when Torch-Pruning failed).
 
-Both remove the same number of channels from every group, so the MAC reductions compare the
-*reach* of the two tools (which channels each can couple and remove); latencies are measured
-interleaved (:func:`prune_cli.metrics.latency.compare_latency`: every repeat times one forward of
-each model in turn, so a slow phase of a shared machine slows all of them) at batch 1 and
-``--large-batch``; ``eff`` = speedup / MAC reduction. A tool that fails on a model is reported
-with its error.
+The dense model and every pruned one are timed in interleaved rounds (every round runs each
+model once in turn, medians) in PyTorch eager and in ONNX Runtime (CPU provider, the same thread
+count); ``speedup`` = dense / pruned latency, ``eta`` = speedup / MAC reduction
+(:func:`prune_cli.metrics.efficiency.speedup_efficiency`). The issue's target: prune-cli's
+speedup at least Torch-Pruning's on every model.
 
-    OMP_NUM_THREADS=2 python scripts/bench_vs_torch_pruning.py
-    python scripts/bench_vs_torch_pruning.py --models resnet56 --repeats 20 --device cuda
+    OMP_NUM_THREADS=1 python scripts/bench_vs_torch_pruning.py
+    python scripts/bench_vs_torch_pruning.py --models resnet56 --variants uniform:1 latency:auto
 """
 
 from __future__ import annotations
@@ -28,35 +30,14 @@ import time
 import traceback
 
 import torch
+from bench_deploy import INPUT, dense_model, latencies, pruned
 from torch import nn
 
 from prune_cli.metrics.counting import count_macs, count_params
-from prune_cli.metrics.latency import compare_latency
-from prune_cli.models import build_model
-from prune_cli.pruning.channels import channel_prune
-from prune_cli.pruning.importance import FilterNorm
+from prune_cli.metrics.efficiency import speedup_efficiency
 
-MODELS = ("resnet56", "vgg16", "mobilenet_v2", "resnet50", "shufflenet_v2_x1_0")
-INPUT = (3, 32, 32)
-
-
-def dense_model(name: str, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    model = build_model(name, num_classes=10, in_channels=3, image_size=INPUT[-1]).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=gen) + 0.1)
-                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-    return model
-
-
-def prune_cli_pruned(model: nn.Module, ratio: float, groups: str) -> nn.Module:
-    return channel_prune(
-        model, FilterNorm(p=1), ratio, input_size=INPUT, scope="layerwise", grouping=groups
-    ).model.eval()
+MODELS = ("resnet56", "resnet50", "mobilenet_v2", "vgg16", "shufflenet_v2_x1_0")
+VARIANTS = ("uniform:1", "latency:auto")
 
 
 def classifier(model: nn.Module) -> nn.Module:
@@ -83,63 +64,73 @@ def torch_pruning_pruned(model: nn.Module, ratio: float) -> nn.Module:
     return net
 
 
+def solve_ratio(dense: nn.Module, target: float) -> float:
+    """The smallest Torch-Pruning ratio whose cut reaches ``target`` (bisection to 1e-3)."""
+    dense_macs = count_macs(dense, INPUT).dense
+    low, high = 0.0, 0.95
+    while high - low > 1e-3:
+        mid = (low + high) / 2
+        if dense_macs / count_macs(torch_pruning_pruned(dense, mid), INPUT).dense >= target:
+            high = mid
+        else:
+            low = mid
+    return high
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--ratio", type=float, default=0.5)
-    parser.add_argument("--groups", choices=("coupled", "single"), default="coupled")
-    parser.add_argument("--large-batch", type=int, default=256)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--macs-reduction", type=float, default=2.0)
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64])
+    parser.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--stat", choices=("median", "min"), default="median")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    sizes = [1, args.large_batch]
+    torch.set_num_threads(args.threads)
     print(
-        f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
-        f"ratio {args.ratio} per group, prune-cli groups={args.groups}, input {INPUT}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), input {INPUT}; "
+        f"Torch-Pruning uniform L1 solved for {args.macs_reduction}x fewer MACs, prune-cli "
+        f"l1_filter at its MAC count; interleaved rounds: {args.stat} of {args.repeats}"
     )
-    header = (
-        f"| model | tool | params | MACs (M) | MAC reduction | speedup b1 | "
-        f"speedup b{args.large_batch} | eff b1 | eff b{args.large_batch} |"
-    )
-    print(header)
-    print("|---" * (header.count("|") - 1) + "|")
+    cols = [f"{b}_b{n}" for b in args.backends for n in args.batch_sizes]
+    heads = [f"speedup {c}" for c in cols] + [f"eta {c}" for c in cols]
+    print("| model | tool | params | MAC reduction | " + " | ".join(heads) + " |")
+    print("|---" * (4 + 2 * len(cols)) + "|")
     for name in args.models:
         tic = time.perf_counter()
-        dense = dense_model(name, args.seed)
+        dense = dense_model(name)
         dense_macs = count_macs(dense, INPUT).dense
-        contenders: dict[str, nn.Module] = {"dense": dense}
-        errors: dict[str, str] = {}
-        for tool, make in (
-            ("prune-cli", lambda m: prune_cli_pruned(m, args.ratio, args.groups)),
-            ("Torch-Pruning", lambda m: torch_pruning_pruned(m, args.ratio)),
-        ):
-            try:
-                contenders[tool] = make(dense)
-            except Exception as exc:  # report any failure of either tool, keep going
-                errors[tool] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:90]}"
-                traceback.print_exc(limit=1)
-        lat = compare_latency(
-            contenders, INPUT, sizes, device, warmup=args.warmup, repeats=args.repeats
-        )
-        for tool in ("dense", "prune-cli", "Torch-Pruning"):
-            if tool in errors:
-                print(f"| {name} | {tool} | fails: {errors[tool]} | | | | | | |")
-                continue
-            model = contenders[tool]
-            macs = count_macs(model, INPUT).dense
-            params = count_params(model)[0]
-            mac_x = dense_macs / macs
-            speed = [
-                lat["dense"][f"b{b}"]["latency_ms"] / lat[tool][f"b{b}"]["latency_ms"]
-                for b in sizes
-            ]
+        models: dict[str, nn.Module] = {"dense": dense}
+        target = args.macs_reduction
+        try:
+            ratio = solve_ratio(dense, target)
+            models["Torch-Pruning"] = torch_pruning_pruned(dense, ratio)
+            target = dense_macs / count_macs(models["Torch-Pruning"], INPUT).dense
+        except Exception as exc:  # report a failure of the other tool, keep going
+            traceback.print_exc(limit=1)
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:90]}"
+            print(f"| {name} | Torch-Pruning | fails: {error} |" + " |" * (1 + 2 * len(cols)))
+        for variant in args.variants:
+            models[f"prune-cli {variant}"] = pruned(
+                dense, variant, target, args.batch_sizes, "torch"
+            )[0]
+        eta: dict[str, dict[str, float]] = {tool: {} for tool in models if tool != "dense"}
+        macs = {tool: count_macs(m, INPUT).dense for tool, m in models.items()}
+        for backend in args.backends:
+            lat = latencies(models, backend, args)
+            for tool in eta:
+                e = speedup_efficiency(lat["dense"], lat[tool], dense_macs, macs[tool])
+                eta[tool].update({f"{backend}_{k}": v for k, v in e.items()})
+        for tool in eta:
+            reduction = dense_macs / macs[tool]
+            cells = [f"{eta[tool][c] * reduction:.2f}x" for c in cols]
+            cells += [f"{eta[tool][c]:.2f}" for c in cols]
+            params = count_params(models[tool])[0]
             print(
-                f"| {name} | {tool} | {params:,} | {macs / 1e6:.2f} | {mac_x:.2f}x | "
-                f"{speed[0]:.2f}x | {speed[1]:.2f}x | {speed[0] / mac_x:.2f} | "
-                f"{speed[1] / mac_x:.2f} |",
+                f"| {name} | {tool} | {params:,} | {reduction:.3f}x | " + " | ".join(cells) + " |",
                 flush=True,
             )
         print(f"<!-- {name}: {time.perf_counter() - tic:.0f}s -->", flush=True)

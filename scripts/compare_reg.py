@@ -2,8 +2,8 @@
 over several seeds, reported as mean ± sd, with a Welch t-test against seed noise.
 
 The repository's "+1.47% accuracy" came from one run per setting (and its regulariser is 0,
-methods.md §7.6); one run each cannot separate an effect from run-to-run noise. This script runs
-``prune-run -m method=dynamic_filter method.reg=none,<reg> seed=<seeds>`` (one Hydra sweep),
+docs/methods.md §7.6); one run each cannot separate an effect from run-to-run noise. This script
+runs ``prune-run -m method=dynamic_filter method.reg=none,<reg> seed=<seeds>`` (one Hydra sweep),
 reads every job's ``metrics.json`` and prints, per setting, mean ± sample sd (ddof 1) of:
 
 - ``final_top1``: top-1 (%) of the final model on the test split;

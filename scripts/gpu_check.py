@@ -3,8 +3,10 @@
 - ``train``: training throughput of ResNet-20 and ResNet-56 on CIFAR-shaped data (the
   ``shapes`` dataset at 32 px, kept on the device and augmented there), prune-cli's training
   loop (:func:`prune_cli.engine.loop.train_one_epoch`) against a bare PyTorch loop over the same
-  batches, both with bf16 autocast and channels_last on CUDA; rounds alternate and the best
-  round of each counts. Target: runner / bare >= 0.97.
+  batches, both channels-last, in every precision the device has (:mod:`prune_cli.engine.precision`:
+  on CUDA ``auto`` = bf16 where supported, and fp16 with its gradient scaler; on the CPU fp32 and,
+  with native bf16, bf16); rounds alternate and the best round of each counts. Target: runner /
+  bare >= 0.97 in each precision.
 - ``compile``: the same runner loop through ``torch.compile`` and without: compile time (the
   first steps) and steady images/s.
 - ``latency``: dense ResNet-56 (ResNet-20 in ``--quick``) against the same model with half of
@@ -38,8 +40,9 @@ from torch import nn
 
 from prune_cli.data import build_dataset
 from prune_cli.engine import TrainHooks
-from prune_cli.engine.loop import autocast_context, train_one_epoch
+from prune_cli.engine.loop import train_one_epoch
 from prune_cli.engine.optim import build_optimizer
+from prune_cli.engine.precision import Precision, cpu_bf16_native, resolve_precision
 from prune_cli.metrics.counting import count_macs
 from prune_cli.metrics.latency import compare_latency
 from prune_cli.models import build_model
@@ -79,27 +82,49 @@ def cifar_batches(device: torch.device, batch: int, steps: int) -> Callable[[int
     return batches
 
 
-def bare_loop(model: nn.Module, batches: Iterable, optimizer, device, channels_last) -> int:
-    """The loop a user would write: forward, loss, backward, step (same autocast as the runner)."""
+def bare_loop(
+    model: nn.Module, batches: Iterable, optimizer, precision: Precision, channels_last: bool
+) -> int:
+    """The loop a user would write: forward, loss, backward, step (the runner's autocast; fp16
+    with a gradient scaler, as PyTorch's AMP recipe)."""
+    scaler = precision.grad_scaler()
     seen = 0
     for images, labels in batches:
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with autocast_context(device, True):
+        with precision.autocast():
             loss = F.cross_entropy(model(images).float(), labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         seen += labels.numel()
     return seen
 
 
-def runner_loop(model, batches, optimizer, device, channels_last, forward=None) -> int:
+def runner_loop(
+    model, batches, optimizer, device, precision: Precision, channels_last, forward=None
+) -> int:
     _, _, seen = train_one_epoch(
-        model, batches, optimizer, TrainHooks(), device=device, amp=True,
-        channels_last=channels_last, on_check=lambda total, i: None, forward=forward,
+        model, batches, optimizer, TrainHooks(), device=device,
+        precision=precision, channels_last=channels_last, scaler=precision.grad_scaler(),
+        on_check=lambda total, i: None, forward=forward,
     )  # fmt: skip
     return seen
+
+
+def precisions(device: torch.device) -> list[Precision]:
+    """Every precision worth timing on ``device``: CUDA ``auto`` (bf16 where supported) and
+    fp16 with loss scaling; the CPU's fp32 and, with native bf16, bf16."""
+    if device.type == "cuda":
+        names = ["auto", "fp16"] if torch.cuda.is_bf16_supported() else ["fp16"]
+    else:
+        names = ["fp32", "bf16"] if cpu_bf16_native() else ["fp32"]
+    return [resolve_precision(name, device) for name in names]
 
 
 def rate(fn: Callable[[], int], device: torch.device) -> float:
@@ -129,29 +154,33 @@ def fresh(name: str, device: torch.device, channels_last: bool) -> nn.Module:
 
 
 def section_train(device: torch.device, s: dict) -> None:
-    cl = device.type == "cuda"  # as the runner: channels_last and bf16 autocast on CUDA only
-    print(f"bf16 autocast {'on' if cl else 'off (CPU)'}, channels_last {'on' if cl else 'off'}, "
-          f"data on {device}, batch {s['batch']}, {s['steps']} steps per round")  # fmt: skip
+    print(f"channels_last on, data on {device}, batch {s['batch']}, {s['steps']} steps per round")
     batches = cifar_batches(device, s["batch"], s["steps"])
-    for name in s["models"]:
-        bare, runner = fresh(name, device, cl), fresh(name, device, cl)
-        opt_bare, opt_runner = build_optimizer(bare, TRAIN_CFG), build_optimizer(runner, TRAIN_CFG)
-        best = best_rates(
-            {
-                "bare": lambda r, m=bare, o=opt_bare: bare_loop(m, batches(r), o, device, cl),
-                "runner": lambda r, m=runner, o=opt_runner: runner_loop(
-                    m, batches(r), o, device, cl
-                ),
-            },
-            s["rounds"],
-            device,
-        )
-        print(f"  {name:<9} runner {best['runner']:9.1f} img/s  bare {best['bare']:9.1f} img/s  "
-              f"ratio {best['runner'] / best['bare']:.3f} (target >= 0.97)")  # fmt: skip
+    for precision in precisions(device):
+        for name in s["models"]:
+            bare, runner = fresh(name, device, True), fresh(name, device, True)
+            opt_bare = build_optimizer(bare, TRAIN_CFG)
+            opt_runner = build_optimizer(runner, TRAIN_CFG)
+            best = best_rates(
+                {
+                    "bare": lambda r, m=bare, o=opt_bare, p=precision: bare_loop(
+                        m, batches(r), o, p, True
+                    ),
+                    "runner": lambda r, m=runner, o=opt_runner, p=precision: runner_loop(
+                        m, batches(r), o, device, p, True
+                    ),
+                },
+                s["rounds"],
+                device,
+            )
+            print(f"  {precision.name:<4} {name:<9} runner {best['runner']:9.1f} img/s  "
+                  f"bare {best['bare']:9.1f} img/s  ratio {best['runner'] / best['bare']:.3f} "
+                  "(target >= 0.97)")  # fmt: skip
 
 
 def section_compile(device: torch.device, s: dict) -> None:
     cl = device.type == "cuda"
+    precision = resolve_precision("auto", device)
     batches = cifar_batches(device, s["batch"], s["steps"])
     name = s["models"][0]
     print(f"torch.compile backend {s['backend']}, {name}, batch {s['batch']}")
@@ -160,10 +189,10 @@ def section_compile(device: torch.device, s: dict) -> None:
         opt = build_optimizer(model, TRAIN_CFG)
         forward = torch.compile(model, backend=s["backend"], dynamic=False) if compiled else None
         tic = time.perf_counter()
-        runner_loop(model, itertools.islice(batches(0), 2), opt, device, cl, forward)
+        runner_loop(model, itertools.islice(batches(0), 2), opt, device, precision, cl, forward)
         synchronize(device)
         first = time.perf_counter() - tic
-        loop = partial(_runner_epoch, model, batches, opt, device, cl, forward)
+        loop = partial(_runner_epoch, model, batches, opt, device, precision, cl, forward)
         best = best_rates({"run": loop}, s["rounds"], device)["run"]
         keys = list(model.state_dict())
         assert not any("_orig_mod" in k for k in keys), "compiled state_dict keys leaked"
@@ -171,8 +200,8 @@ def section_compile(device: torch.device, s: dict) -> None:
               f"then {best:9.1f} img/s")  # fmt: skip
 
 
-def _runner_epoch(model, batches, opt, device, cl, forward, epoch: int) -> int:
-    return runner_loop(model, batches(epoch), opt, device, cl, forward)
+def _runner_epoch(model, batches, opt, device, precision, cl, forward, epoch: int) -> int:
+    return runner_loop(model, batches(epoch), opt, device, precision, cl, forward)
 
 
 def section_latency(device: torch.device, s: dict) -> None:
@@ -212,6 +241,7 @@ def section_ddp(device: torch.device, s: dict) -> None:
         dist.all_reduce(total)
         assert int(total.item()) == world, f"all_reduce gave {total.item()}, not {world}"
         cl = device.type == "cuda"
+        precision = resolve_precision("auto", device)
         batches = cifar_batches(device, s["batch"], s["steps"])
         plain, wrapped = fresh("resnet20", device, cl), fresh("resnet20", device, cl)
         ids = [device.index] if device.type == "cuda" else None
@@ -219,8 +249,12 @@ def section_ddp(device: torch.device, s: dict) -> None:
         opt_plain, opt_ddp = build_optimizer(plain, TRAIN_CFG), build_optimizer(wrapped, TRAIN_CFG)
         best = best_rates(
             {
-                "plain": partial(_runner_epoch, plain, batches, opt_plain, device, cl, None),
-                "ddp": partial(_runner_epoch, wrapped, batches, opt_ddp, device, cl, ddp),
+                "plain": partial(
+                    _runner_epoch, plain, batches, opt_plain, device, precision, cl, None
+                ),
+                "ddp": partial(
+                    _runner_epoch, wrapped, batches, opt_ddp, device, precision, cl, ddp
+                ),
             },
             s["rounds"],
             device,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check in one command (issue 15), under 5 minutes on one GPU:
 #   bash scripts/gpu_check.sh
-# training throughput of ResNet-20/56 (runner vs bare loop, bf16 autocast + channels_last +
+# training throughput of ResNet-20/56 (runner vs bare loop, channels_last, bf16 and fp16 autocast +
 # data on the GPU), torch.compile on and off, pruned-vs-dense latency, and DDP with NCCL at
 # world size 1 through torchrun. Sections and what they print: scripts/gpu_check.py.
 # Without CUDA (or with --cpu) it runs the CPU fallback (small sizes, gloo, Dynamo-only compile)

@@ -15,7 +15,9 @@ thread on 2 cores: two small models train faster side by side than one on both c
 
 Row ``study`` is ``scripts/study.sh`` on its pretrained setup (every method at 0.3 and 0.6 from
 the published ResNet-20), one seed per job. The data and checkpoints are looked up under
-``$PRUNE_CLI_DATA`` / ``$PRUNE_CLI_MODELS`` (default ``../shared/data`` and ``../shared/models``).
+``--data`` / ``--models`` (default ``$PRUNE_CLI_DATA`` / ``$PRUNE_CLI_MODELS``, else
+``../shared/data`` and ``../shared/models`` beside the repository), which every job gets as
+``$PRUNE_CLI_DATA`` / ``$PRUNE_CLI_MODELS``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _folder(variable: str, default: Path) -> Path:
+    value = os.environ.get(variable)
+    return Path(value).expanduser() if value else default
+
+
+#: Where the full CIFAR-10 (``cifar10/``) and the published checkpoints (``cifar10/*.th``) are.
+DATA = _folder("PRUNE_CLI_DATA", ROOT.parent / "shared" / "data")
+MODELS = _folder("PRUNE_CLI_MODELS", ROOT.parent / "shared" / "models")
+
+
 @dataclass(frozen=True)
 class Row:
     """One row of the table: ``arms`` maps an arm's name to its overrides (after the row's)."""
@@ -44,11 +56,23 @@ class Row:
     arms: dict[str, tuple[str, ...]] = field(default_factory=lambda: {"run": ()})
     seeds: tuple[int, ...] = (0, 1, 2)
     study: bool = False  # the row is scripts/study.sh's pretrained setup
+    #: Arms run with fewer seeds than the row (a side arm that does not fit the budget).
+    arm_seeds: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: Rows of a lower priority start after every job of the higher ones (0 first).
+    priority: int = 0
+
+    def seeds_of(self, arm: str) -> tuple[int, ...]:
+        return self.arm_seeds.get(arm, self.seeds)
 
 
 #: The rows, in the order their jobs are started.
 ROWS: tuple[Row, ...] = (
-    Row("depgraph", ("experiment=repro_depgraph_resnet56",)),
+    Row(
+        "depgraph",
+        ("experiment=repro_depgraph_resnet56",),
+        {"layerwise": ("method.scope=layerwise",), "global": ("method.scope=global",)},
+        arm_seeds={"global": (0,)},
+    ),
     Row("li2017_b", ("experiment=repro_li2017_resnet56_b",)),
     Row(
         "parity_magnitude",
@@ -74,8 +98,8 @@ ROWS: tuple[Row, ...] = (
             "double_pruning": ("experiment=repro_double_pruning_resnet20",),
         },
     ),
-    Row("study", (), seeds=(0, 1, 2), study=True),
-    Row("dpf_resnet56_90", ("experiment=repro_dpf_resnet56_90",), seeds=(0,)),
+    Row("study", (), seeds=(0,), study=True, priority=1),
+    Row("dpf_resnet56_90", ("experiment=repro_dpf_resnet56_90",), seeds=(0,), priority=2),
 )
 
 
@@ -127,12 +151,17 @@ class Job:
 
 
 def jobs_of(rows: Sequence[Row], seeds: Sequence[int] | None, out: Path) -> list[Job]:
-    """Every job of ``rows``, seeds first within a row (seed 0 of every arm before seed 1), so
-    that one seed of each row is there early."""
+    """Every job of ``rows``: by priority, then seed by seed across the rows (seed 0 of every
+    row and arm before any seed 1), so that one seed of every row is there early."""
     jobs = []
-    for row in rows:
-        for seed in row.seeds if seeds is None else [s for s in seeds if s in row.seeds]:
-            jobs += [Job(row, arm, seed, out) for arm in row.arms]
+    for priority in sorted({row.priority for row in rows}):
+        level = [row for row in rows if row.priority == priority]
+        for seed in sorted({s for row in level for s in row.seeds}):
+            if seeds is not None and seed not in seeds:
+                continue
+            for row in level:
+                arms = [arm for arm in row.arms if seed in row.seeds_of(arm)]
+                jobs += [Job(row, arm, seed, out) for arm in arms]
     return jobs
 
 
@@ -186,6 +215,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="lanes run side by side")
     parser.add_argument("--threads", type=int, default=1, help="threads of each lane")
     parser.add_argument("--list", action="store_true", help="list the jobs and their state")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DATA,
+        help="folder holding cifar10/ (the full CIFAR-10, cifar-10-batches-py inside); default "
+        f"$PRUNE_CLI_DATA, else ../shared/data beside the repository (now: {DATA})",
+    )
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=MODELS,
+        help="folder holding cifar10/resnet20-12fca82f.th and cifar10/resnet56-4bfd9763.th; "
+        f"default $PRUNE_CLI_MODELS, else ../shared/models beside the repository (now: {MODELS})",
+    )
     args = parser.parse_args(argv)
     wanted = [n.strip() for n in args.rows.split(",") if n.strip()]
     unknown = [n for n in wanted if n not in names]
@@ -198,7 +241,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         for job in jobs:
             print(f"{job.state():>11}  {job.row.name}/{job.arm}/seed={job.seed}")
         return 0
+    missing = missing_inputs(args.data, args.models)
+    if missing:
+        print(f"reproduce.py: error: {missing}", file=sys.stderr)
+        return 2
+    # Every job (prune-run, study.sh) finds them through the variables the configs read.
+    os.environ["PRUNE_CLI_DATA"] = str(args.data.resolve())
+    os.environ["PRUNE_CLI_MODELS"] = str(args.models.resolve())
     return 1 if run_lanes(jobs, args.jobs, args.threads) else 0
+
+
+def missing_inputs(data: Path, models: Path) -> str | None:
+    """One line naming the option to fix when the data or the checkpoints are not there."""
+    if not (data / "cifar10").is_dir():
+        return (
+            f"no folder {data / 'cifar10'} (the full CIFAR-10); pass --data DIR or set "
+            "PRUNE_CLI_DATA"
+        )
+    if not (models / "cifar10").is_dir():
+        return (
+            f"no folder {models / 'cifar10'} (the published checkpoints); pass --models DIR or "
+            "set PRUNE_CLI_MODELS"
+        )
+    return None
 
 
 if __name__ == "__main__":

@@ -14,10 +14,22 @@
 #
 # Each job's final top-1 is in $STUDY/<sweep>/<overrides>/metrics.json; the script ends with a
 # table (prune-report writes summary.md per sweep).
+#
+# Where the data is: DATA (default $PRUNE_CLI_DATA, else ../shared/data from the repository root)
+# holds cifar10-mini/ (CIFAR-10 batches: cifar10-mini/cifar-10-batches-py/). The other knobs are
+# environment variables too (their defaults follow this header). --help prints this header.
 set -uo pipefail
 
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+    sed -n '2,/^set -uo pipefail/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+    exit 0
+fi
 cd "$(dirname "$0")/.."
-DATA=${DATA:-../shared/data}
+DATA=${DATA:-${PRUNE_CLI_DATA:-../shared/data}}
+if [[ ! -d $DATA/cifar10-mini ]]; then
+    echo "retrain_study.sh: no folder $DATA/cifar10-mini; set DATA (or PRUNE_CLI_DATA) to the folder that holds cifar10-mini/" >&2
+    exit 2
+fi
 STUDY=${STUDY:-outputs/study/issue13b}
 SEEDS=${SEEDS:-0,1}
 EPOCHS=${EPOCHS:-6}             # dense training epochs (also the rewound / scratch retraining)

@@ -8,8 +8,8 @@
 #   LAUNCHER="hydra/launcher=parallel hydra.launcher.n_jobs=4" SECTIONS=cifar_magnitude ...
 #   DRY_RUN=1 SECTIONS=all bash scripts/run.sh            # print the commands only
 #
-# Every sweep writes to $OUT/<name>/ (one run directory per job, see README "What a run
-# writes"), then prune-report summarises it there (summary.csv, summary.md, PNG plots), and at
+# Every sweep writes to $OUT/<name>/ (one run directory per job, see docs/metrics.md
+# "The run directory"), then prune-report summarises it there (summary.csv, summary.md, PNG plots), and at
 # the end all sweeps together in $OUT/. A sweep trains each dense model once (the trained-model
 # cache in outputs/cache is shared across sweeps too: the same model, data, training settings
 # and seed are never trained twice). A failed job is recorded in its metrics.json and shown by
@@ -57,13 +57,13 @@ sec_cifar_magnitude() {
         ratio=0.5,0.6,0.7,0.8,0.9
 }
 
-# Source paper 1: double pruning against its two halves, as a NetScore table (methods.md §5).
+# Source paper 1: double pruning against its two halves, as a NetScore table (docs/methods.md §5).
 sec_double_pruning() {
     sweep double_pruning model=resnet56 dataset=cifar10 "dataset.root=$DATA/cifar10" \
         train=cifar method=magnitude,network_slimming,double_pruning ratio=0.1,0.3,0.5,0.7,0.9
 }
 
-# Source 3: heehehe/pruning-decorrelation's grid (prune rate x regulariser weight, methods.md §7).
+# Source 3: heehehe/pruning-decorrelation's grid (prune rate x regulariser weight, docs/methods.md §7).
 sec_dynamic_filter() {
     sweep dynamic_filter +experiment=dynamic_filter_prune_reg "dataset.root=$DATA/cifar10"
 }

@@ -1,6 +1,6 @@
 #!/bin/bash
 # heehehe/pruning-decorrelation's run.sh, through Hydra: the repository's grid of runs on CIFAR-10
-# ResNet-56 (recipe: configs/experiment/dynamic_filter_recipe.yaml; methods.md §7, §13).
+# ResNet-56 (recipe: configs/experiment/dynamic_filter_recipe.yaml; docs/methods.md §7, §13).
 #
 #   bash scripts/run_dynamic_filter.sh                       # every group below
 #   DF_GROUPS="prune prune_reg" bash scripts/run_dynamic_filter.sh device=cuda

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# scripts/study.sh: every method of prune-cli on real data (../shared/data), 3 seeds, with the
-# source papers' claims tested at this scale (issue 12). One command:
+# scripts/study.sh: every method of prune-cli on real data, 3 seeds, with the source papers'
+# claims tested at this scale (issue 12). One command:
 #
 #   JOBS=2 bash scripts/study.sh                # two lanes of one thread: ~5.7 h on 2 CPU cores
 #   bash scripts/study.sh                       # one lane; resumable: run either again
@@ -27,15 +27,26 @@
 # so running the script again finishes the study. Dense models are trained once per setup and
 # seed (the trained-model cache under outputs/cache is shared by all sweeps). At the end
 # `scripts/study_report.py` writes docs/results.md (tables, claims, plots in docs/results/).
+#
+# Where the data is: DATA (default $PRUNE_CLI_DATA, else ../shared/data from the repository root)
+# holds cifar10/ (the full CIFAR-10), cifar10-mini/ and fer2013-mini/ as the setups need them;
+# the published ResNet-20 of setup resnet20:cifar10 is found under $PRUNE_CLI_MODELS
+# (default ../shared/models): cifar10/resnet20-12fca82f.th. Every other knob is an environment
+# variable too (their defaults follow this header). bash scripts/study.sh --help prints this header.
 set -uo pipefail
 
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+    sed -n '2,/^set -uo pipefail/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+    exit 0
+fi
 cd "$(dirname "$0")/.."
-DATA=${DATA:-../shared/data}
+DATA=${DATA:-${PRUNE_CLI_DATA:-../shared/data}}
+MODELS=${PRUNE_CLI_MODELS:-../shared/models}
 STUDY=${STUDY:-outputs/study/issue12}
 SEEDS=${SEEDS:-0,1,2}
 EPOCHS=${EPOCHS:-3}             # dense training epochs on cifar10-mini (the budget: docs/results.md)
 FT_EPOCHS=${FT_EPOCHS:-1}       # fine-tuning epochs after pruning
-PRETRAINED_EPOCHS=${PRETRAINED_EPOCHS:-2}  # training epochs from the published weights (sparsity
+PRETRAINED_EPOCHS=${PRETRAINED_EPOCHS:-1}  # training epochs from the published weights (sparsity
                                 # training, DPF) and fine-tuning epochs of the pretrained setup
 FER_EPOCHS=${FER_EPOCHS:-6}     # dense training epochs of ResNet-20 on fer2013-mini (recipe_of)
 FER_MOBILE_EPOCHS=${FER_MOBILE_EPOCHS:-10}  # ... of ShuffleNetV2 x0.5 on fer2013-mini (recipe_of)
@@ -154,6 +165,26 @@ setup() {
 
 IFS=, read -ra setups <<< "$SETUPS"
 IFS=, read -ra seeds <<< "$SEEDS"
+# What each setup reads, checked before anything runs: a missing folder or checkpoint is one
+# line naming the variable that points at it.
+export PRUNE_CLI_MODELS=$MODELS
+for pair in "${setups[@]}"; do
+    IFS=: read -r model dataset <<< "$pair"
+    root=$(root_of "$dataset")
+    if [[ -z $root ]]; then
+        echo "study.sh: unknown dataset '$dataset' in SETUPS; valid: cifar10, cifar10-mini, fer2013" >&2
+        exit 2
+    fi
+    if [[ ! -d $root ]]; then
+        echo "study.sh: no folder $root (setup $pair); set DATA (or PRUNE_CLI_DATA) to the folder that holds cifar10/, cifar10-mini/ and fer2013-mini/" >&2
+        exit 2
+    fi
+    weights=$MODELS/cifar10/resnet20-12fca82f.th
+    if [[ $pair == resnet20:cifar10 && ! -f $weights ]]; then
+        echo "study.sh: no $weights (setup $pair); set PRUNE_CLI_MODELS to the folder that holds cifar10/resnet20-12fca82f.th" >&2
+        exit 2
+    fi
+done
 if [[ $JOBS -le 1 ]]; then
     for pair in "${setups[@]}"; do
         IFS=: read -r model dataset <<< "$pair"

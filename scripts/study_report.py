@@ -471,8 +471,8 @@ def page(study: Path, runs: list[dict[str, Any]], plots: dict[str, list[str]]) -
         "Scale: short budgets on 2 CPU cores: dense training and fine-tuning as set in "
         "`scripts/study.sh` (each setup's Budget line below); absolute accuracies are "
         "far below the papers' (hundreds of epochs on GPUs) and only *differences at equal "
-        "budget* are meaningful. Mean ± sample sd (n) over seeds. Definitions: README, "
-        '"What a run writes" (weights removed, params and MACs relative to the dense '
+        "budget* are meaningful. Mean ± sample sd (n) over seeds. Definitions: "
+        "[docs/metrics.md](metrics.md) (weights removed, params and MACs relative to the dense "
         "reference; NetScore with nonzero counts, M-params and G-MACs).",
         "",
         "## The source papers' claims at this scale",

@@ -38,7 +38,10 @@ def test_dense_reference_is_the_baseline_or_the_plain_model_trained_once(tmp_pat
     ref = plain["dense_reference"]
     assert ref["source"] == "baseline"
     assert {k: v for k, v in ref.items() if k != "source"} == plain["baseline"]
-    assert set(plain["latency"]) == {"dense_reference", "final", "speedup", "dense_source"}
+    assert set(plain["latency"]) == {
+        "dense_reference", "final", "speedup", "dense_source", "mac_reduction",
+        "speedup_efficiency",
+    }  # fmt: skip
     # weights removed against the dense reference, by hand: conv weights pruned, fc kept
     final = plain["final"]
     expected = 1 - final["weights_nonzero"] / ref["weights"]

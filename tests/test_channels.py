@@ -80,7 +80,7 @@ def assert_equals_masked(dense: nn.Module, pruned: nn.Module, info: dict) -> Non
     assert float((got - want).abs().max()) <= 1e-4 * scale + 1e-5
 
 
-# The cheap representative subset of torchvision (issue 11 §4) and coupling they exercise.
+# The cheap representative subset of torchvision (issue 11, section 4) and coupling they exercise.
 TORCHVISION = {
     "resnet18": "residual",
     "densenet121": "concat",
@@ -323,7 +323,7 @@ def test_global_scope_counts_channels_over_all_groups() -> None:
 
 
 def test_random_filter_control_removes_what_l1_filter_removes_at_random() -> None:
-    """``random`` with ``granularity: filter`` is l1_filter's control (methods.md §6): the same
+    """``random`` with ``granularity: filter`` is l1_filter's control (docs/methods.md §6): the same
     groups and counts, channels chosen from the seed instead of by norm."""
     ctx = PruneContext(data=None, device=torch.device("cpu"), seed=0, input_size=INPUT)
     dense = registered("resnet20")

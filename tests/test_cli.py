@@ -70,6 +70,14 @@ def test_default_run_writes_complete_metrics(default_run: Path) -> None:
     assert m["netscore_units"]["macs_unit"] == "G-MACs"
     assert set(m["latency"]["speedup"]) == {"b1", "b4"}
     assert m["latency"]["dense_source"] == "measured"  # the first job on this checkpoint
+    # eta = speedup / MAC reduction, from the recorded latencies and the dense MAC counts (the
+    # structure is unchanged by magnitude pruning: no MAC reduction, eta is the speedup)
+    lat = m["latency"]
+    assert lat["mac_reduction"] == round(m["dense_reference"]["macs"] / m["final"]["macs"], 4)
+    for key in ("b1", "b4"):
+        speedup = lat["dense_reference"][key]["latency_ms"] / lat["final"][key]["latency_ms"]
+        eta = speedup * m["final"]["macs"] / m["dense_reference"]["macs"]
+        assert lat["speedup_efficiency"][key] == round(eta, 4)
     # pruning halves nothing structurally: dense counts equal, nonzero counts drop
     assert m["final"]["params"] == m["baseline"]["params"]
     assert m["final"]["params_nonzero"] < m["baseline"]["params_nonzero"]

@@ -134,6 +134,14 @@ def test_a_run_records_onnx_runtime_latency_and_the_report_shows_it(tmp_path: Pa
     assert runtime["provider"] == CPU_PROVIDER
     assert sorted(runtime["speedup"]) == ["b1", "b4"]
     assert runtime["final"]["b4"]["batch"] == 4
+    # eta from ONNX Runtime's own latencies and the dense MAC counts of the two models
+    reduction = metrics["dense_reference"]["macs"] / metrics["final"]["macs"]
+    assert reduction > 1.5  # l1_filter at ratio 0.5 removes channels physically
+    for key in ("b1", "b4"):
+        speedup = (
+            runtime["dense_reference"][key]["latency_ms"] / runtime["final"][key]["latency_ms"]
+        )
+        assert runtime["speedup_efficiency"][key] == round(speedup / reduction, 4)
 
     # the report: ORT speedups after PyTorch's, one column per batch size
     latency["speedup"] = {"b1": 1.5, "b4": 2.5}
@@ -141,7 +149,9 @@ def test_a_run_records_onnx_runtime_latency_and_the_report_shows_it(tmp_path: Pa
     build_report([tmp_path / "run"], plots=False)
     header = (tmp_path / "run" / "summary.csv").read_text().splitlines()[0].split(",")
     at = header.index("netscore_count") + 1
-    assert header[at : at + 4] == ["speedup_b1", "speedup_b4", "ort_speedup_b1", "ort_speedup_b4"]
+    assert header[at : at + 6] == [
+        "speedup_b1", "speedup_b4", "ort_speedup_b1", "ort_speedup_b4", "ort_eta_b1", "ort_eta_b4"
+    ]  # fmt: skip
     md = (tmp_path / "run" / "summary.md").read_text()
-    assert "| speedup b1 | speedup b4 | ORT speedup b1 | ORT speedup b4 |" in md
+    assert "| speedup b1 | speedup b4 | ORT speedup b1 | ORT speedup b4 | ORT η b1 |" in md
     assert f"| {runtime['speedup']['b4']:.2f} |" in md

@@ -1,4 +1,4 @@
-"""double_pruning (methods.md §5.2): slimming, fine-tune, magnitude pruning, fine-tune.
+"""double_pruning (docs/methods.md §5.2): slimming, fine-tune, magnitude pruning, fine-tune.
 
 The unit tests drive the method with a recording context; the end-to-end test runs the real
 ``prune-run`` on the offline dataset shrunk to a few hundred images, then resumes it.
@@ -83,7 +83,8 @@ def test_stages_run_in_order_and_weight_ratio_is_exact_and_held() -> None:
         ("record", "slimmed_finetuned", slim_params),
     ]
     assert slim_params < dense_params
-    # Exactly floor(0.7 * N) of the N remaining conv weights are zero (exact mode, §4).
+    # # Exactly floor(0.7 * N) of the N remaining conv weights are zero (exact mode,
+    # docs/methods.md §2.1).
     zeros, total = _conv_zero_fraction(result.model)
     assert zeros == math.floor(0.7 * total) == result.info["weights_pruned"]
     assert total == result.info["weights_total"]
@@ -237,6 +238,6 @@ def test_resnet50_gets_its_offline_budget_and_nothing_else_does() -> None:
     assert headline.model.stem == "imagenet" and headline.model.zero_init_residual is True
     assert (headline.train.optimizer, headline.finetune.optimizer) == ("adamw", "adamw")
     assert (default.train.optimizer, default.finetune.optimizer) == ("sgd", "sgd")
-    assert "zero_init_residual" not in real.model and real.model.stem == "auto"
+    assert real.model.zero_init_residual is False and real.model.stem == "auto"  # the defaults
     assert real.train.optimizer == "sgd" and real.train.lr == 0.1
     assert mine.model.stem == "auto"  # the command line wins over the budget

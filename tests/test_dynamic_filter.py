@@ -1,4 +1,4 @@
-"""``method=dynamic_filter`` and its regularisers (methods.md §7.7), plus one CLI run."""
+"""``method=dynamic_filter`` and its regularisers (docs/methods.md §7.7), plus one CLI run."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Imports flow one way (docs/design.md, "Code layout"):
+"""Imports flow one way (docs/development.md "Code layout"):
 
     cli -> pipeline -> methods -> {pruning, sharing} -> {engine, models, data, metrics}
 
@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "distributed": 0,
     "options": 0,  # the typed-options mechanism (pydantic)
     "defaults": 0,  # the defaults of every key: the YAML files under configs/
+    "renamed": 0,  # config keys of earlier releases and their replacements
     # training, models, data, counting; export writes a model in portable formats
     "engine": 1,
     "models": 1,
@@ -57,6 +58,7 @@ LAYERS: dict[str, int] = {
     "cli": 5,
     "callbacks": 5,
     "report": 5,
+    "docgen": 5,  # python -m prune_cli.docgen: docs/configuration.md from the options and configs/
 }
 #: Public entry points the package re-exports lazily (PEP 562 ``__getattr__`` in
 #: ``prune_cli/__init__.py``): imported on first use only, so ``import prune_cli`` stays at the

@@ -21,7 +21,7 @@ from prune_cli.models import MODELS
 
 
 def test_conv_macs_methods_doc_example() -> None:
-    # methods.md §2.2: 3 -> 16 channels, 3x3 kernel, 32x32 output: 3*3*3*16*32*32 = 442,368.
+    # docs/methods.md §2.2: 3 -> 16 channels, 3x3 kernel, 32x32 output: 3*3*3*16*32*32 = 442,368.
     conv = nn.Conv2d(3, 16, 3, padding=1, bias=False)
     macs = count_macs(conv, (3, 32, 32))
     assert macs.dense == 442_368

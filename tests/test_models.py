@@ -90,9 +90,9 @@ def test_imagenet_logits(name: str) -> None:
         ("resnet110", {"shortcut": "A"}, 10, 1_727_962),  # 1.7M in He et al. Table 6
         # B adds 1x1 convs + BN: 16*32 + 64 + 32*64 + 128 = 2,752 parameters.
         ("resnet20", {}, 10, 269_722 + 2_752),
-        ("vgg19", {}, 10, 20_035_018),  # methods.md §3
+        ("vgg19", {}, 10, 20_035_018),  # docs/methods.md §3
         ("vgg19", {}, 100, 20_081_188),
-        ("wrn28_10", {}, 10, 36_479_194),  # methods.md §9.2 (Savarese & Maire's WRN-28-10)
+        ("wrn28_10", {}, 10, 36_479_194),  # docs/methods.md §9.2 (Savarese & Maire's WRN-28-10)
         ("wrn16_8", {}, 10, 10_961_370),  # 11.0M in Zagoruyko & Komodakis Table 4
         ("wrn40_4", {}, 10, 8_949_210),  # 8.9M
         ("wrn16_4", {}, 100, 2_748_890 + 256 * 90 + 90),
@@ -106,7 +106,8 @@ def test_exact_parameter_counts(
 
 
 def test_shufflenet_parameter_counts_match_methods_doc() -> None:
-    # methods.md §9.3: torchvision 2,278,604; CIFAR-100 head 1,356,104 (stem changes keep counts).
+    # docs/methods.md §9.3: torchvision 2,278,604; CIFAR-100 head 1,356,104 (stem changes keep
+    # counts).
     assert _n_params(_build("shufflenet_v2_x1_0", IMAGENET)) == 2_278_604
     assert _n_params(_build("shufflenet_v2_x1_0", (3, 32, 100))) == 1_356_104
 

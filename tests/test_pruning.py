@@ -23,7 +23,7 @@ def _ctx() -> PruneContext:
 
 
 def test_threshold_exact_and_reference_counts() -> None:
-    # methods.md §2.1: N = 1000 distinct values, percent 0.7: exact removes 700, reference 701.
+    # docs/methods.md §2.1: N = 1000 distinct values, percent 0.7: exact removes 700, reference 701.
     scores = torch.randperm(1000).float()
     assert int((~keep_mask(scores, 0.7, "exact")).sum()) == 700
     assert int((~keep_mask(scores, 0.7, "reference")).sum()) == 701

@@ -334,7 +334,9 @@ def test_layer_ratios_file_sets_l1_filter_group_rates(tmp_path: Path) -> None:
     dense = _resnet()
     path = tmp_path / "ratios.yaml"
     path.write_text("conv2: 0.5\nconv3: 0.25\nconv1: 0.5\n")
-    method = build_method({"name": "l1_filter", "layer_ratios": str(path)}, 0.9)
+    # round_to 1: the exact counts (the default rounds a 24-channel group's 12 up to 16)
+    cfg = {"name": "l1_filter", "layer_ratios": str(path), "round_to": 1}
+    method = build_method(cfg, 0.9)
     result = method.prune(dense, _ctx())
     channels = result.info["channels"]
     # conv2 alone; the stream (conv1 + conv3): the smallest ratio of its producers

@@ -447,3 +447,15 @@ def test_the_engine_has_no_defaults_of_its_own() -> None:
         **group_defaults("train", "default"),
         "lr": 0.5,
     }
+
+
+def test_a_key_of_an_earlier_release_names_its_replacement() -> None:
+    from prune_cli.renamed import renamed_key_message
+
+    assert renamed_key_message("train.amp") == (
+        "train.amp was replaced by train.precision (auto | fp32 | bf16 | fp16)"
+    )
+    assert renamed_key_message("finetune.channels_last").startswith(
+        "finetune.channels_last was replaced by finetune.memory_format"
+    )
+    assert renamed_key_message("train.lr") is None and renamed_key_message("amp") is None

@@ -1,6 +1,7 @@
-"""Template sharing (methods.md §9.2, §9.3): SConv2d algebra and gradients, orthogonal init,
-zero weight decay on coefficients, parameter counts against the §9.3 table, materialisation,
-unchanged MACs, the ``template_reuse`` / ``soft_sharing`` methods and one CLI run."""
+"""Template sharing (docs/methods.md §9.2, §9.3): SConv2d algebra and gradients, orthogonal init,
+zero weight decay on coefficients, parameter counts against the docs/methods.md §9.3 table,
+materialisation, unchanged MACs, the ``template_reuse`` / ``soft_sharing`` methods and one CLI
+run."""
 
 from __future__ import annotations
 
@@ -169,7 +170,7 @@ def test_orthogonal_coefficient_init_per_bank(coefficients: str) -> None:
         torch.testing.assert_close(gram, torch.eye(min(n_layers, k)), atol=1e-5, rtol=0)
 
 
-# §9.3 table: shufflenet_v2_x1_0 with the ImageNet (1000) and CIFAR-100 heads.
+# docs/methods.md §9.3 table: shufflenet_v2_x1_0 with the ImageNet (1000) and CIFAR-100 heads.
 TABLE = {
     1000: {0: 2_278_604, 1: 1_817_762, 2: 1_888_432, 3: 1_959_102, 4: 2_029_772},
     100: {0: 1_356_104, 1: 895_262, 2: 965_932, 3: 1_036_602, 4: 1_107_272},
@@ -223,7 +224,7 @@ def test_soft_sharing_counts_on_cifar_resnet() -> None:
 
 @pytest.mark.parametrize(
     ("depth", "width", "k", "expected"),
-    [  # methods.md §9.2, derived from the authors' SWRN-d-w-k (10 classes)
+    [  # docs/methods.md §9.2, derived from the authors' SWRN-d-w-k (10 classes)
         (28, 10, 1, 12_287_212),
         (28, 10, 2, 17_125_630),
         (28, 10, 4, 26_802_466),
@@ -510,7 +511,7 @@ def test_swrn_experiment_pins_the_papers_recipe_and_counts() -> None:
     assert (base.train.weight_decay, base.dataset.val_size) == (5e-4, 0.1)
     assert base.hydra.sweeper.params["method.templates_per_stage"] == "1,2,4,6"
     assert (baseline.model.name, baseline.method.name) == ("wrn28_10", "none")
-    # The swept k give the paper's SWRN-28-10-k counts (methods.md §9.2) on the pinned model.
+    # The swept k give the paper's SWRN-28-10-k counts (docs/methods.md §9.2) on the pinned model.
     model = WideResNet(28, 10, num_classes=10)
     plans = resnet_plans(model)
     counts = {

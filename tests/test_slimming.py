@@ -1,4 +1,4 @@
-"""Network slimming with physical channel removal, l1_filter, and export (methods.md §3, §6).
+"""Network slimming with physical channel removal, l1_filter, and export (docs/methods.md §3, §6).
 
 Behaviour checked on every supported architecture: the pruned model runs, has exactly the channel
 counts the global threshold implies, fewer params and MACs, and in eval mode gives the logits of
@@ -178,7 +178,8 @@ def vgg19() -> nn.Module:
 
 
 def test_vgg19_threshold_matches_methods_md(vgg19: nn.Module) -> None:
-    """5504 BN channels; 0.7 removes 3852 in exact mode, 3853 in reference mode (§2.1, §3)."""
+    """5504 BN channels; 0.7 removes 3852 in exact mode, 3853 in reference mode
+    (docs/methods.md §2.1, §3)."""
     dense = vgg19
     groups = channel_groups(dense, INPUT, "single")
     assert sum(g.size for g in groups) == 5504
@@ -196,7 +197,7 @@ def test_rebuilt_vgg_has_the_parameter_count_of_its_cfg(vgg19: nn.Module) -> Non
     for v in [64, 64, "M", 128, 128, "M", *[256] * 4, "M", *[512] * 4, "M", *[512] * 4]:
         cfg.append(v if v == "M" else next(it))
     assert count_params(pruned)[0] == count_params(CifarVGG(cfg, 10, 3))[0]
-    # Full VGG-19 on CIFAR-10: the reference README's 20.04M (methods.md §3).
+    # Full VGG-19 on CIFAR-10: the reference README's 20.04M (docs/methods.md §3).
     assert count_params(dense)[0] == 20_035_018
 
 
@@ -223,7 +224,7 @@ def test_guards_min_channels_and_round_to() -> None:
 
 
 def test_l1_penalty_moves_gamma_by_lr_lambda_sign() -> None:
-    """One plain SGD step with zero loss gradient: γ -> γ - η·λ·sign(γ) (methods.md §3)."""
+    """One plain SGD step with zero loss gradient: γ -> γ - η·λ·sign(γ) (docs/methods.md §3)."""
     model = _model("vgg11")
     method = NetworkSlimming({"name": "network_slimming", "l1_lambda": 1e-3}, 0.5)
     method.prepare(model)

@@ -1,4 +1,5 @@
-"""scripts/study_report.py: the statistics and the claims table of the study (issue 12 §3)."""
+"""scripts/study_report.py: the statistics and the claims table of the study (issue 12, section
+3)."""
 
 from __future__ import annotations
 

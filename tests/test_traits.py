@@ -31,8 +31,8 @@ def test_registered_models(name: str) -> None:
     # The class table and the traced structure agree.
     assert has_skip_connections(model) == (name not in PLAIN)
     assert is_shufflenet_v2(model) == name.startswith("shufflenet")
-    assert is_cifar_resnet(model) == (name in {"resnet20", "resnet32", "resnet56", "resnet110"}
-                                      or name.startswith("wrn"))  # fmt: skip
+    cifar_resnets = {"resnet20", "resnet32", "resnet44", "resnet56", "resnet110"}
+    assert is_cifar_resnet(model) == (name in cifar_resnets or name.startswith("wrn"))
     assert sharing_is_shufflenet(model) == is_shufflenet_v2(model)
     assert sharing_is_cifar_resnet(model) == is_cifar_resnet(model)
 

@@ -4,7 +4,7 @@ network"): the student learns from the teacher's softened outputs as well as fro
     loss = (1 - alpha)·CE(student, labels) + alpha·T²·KL(softmax(teacher/T) ‖ softmax(student/T))
 
 The T² keeps the soft term's gradients on the scale of the hard term's when T changes (Hinton
-et al. §2). The KL is averaged over the batch (``batchmean``: the true KL per image, not per
+et al., Section 2). The KL is averaged over the batch (``batchmean``: the true KL per image, not per
 logit). The teacher runs in eval mode without gradients: it is never updated.
 """
 

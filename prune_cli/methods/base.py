@@ -39,6 +39,7 @@ the base of the parameter-sharing methods.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,28 @@ AutoOrNonNegative = Annotated[
 ]
 
 
+def _auto_or_positive_int(value: Any) -> Any:
+    if value == "auto":
+        return value
+    if isinstance(value, bool):
+        raise ValueError("is not auto or an integer")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("is not auto or an integer") from None
+    if not math.isfinite(number) or number != int(number):
+        raise ValueError("is not auto or an integer")
+    if number < 1:
+        raise ValueError("is out of range")
+    return int(number)
+
+
+#: ``auto`` or an integer >= 1 (``round_to``).
+AutoOrPositiveInt = Annotated[
+    Any, BeforeValidator(_auto_or_positive_int), Valid("auto, or an integer >= 1")
+]
+
+
 class MethodOptions(Options):
     """The key every method config has: its ``name``. Subclasses add the method's keys, whose
     defaults are in ``configs/method/<name>.yaml`` (:meth:`Method.parse_options`)."""
@@ -131,12 +154,13 @@ class ChannelOptions(MethodOptions):
     """Keys of the channel-removal methods (:func:`~prune_cli.pruning.channels.channel_prune`):
     ``groups`` (``coupled``: residual streams, concatenations, ShuffleNetV2 streams too;
     ``single``: one-producer groups only), the threshold ``mode``, ``min_channels`` (an int, or
-    a fraction of the group if < 1) and ``round_to``."""
+    a fraction of the group if < 1) and ``round_to`` (an int, or ``auto``:
+    :func:`~prune_cli.pruning.channels.rounded_keep`)."""
 
     groups: OneOf(*GROUPINGS)
     mode: OneOf(*THRESHOLD_MODES)
     min_channels: Float(gt=0)
-    round_to: Int(ge=1)
+    round_to: AutoOrPositiveInt
 
     def channel_settings(self) -> dict[str, Any]:
         """These options as :func:`channel_prune` keywords."""
@@ -417,7 +441,7 @@ class SparsityTraining(Method):
         return self.sparsity.signature()
 
     def after_backward(self, model: nn.Module) -> None:
-        """``γ.grad += λ·sign(γ)`` for every BatchNorm2d (methods.md §3 step 1)."""
+        """``γ.grad += λ·sign(γ)`` for every BatchNorm2d (docs/methods.md §3 step 1)."""
         self.sparsity.after_backward(model)
 
     def baseline_kind(self, trained: bool = True) -> str:
@@ -441,7 +465,7 @@ class SharingOptions(OwnRatio):
 
 
 class SharingMethod(Method):
-    """Base of the parameter-sharing methods (methods.md §9); subclasses define :meth:`plans`.
+    """Base of the parameter-sharing methods (docs/methods.md §9); subclasses define :meth:`plans`.
 
     Sharing re-parameterises the model *before training*, which then trains it from scratch
     through the normal pipeline:

@@ -1,7 +1,8 @@
-"""``double_pruning``: network slimming, then magnitude pruning (methods.md §5.2, our design).
+"""``double_pruning``: network slimming, then magnitude pruning (docs/methods.md §5.2, our design).
 
 The source paper (Lee et al. 2020) combines network slimming (Liu et al. 2017) with parameter
-pruning (Han et al. 2015); its order and hyper-parameters are not public, so this follows §5.2:
+pruning (Han et al. 2015); its order and hyper-parameters are not public, so this follows
+docs/methods.md §5.2:
 
 1. dense training with the slimming L1 penalty on BN γ
    (:class:`~prune_cli.pruning.regularizers.BNSparsity`, ``method.l1_lambda``, ``method.bn_init``);
@@ -10,7 +11,8 @@ pruning (Han et al. 2015); its order and hyper-parameters are not public, so thi
 3. fine-tuning without the sparsity term for ``method.slim_finetune_epochs`` epochs (``null``:
    the run's ``finetune.epochs``), recorded as stage ``slimmed_finetuned`` (history stage
    ``finetune_slim``);
-4. magnitude pruning of the remaining conv weights at ``method.weight_ratio`` (§4 B1:
+4. magnitude pruning of the remaining conv weights at ``method.weight_ratio``
+   (docs/methods.md §4 B1:
    ``method.weight_scope``, ``method.include_linear``, the shared ``method.mode``), which the
    pipeline records as ``pruned``;
 5. the pipeline's fine-tuning with those weights held at zero, recorded as ``final``.

@@ -1,7 +1,7 @@
 """``dynamic_filter``: dynamic pruning with feedback (DPF, Lin et al. ICLR 2020) as coded in
-heehehe/pruning-decorrelation, with an optional decorrelation regulariser (methods.md §7).
+heehehe/pruning-decorrelation, with an optional decorrelation regulariser (docs/methods.md §7).
 
-Pruning happens *during* training (methods.md §7.4):
+Pruning happens *during* training (docs/methods.md §7.4):
 
 1. :meth:`DynamicFilter.prepare` re-parameterises every ``nn.Conv2d`` weight as a dense parameter
    ``weight_orig`` and a mask buffer ``weight_mask`` (all ones), the ``torch.nn.utils.prune``
@@ -36,11 +36,11 @@ Masks (``type``):
 - ``unstructured``: one keep bit per weight, importance ``|w|`` (``l1``, ``l1_mean``, ``l2``) or
   ``w^2`` (``l2_mean``); the repository's unstructured mode raises KeyError, this one works.
 
-The threshold is that of methods.md §2.1 (``threshold_mode``): ``exact`` removes
+The threshold is that of docs/methods.md §2.1 (``threshold_mode``): ``exact`` removes
 ``floor(N * s)`` filters/weights, ``reference`` the repository's ``int(N * s) + 1``.
 Sparsity ``s`` (``schedule``): ``constant`` = ``rate`` from the first update (the repository);
 ``cubic`` = ``s_t = rate - rate * (1 - t / T)^3`` at global iteration ``t``, ``T = stop_epoch *
-iterations per epoch``, ``s_t = rate`` for ``t >= T`` (Zhu & Gupta, DPF; methods.md §7.3).
+iterations per epoch``, ``s_t = rate`` for ``t >= T`` (Zhu & Gupta, DPF; docs/methods.md §7.3).
 
 ``mask_bn=true`` masks the BN (γ and β) right after each conv with the conv's filter mask too, so
 a pruned channel outputs 0 (true channel removal, and physical removal preserves the function).
@@ -117,7 +117,7 @@ class DynamicFilter(Method):
     """Dynamic filter (or weight) pruning with feedback during training; see the module doc."""
 
     class Options(MethodOptions):
-        """``configs/method/dynamic_filter.yaml`` (methods.md §7)."""
+        """``configs/method/dynamic_filter.yaml`` (docs/methods.md §7)."""
 
         rate: Ratio | None
         type: OneOf(*PRUNE_TYPES)

@@ -1,9 +1,10 @@
-"""``magnitude``: unstructured magnitude pruning (Han et al., NIPS 2015), methods.md §4.
+"""``magnitude``: unstructured magnitude pruning (Han et al., NIPS 2015), docs/methods.md §4.
 
 Default variant B1 (rethinking-network-pruning ``cifar/weight-level``): one global threshold over
 |w| of all conv weights, then fine-tuning with the pruned weights held at zero. ``scope=layerwise``
 prunes the same fraction of every layer instead; ``include_linear`` adds Linear weights to the pool;
-``mode=reference`` reproduces the reference code's ``+1`` threshold behaviour (§2.1).
+``mode=reference`` reproduces the reference code's ``+1`` threshold behaviour
+(docs/methods.md §2.1).
 
 ``schedule`` (:mod:`prune_cli.pruning.schedules`): ``oneshot`` (default), ``iterative`` (Han et
 al.'s prune / fine-tune rounds) or ``gradual`` (Zhu & Gupta's cubic ramp during fine-tuning).

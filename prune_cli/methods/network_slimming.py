@@ -1,4 +1,4 @@
-"""``network_slimming``: Liu et al., ICCV 2017, with physical channel removal (methods.md §3).
+"""``network_slimming``: Liu et al., ICCV 2017, with physical channel removal (docs/methods.md §3).
 
 1. **Sparsity training.** After every ``backward()`` and before the optimiser step, each
    ``BatchNorm2d`` γ gets the L1 sub-gradient: ``γ.grad += λ·sign(γ)`` (β is not penalised).
@@ -7,18 +7,18 @@
    DenseNet-40. ``method.bn_init`` (e.g. 0.5, the reference init) sets every γ before training;
    ``null`` keeps the model's own init. Both change training, so both are in
    :meth:`training_signature` (the trained-model cache keys them).
-2. **Global threshold** over the channels' |γ| (methods.md §2.1: ``exact`` removes
+2. **Global threshold** over the channels' |γ| (docs/methods.md §2.1: ``exact`` removes
    ``floor(N·ratio)`` channels, ``reference`` the reference code's ``+1``). A channel's score is
    the mean |γ| of its group's BNs that are followed by a nonlinearity
    (:class:`~prune_cli.pruning.importance.BNScale`): linear BNs (MobileNet projections) are never
    ranked, and depthwise BNs follow their producer.
 3. **Groups** (``method.groups``): ``single`` (default) is the paper's setting (only groups with
    one producer: post-activation ResNets rank their inner BNs, residual streams and
-   concatenations stay whole, methods.md §3); ``coupled`` also slims residual streams (every BN
+   concatenations stay whole, docs/methods.md §3); ``coupled`` also slims residual streams (every BN
    of the stream averaged), concatenations and ShuffleNetV2 streams. ``single`` is the default
    because one global γ threshold over coupled streams can empty a stream: the stream BNs'
    γ end up small, so ResNet-20 at ratio 0.3 kept 1 of 64 stage-3 stream channels and fell
-   to chance (README, "Channel groups").
+   to chance (docs/methods-guide.md).
 4. **Guards.** A group keeps at least ``method.min_channels`` channels (an int, or a fraction of
    the group for a float < 1) and, with ``method.round_to`` = r, a multiple of r channels (more
    kept, never fewer); so the removed count can be below ``floor(N·ratio)``.

@@ -1,9 +1,10 @@
-"""``optimized``: magnitude + search-selected small weights (source 4, NTNU thesis 2021; §8).
+"""``optimized``: magnitude + search-selected small weights (source 4, NTNU thesis 2021;
+docs/methods.md §8).
 
 The thesis keeps "the larger weights plus a set of smaller weights chosen by an optimisation
-strategy"; its algorithm is not public, so everything below is **our design** (methods.md §8.2).
-The recipe, on the toolbox's :mod:`prune_cli.pruning.retention` (the search space and its
-fitness) and :mod:`prune_cli.pruning.search` (the searches):
+strategy"; its algorithm is not public, so everything below is **our design**
+(docs/methods.md §8.2). The recipe, on the toolbox's :mod:`prune_cli.pruning.retention` (the search
+space and its fitness) and :mod:`prune_cli.pruning.search` (the searches):
 
 1. The large weights ``L`` are always kept; ``K_s`` small ones are chosen from a candidate pool
    (:func:`~prune_cli.pruning.retention.build_layout`, where the option semantics are spelled
@@ -39,6 +40,7 @@ from prune_cli.options import Bool, Float, Int, OneOf, Options, Text
 from prune_cli.pruning import prunable_weights, rate_check
 from prune_cli.pruning.masks import SCOPES
 from prune_cli.pruning.retention import (
+    FITNESS_PRECISIONS,
     GENES,
     POOLS,
     MaskedFitness,
@@ -58,7 +60,7 @@ from prune_cli.pruning.search import (
 
 log = logging.getLogger("prune_cli")
 
-#: Above this many genes a warning suggests block genes (methods.md §8.2 "Scaling").
+#: Above this many genes a warning suggests block genes (docs/methods.md §8.2 "Scaling").
 GENOME_WARN = 100_000
 
 
@@ -92,10 +94,11 @@ class SAOptions(Options):
 
 @METHODS.register("optimized")
 class OptimizedRetention(Method):
-    """Keep the large weights plus the small weights a GA / PSO / SA finds useful (§8.2)."""
+    """Keep the large weights plus the small weights a GA / PSO / SA finds useful
+    (docs/methods.md §8.2)."""
 
     class Options(OwnRatio):
-        """``configs/method/optimized.yaml`` (methods.md §8.2)."""
+        """``configs/method/optimized.yaml`` (docs/methods.md §8.2)."""
 
         small_ratio: Float(ge=0, le=1)
         pool: OneOf(*POOLS)
@@ -115,6 +118,9 @@ class OptimizedRetention(Method):
         fitness_size: Int(ge=1)
         fitness_split: OneOf("holdout", "train")
         fitness_batch_size: Int(ge=1)
+        #: The fitness forward passes' precision: auto = bf16 where the hardware does bf16
+        #: natively (engine/precision.py), else fp32.
+        fitness_precision: OneOf(*FITNESS_PRECISIONS)
         reuse_prefix: Bool
         prefix_limit_mb: Float(ge=0)
         finetune_baseline: Bool
@@ -204,6 +210,7 @@ class OptimizedRetention(Method):
             batches,
             reuse_prefix=o.reuse_prefix,
             prefix_limit_mb=o.prefix_limit_mb,
+            precision=o.fitness_precision,
         )
         problem = Problem(layout.gene_segment, layout.seed, fitness)
         rng = np.random.default_rng(self.seed)
@@ -250,7 +257,7 @@ class OptimizedRetention(Method):
             del magnitude_model
         seconds = result.seconds_per_generation
         info: dict[str, Any] = {
-            "design": "our design (methods.md §8.2): the thesis' algorithm is not public",
+            "design": "our design (docs/methods.md §8.2): the thesis' algorithm is not public",
             "search": search,
             "scope": scope,
             "gene": gene,
@@ -259,8 +266,10 @@ class OptimizedRetention(Method):
             "small_ratio": small_ratio,
             "layers": list(layers) if layers else None,
             **layout.counts,
+            "pool_rule": pool,
             "fitness_images": fitness.n_images,
             "fitness_split": source,
+            "fitness_precision": fitness.precision.record(),
             "evaluations": result.evaluations,
             "generations": result.generations,
             "seconds_per_generation": round(float(np.mean(seconds)), 4) if seconds else 0.0,

@@ -1,4 +1,4 @@
-"""``random``: the control (methods.md §6).
+"""``random``: the control (docs/methods.md §6).
 
 - ``granularity: weight`` (default) removes exactly as many weights as ``magnitude`` would at the
   same ratio, scope and pool, chosen uniformly at random from the run seed, so that any gap to

@@ -1,4 +1,4 @@
-"""``sensitivity``: per-layer sensitivity analysis (Li et al. 2017 §3.2; Han et al. 2015).
+"""``sensitivity``: per-layer sensitivity analysis (Li et al. 2017, Section 3.2; Han et al. 2015).
 
 Not a pruning method: the dense model (trained through the trained-model cache like every
 method, or ``pretrained=``) is pruned one layer at a time at each of ``method.ratios`` --

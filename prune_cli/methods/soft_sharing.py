@@ -1,4 +1,4 @@
-"""``soft_sharing``: soft parameter sharing, Savarese & Maire, ICLR 2019 (methods.md §9.2).
+"""``soft_sharing``: soft parameter sharing, Savarese & Maire, ICLR 2019 (docs/methods.md §9.2).
 
 The authors' rule (lolemacs/soft-sharing, SWRN-d-w-k): one :class:`~prune_cli.sharing.TemplateBank`
 of ``k`` full-size templates per stage; every conv of the blocks *after the first* block of a stage

@@ -1,12 +1,13 @@
-"""``template_reuse``: template-based parameter sharing for ShuffleNetV2 (methods.md §9.1, §9.3).
+"""``template_reuse``: template-based parameter sharing for ShuffleNetV2
+(docs/methods.md §9.1, §9.3).
 
 Kim & Kang (KTSDE 2020) generate layer weights from a few small templates combined with small
 layer-specific parameters; their full text is not public, so this is prune-cli's reconstruction
-(§9.3, **our design**): per stage of ShuffleNetV2 one :class:`~prune_cli.sharing.TemplateBank` of
-``k`` templates ``(bf, bf, 1, 1)`` serves both 1x1 convs of every stride-1 unit
-(``L_s = 6, 14, 6`` layers), with ``W_i = sum_j alpha_ij T_j``; templates Kaiming-normal,
-coefficients from an orthogonal ``L_s x k`` matrix and never weight-decayed. Everything else
-(stride-2 units, depthwise convs, conv1, conv5, FC, BN) stays unshared.
+(docs/methods.md §9.3, **our design**): per stage of ShuffleNetV2 one
+:class:`~prune_cli.sharing.TemplateBank` of ``k`` templates ``(bf, bf, 1, 1)`` serves both 1x1 convs
+of every stride-1 unit (``L_s = 6, 14, 6`` layers), with ``W_i = sum_j alpha_ij T_j``; templates
+Kaiming-normal, coefficients from an orthogonal ``L_s x k`` matrix and never weight-decayed.
+Everything else (stride-2 units, depthwise convs, conv1, conv5, FC, BN) stays unshared.
 
 Options (``configs/method/template_reuse*.yaml``):
 
@@ -17,9 +18,10 @@ Options (``configs/method/template_reuse*.yaml``):
 - ``share_depthwise``: variant C, a second bank ``(bf, 1, 3, 3)`` per stage for the depthwise
   convs of the stride-1 units.
 
-The parameter counts for ``k = 1..4`` are the table of §9.3 (e.g. ``shufflenet_v2_x1_0``, k = 2:
-1,888,432 with the ImageNet head, 965,932 with the CIFAR-100 head). Training, reporting and the
-materialisation check: :class:`prune_cli.methods.base.SharingMethod` on :mod:`prune_cli.sharing`.
+The parameter counts for ``k = 1..4`` are the table of docs/methods.md §9.3 (e.g.
+``shufflenet_v2_x1_0``, k = 2: 1,888,432 with the ImageNet head, 965,932 with the CIFAR-100 head).
+Training, reporting and the materialisation check: :class:`prune_cli.methods.base.SharingMethod` on
+:mod:`prune_cli.sharing`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Parameter, MAC and sparsity counting.
 
-Definitions (design.md "Metrics", methods.md §2.2):
+Definitions (docs/metrics.md "Stage objects", docs/methods.md §2.2):
 
 - **params**: every ``nn.Parameter`` of the model, BN affine parameters included; a tensor shared
   by several modules (tied weights) counts once. *nonzero params* counts the entries that are not

@@ -27,7 +27,6 @@ itself never fails on a latency measurement.
 from __future__ import annotations
 
 import logging
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -38,6 +37,7 @@ from torch import nn
 
 from prune_cli.errors import one_line
 from prune_cli.export import onnx_bytes
+from prune_cli.metrics.latency import STATISTICS
 
 log = logging.getLogger("prune_cli")
 
@@ -84,9 +84,10 @@ def _runner(session: Any, x: np.ndarray, provider: str) -> Callable[[], Any]:
 
 
 def time_interleaved(
-    runners: Mapping[str, Callable[[], Any]], warmup: int, repeats: int
+    runners: Mapping[str, Callable[[], Any]], warmup: int, repeats: int, statistic: str = "median"
 ) -> dict[str, float]:
-    """Median seconds of one call of every runner, measured in interleaved rounds."""
+    """Median (or ``statistic``, :data:`~prune_cli.metrics.latency.STATISTICS`) seconds of one
+    call of every runner, measured in interleaved rounds."""
     for run in runners.values():
         for _ in range(warmup):
             run()
@@ -96,7 +97,7 @@ def time_interleaved(
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return {name: STATISTICS[statistic](ts) for name, ts in times.items()}
 
 
 def _onnx_of(
@@ -114,6 +115,7 @@ def onnxruntime_latency(
     repeats: int = 10,
     threads: int | None = None,
     exported: Mapping[str, bytes] | None = None,
+    statistic: str = "median",
 ) -> dict[str, Any]:
     """Latency of every model exported to ONNX, in ONNX Runtime (module docstring). With two or
     more ``models``, ``speedup`` is the first one's latency / the last one's (the run passes
@@ -145,7 +147,7 @@ def onnxruntime_latency(
     for b in batch_sizes:
         x = np.random.default_rng(0).standard_normal((b, *input_size), dtype=np.float32)
         runners = {name: _runner(s, x, provider) for name, s in sessions.items()}
-        for name, seconds in time_interleaved(runners, warmup, repeats).items():
+        for name, seconds in time_interleaved(runners, warmup, repeats, statistic).items():
             result[name][f"b{b}"] = {
                 "batch": b,
                 "latency_ms": seconds * 1e3,

@@ -51,6 +51,13 @@ def measure_latency(
     )["model"]
 
 
+#: How the repeats of one forward are summarised: the median (the run's figures), or the
+#: minimum (for benchmark scripts, ``--stat min``: on a loaded machine a forward of a
+#: millisecond or two is often preempted, which inflates a median; on the 2-core machine of
+#: issue 26, with the cores oversubscribed, the minimum of 21 rounds was no steadier).
+STATISTICS = {"median": statistics.median, "min": min}
+
+
 def compare_latency(
     models: Mapping[str, nn.Module],
     input_size: tuple[int, int, int],
@@ -60,9 +67,13 @@ def compare_latency(
     repeats: int = 10,
     channels_last: bool = False,
     compile: bool = False,
+    statistic: str = "median",
 ) -> dict[str, dict[str, dict[str, float]]]:
     """:func:`measure_latency` of every model, measured interleaved (module docstring):
-    ``{name: {"b<size>": {"batch", "latency_ms", "throughput"}}}``."""
+    ``{name: {"b<size>": {"batch", "latency_ms", "throughput"}}}``; ``statistic``: a key of
+    :data:`STATISTICS`."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"unknown statistic {statistic!r}; choose one of: {list(STATISTICS)}")
     if warmup < 0 or repeats < 1:
         raise ValueError(f"need warmup >= 0 and repeats >= 1, got {warmup} and {repeats}")
     if not batch_sizes or any(b < 1 for b in batch_sizes):
@@ -88,7 +99,7 @@ def compare_latency(
                 for name, net in nets.items():
                     times[name].append(_forward_seconds(net, x, device))
         for name, ts in times.items():
-            seconds = statistics.median(ts)
+            seconds = STATISTICS[statistic](ts)
             results[name][f"b{b}"] = {
                 "batch": b,
                 "latency_ms": seconds * 1e3,

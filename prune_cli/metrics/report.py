@@ -58,7 +58,7 @@ def stage_metrics(
 
 
 def relative_to_dense(final: Mapping[str, Any], dense: Mapping[str, Any]) -> dict[str, Any]:
-    """Figures that compare across methods, all against the dense reference (README):
+    """Figures that compare across methods, all against the dense reference (docs/metrics.md):
 
     - ``weights_removed``: fraction of the dense reference's weights (conv + linear) that the
       final model no longer has, physically removed, zero, or shared (a shared model keeps its

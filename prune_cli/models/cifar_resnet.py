@@ -1,4 +1,4 @@
-"""CIFAR ResNets (He et al., CVPR 2016, §4.2): ``resnet20``, ``resnet32``, ``resnet44``,
+"""CIFAR ResNets (He et al., CVPR 2016, Section 4.2): ``resnet20``, ``resnet32``, ``resnet44``,
 ``resnet56``, ``resnet110`` (the depths of the paper's Table 6 up to 110).
 
 Architecture (depth = 6n + 2): a 3x3 stem conv (``in_channels`` -> 16) + BN + ReLU, three stages of

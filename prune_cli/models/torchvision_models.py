@@ -270,7 +270,7 @@ def _check_arch(arch: str) -> Callable[..., nn.Module]:
         hint = f"did you mean {', '.join(close)}?" if close else "e.g. densenet121, resnet50"
         raise ConfigError(
             f"unknown torchvision model {arch!r}; {hint} (one of the {len(archs)} names of "
-            "torchvision.models.list_models(module=torchvision.models), listed in the README)"
+            "torchvision.models.list_models(module=torchvision.models), listed in docs/models.md)"
         )
     return _tvm().get_model_builder(arch)
 

@@ -4,7 +4,7 @@ Methods, the pruning toolbox and the sharing plans ask these questions instead o
 classes themselves:
 
 - :func:`is_plain`: a network without skip connections (VGG, AlexNet, SqueezeNet...), for the
-  network-slimming λ (1e-4 for plain CNNs, 1e-5 for residual and dense ones, methods.md §3);
+  network-slimming λ (1e-4 for plain CNNs, 1e-5 for residual and dense ones, docs/methods.md §3);
 - :func:`is_shufflenet_v2`: torchvision's ShuffleNetV2, whose channel split, concatenation and
   shuffle need hand-written channel groups and carry the template-reuse banks;
 - :func:`is_cifar_resnet`: a (wide) CIFAR ResNet with three stages ``layer1..3`` of blocks with

@@ -1,10 +1,10 @@
 """Wide ResNets (Zagoruyko & Komodakis, BMVC 2016): ``wrn16_4``, ``wrn16_8``, ``wrn28_10``,
 ``wrn40_4`` (``wrn<depth>_<widen factor>``).
 
-The architecture of the soft-sharing source (Savarese & Maire, ICLR 2019; methods.md §9.2), whose
-parameter counts it reproduces exactly (WRN-28-10: 36,479,194 for 10 classes). Depth = 6n + 4: a
-3x3 stem conv (``in_channels`` -> 16), three stages of n pre-activation blocks of widths
-16k, 32k and 64k (the first block of stages 2 and 3 has stride 2), then BN + ReLU, global
+The architecture of the soft-sharing source (Savarese & Maire, ICLR 2019; docs/methods.md §9.2),
+whose parameter counts it reproduces exactly (WRN-28-10: 36,479,194 for 10 classes). Depth = 6n + 4:
+a 3x3 stem conv (``in_channels`` -> 16), three stages of n pre-activation blocks of widths 16k, 32k
+and 64k (the first block of stages 2 and 3 has stride 2), then BN + ReLU, global
 average pooling and a linear classifier. A block is BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3
 added to the shortcut; where the width or stride changes, the shortcut is a 1x1 conv applied to
 the pre-activated input (as in the authors' code), elsewhere the identity. All convs are

@@ -5,6 +5,8 @@
   ShuffleNetV2 streams; the group model in :mod:`.group_model`, found by :mod:`.trace`, checked
   by :mod:`.verify`); :mod:`.removal`: narrower copies and masks of a cut;
   :mod:`.channels`: :func:`~.channels.channel_prune` (score, keep, remove);
+- :mod:`.budget`: the ratio for a MAC budget; :mod:`.allocation`: how many channels each group
+  keeps (uniform, global, or latency-aware from measured latency tables);
 - :mod:`.importance`: importance criteria; :mod:`.regularizers`: training-time penalties;
 - :mod:`.reparam`: masked re-parameterisation of weights (DPF); :mod:`.schedules`: sparsity
   schedules; :mod:`.search`: mask search (GA / PSO / SA).

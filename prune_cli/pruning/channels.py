@@ -12,10 +12,11 @@
   cannot score (e.g. slimming on a group without a BN followed by an activation) is left whole.
 - **keep**: ``layerwise`` removes ``floor(ratio * size)`` channels of every scored group;
   ``global`` ranks all channels of all scored groups together and removes the lowest
-  ``floor(ratio * N)`` (methods.md §2.1: ``mode=exact``; ``reference`` reproduces the reference
+  ``floor(ratio * N)`` (docs/methods.md §2.1: ``mode=exact``; ``reference`` reproduces the reference
   code's ``+1``); ``zeros`` removes exactly the channels scored 0 (a mask decided elsewhere).
   Then the guards: a group keeps at least ``min_channels`` (an int, or a fraction of the group if
-  < 1) rounded up to a multiple of ``round_to`` (channels come back in order of score); channels
+  < 1) rounded up to a multiple of ``round_to`` (``auto``: of 16 in groups of more than 16
+  channels, :func:`multiple_of`; channels come back in order of score); channels
   tied by a grouped convolution go together; and no conv, linear or BN is left without input or
   output channels (the best-scored channel that reaches it comes back).
 - **removal** (:func:`remove_channels`): a new, physically smaller copy of the model. For every
@@ -92,10 +93,11 @@ def channel_prune(
     grouping: str = "coupled",
     mode: str = "exact",
     min_channels: float = 1,
-    round_to: int = 1,
+    round_to: int | str = 1,
     masks: Mapping[str, torch.Tensor] | None = None,
     prior: Mapping[str, torch.Tensor] | None = None,
     group_ratios: Mapping[str, float] | None = None,
+    found: Discovery | None = None,
 ) -> Pruned:
     """Prune ``model``'s channels: a new, narrower model and the ``info`` describing it.
 
@@ -116,14 +118,17 @@ def channel_prune(
     keep in number; ``info`` (``channels``, ``keep``, ``rates``) describes the cut from the
     original model, so :func:`rebuild` of the original model reproduces it.
     ``group_ratios`` (layerwise scope only): each ranked group removes its own ratio (groups
-    absent from it are left whole) instead of ``ratio``.
+    absent from it are left whole) instead of ``ratio``. ``found``: the groups of ``model``
+    discovered before (:func:`discover` with ``grouping``), for callers that cut the same model
+    at several ratios (discovery, with its verification, is most of a cut's cost).
     """
     if scope not in CHANNEL_SCOPES:
         raise ConfigError(f"unknown scope {scope!r}; choose one of: {', '.join(CHANNEL_SCOPES)}")
     if mode not in THRESHOLD_MODES:
         raise ConfigError(f"unknown mode {mode!r}; choose one of: {', '.join(THRESHOLD_MODES)}")
     check_grouping(grouping)
-    found = discover(model, input_size, grouping)
+    if found is None:
+        found = discover(model, input_size, grouping)
     scores = importance(model, found.groups)
     if not scores:
         raise ChannelRemovalError(_nothing_to_prune(model, found, importance))
@@ -142,6 +147,9 @@ def channel_prune(
             o_keep = {}
             for name in o_scores:
                 one = {name: o_scores[name]}
+                if name not in group_ratios:  # left whole (mode reference would cut one at 0)
+                    o_keep[name] = torch.ones_like(o_scores[name], dtype=torch.bool)
+                    continue
                 o_keep.update(
                     layerwise_keep(
                         one, float(group_ratios.get(name, 0.0)), mode, min_channels, round_to,
@@ -309,11 +317,43 @@ def min_keep(size: int, min_channels: float) -> int:
     return max(1, min(size, n))
 
 
-def rounded_keep(kept: int, size: int, round_to: int) -> int:
-    """``kept`` rounded up to a multiple of ``round_to`` (capped at ``size``)."""
-    if round_to < 1:
-        raise ConfigError(f"round_to {round_to} is out of range; valid: integer >= 1")
-    return min(size, math.ceil(kept / round_to) * round_to)
+#: ``round_to: auto``: a group wider than this keeps a multiple of it (or all its channels); a
+#: group of at most this many keeps any count (a multiple would leave it no width but its own).
+#: 16 fp32 values fill an AVX-512 vector; oneDNN blocks channels by 16 on such CPUs, and ONNX
+#: Runtime's blocked (NCHWc) convolutions need channel counts in multiples of 16 (any other
+#: count falls back to plain NCHW kernels between layout reorders; ``scripts/bench_round_to.py``,
+#: ``scripts/bench_deploy.py``). 16 is also a multiple of the 8 that AVX2 and GPU tensor cores
+#: want.
+AUTO_BLOCK = 16
+
+
+def check_round_to(round_to: int | str) -> int | str:
+    """``round_to`` itself, or a one-line ConfigError."""
+    if round_to == "auto":
+        return round_to
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ConfigError(f"round_to {round_to!r} is out of range; valid: auto, or integer >= 1")
+    return round_to
+
+
+def multiple_of(size: int, round_to: int | str) -> int:
+    """The multiple a group of ``size`` channels keeps: ``round_to``, or for ``"auto"``
+    :data:`AUTO_BLOCK` when ``size > AUTO_BLOCK`` and 1 otherwise."""
+    if check_round_to(round_to) == "auto":
+        return AUTO_BLOCK if size > AUTO_BLOCK else 1
+    return int(round_to)
+
+
+def allowed_width(kept: int, size: int, round_to: int | str) -> bool:
+    """Whether a group of ``size`` may keep ``kept`` channels (:func:`multiple_of`); the
+    whole group always."""
+    return kept == size or kept % multiple_of(size, round_to) == 0
+
+
+def rounded_keep(kept: int, size: int, round_to: int | str) -> int:
+    """``kept`` rounded up to a multiple of :func:`multiple_of` (capped at ``size``)."""
+    multiple = multiple_of(size, round_to)
+    return min(size, math.ceil(kept / multiple) * multiple)
 
 
 def _atoms(group: ChannelGroup | None, size: int) -> list[list[int]]:
@@ -337,7 +377,7 @@ def guard_keep(
     scores: torch.Tensor,
     group: ChannelGroup | None = None,
     min_channels: float = 1,
-    round_to: int = 1,
+    round_to: int | str = 1,
 ) -> torch.Tensor:
     """Apply the layer-collapse guard and rounding to one group's keep mask.
 
@@ -364,10 +404,10 @@ def global_keep(
     ratio: float,
     mode: str = "exact",
     min_channels: float = 1,
-    round_to: int = 1,
+    round_to: int | str = 1,
     groups: Mapping[str, ChannelGroup] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One threshold over the scores of all groups together (methods.md §2.1, §3 step 2).
+    """One threshold over the scores of all groups together (docs/methods.md §2.1, §3 step 2).
 
     The lowest ``ratio`` of all channels is removed (``exact``: ``floor(N*ratio)``; ``reference``:
     the reference code's ``+1``); tied channels (``groups``) are ranked by their mean score and
@@ -429,7 +469,7 @@ def layerwise_keep(
     ratio: float,
     mode: str = "exact",
     min_channels: float = 1,
-    round_to: int = 1,
+    round_to: int | str = 1,
     groups: Mapping[str, ChannelGroup] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The lowest ``ratio`` of each group's channels (or of its tied units) removed, group by

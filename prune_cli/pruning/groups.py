@@ -1,4 +1,4 @@
-"""Channel groups: every tensor slice that must go when one channel goes (design.md).
+"""Channel groups: every tensor slice that must go when one channel goes (docs/methods.md §2.4).
 
 A **channel group** is a set of channels removed together. Channel ``j`` of a group is one
 *logical* channel of the network, and each **member** of the group says where that channel sits

@@ -4,15 +4,15 @@ Channel criteria are small callables ``criterion(model, groups) -> {group name: 
 score per channel of each group they can rank; lower scores are removed first, and a group left
 out of the result is not pruned. How a **group** is scored from its members:
 
-- :class:`BNScale` (network slimming, methods.md §3): the mean |γ| over the group's BNs that are
-  followed by a nonlinearity, leaving out the BNs behind a depthwise conv of the same group (they
-  follow their producer, methods.md §3 MobileNetV2 rule). A BN followed by no activation (a
-  *linear* BN: MobileNet's projection, the BN feeding a residual stream that is added without an
+- :class:`BNScale` (network slimming, docs/methods.md §3): the mean |γ| over the group's BNs that
+  are followed by a nonlinearity, leaving out the BNs behind a depthwise conv of the same group
+  (they follow their producer, docs/methods.md §3 MobileNetV2 rule). A BN followed by no activation
+  (a *linear* BN: MobileNet's projection, the BN feeding a residual stream that is added without an
   activation) is never a ranking signal; a group with no other BN is not ranked. For residual
   streams this averages the BNs of every producer (post-activation ResNets) or of every
   pre-activation block reading the stream (pre-activation ResNets, DenseNet), the BNs that the
   slimming paper's ResNet-164 and DenseNet-40 rank.
-- :class:`FilterNorm` (l1_filter, Li et al. 2017, methods.md §6): the summed L1 (or L2) norm of
+- :class:`FilterNorm` (l1_filter, Li et al. 2017, docs/methods.md §6): the summed L1 (or L2) norm of
   the channel's filter in **every producer** (all convs added into a residual stream;
   squeeze-and-excitation gates are not producers); ``mean=True`` divides by the number of
   weights summed, which makes groups with filters of different sizes comparable in one global
@@ -137,7 +137,7 @@ class MaskedFilters:
 
 @dataclass(frozen=True)
 class RandomChannels:
-    """The control of the channel criteria (methods.md §6): uniform random scores from
+    """The control of the channel criteria (docs/methods.md §6): uniform random scores from
     ``seed``, drawn group by group in the groups' order, so a seed fixes the channels chosen."""
 
     seed: int = 0

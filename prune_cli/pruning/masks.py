@@ -23,7 +23,7 @@ SCOPES = ("global", "layerwise")
 def prunable_weights(model: nn.Module, include_linear: bool = False) -> dict[str, nn.Parameter]:
     """The weights unstructured pruning may zero: every Conv2d weight (and Linear, if asked).
 
-    Biases and BN parameters are never pruned (methods.md §4 B1).
+    Biases and BN parameters are never pruned (docs/methods.md §4 B1).
     """
     return {f"{name}.weight": m.weight for name, m in prunable_layers(model, include_linear)}
 
@@ -52,7 +52,7 @@ def magnitude_masks(
     mode: str = "exact",
     include_linear: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Magnitude pruning (Han et al. 2015, methods.md §4 B1) applied to ``model`` in place:
+    """Magnitude pruning (Han et al. 2015, docs/methods.md §4 B1) applied to ``model`` in place:
     the lowest-|w| ``ratio`` of the prunable weights (:func:`prunable_weights`) is zeroed, over
     all of them (``global``) or per layer; returns the masks."""
     weights = prunable_weights(model, include_linear)

@@ -1,5 +1,5 @@
-"""Training-time regularisers: network slimming's L1 on BN γ (methods.md §3) and the penalties
-of ``method=dynamic_filter`` (``method.reg``, methods.md §7.5).
+"""Training-time regularisers: network slimming's L1 on BN γ (docs/methods.md §3) and the penalties
+of ``method=dynamic_filter`` (``method.reg``, docs/methods.md §7.5).
 
 **BN L1** (:func:`bn_l1_subgradient`): after ``backward()`` and before the optimiser step, every
 ``BatchNorm2d`` γ gets ``γ.grad += λ·sign(γ)``, the sub-gradient of ``λ·Σ|γ|`` (β is not
@@ -50,7 +50,7 @@ from prune_cli.errors import ConfigError
 
 REGULARIZERS = ("none", "cov_faithful", "cov", "decorr_zhu", "ortho", "srip")
 
-#: Slimming's λ by model family (methods.md §3): plain CNNs and residual networks.
+#: Slimming's λ by model family (docs/methods.md §3): plain CNNs and residual networks.
 LAMBDA_PLAIN = 1e-4
 LAMBDA_RESIDUAL = 1e-5
 
@@ -164,7 +164,8 @@ def cov_faithful_slice(w_: np.ndarray) -> float:
 
 
 def cov_faithful(model: nn.Module) -> torch.Tensor:
-    """``reg_cov`` of heehehe/pruning-decorrelation as coded (methods.md §7.5, consequences a, b).
+    """``reg_cov`` of heehehe/pruning-decorrelation as coded (docs/methods.md §7.5,
+    consequences a, b).
 
     Loops over every parameter (and mask buffer ``*_mask``, which were parameters there) with
     >= 2 dimensions, over its 2-D slices ``W[o, c]``, and adds :func:`cov_faithful_slice`. The

@@ -194,7 +194,7 @@ def _zero_inputs(layer: nn.Module, positions: list[int]) -> None:
 def zero_pruned_bn(
     model: nn.Module, groups: Sequence[ChannelGroup], keep: Mapping[str, torch.Tensor]
 ) -> None:
-    """The mask implementation of slimming (methods.md §3 step 3): γ = β = 0 on the removed
+    """The mask implementation of slimming (docs/methods.md §3 step 3): γ = β = 0 on the removed
     channels of every BN of each group, in place. In eval mode this model computes the same
     function as :func:`remove_channels`'s output when every removed channel then reaches its
     consumers as exactly 0 (single groups whose BN follows the producer, activations with

@@ -1,6 +1,6 @@
 """Weight re-parameterisation by a mask: ``W = W_orig ⊙ M`` in every forward pass.
 
-Used by dynamic pruning with feedback (DPF, ``method=dynamic_filter``, methods.md §7.4):
+Used by dynamic pruning with feedback (DPF, ``method=dynamic_filter``, docs/methods.md §7.4):
 :func:`attach_mask` replaces ``module.weight`` by a dense parameter ``weight_orig`` and a buffer
 ``weight_mask`` (all ones) -- ``torch.nn.utils.prune``'s naming, which the metrics already read
 (the nonzeros of a masked weight are those of ``orig * mask``); masks are buffers, never

@@ -1,4 +1,5 @@
-"""Cardinality-constrained subset search: GA, binary PSO and simulated annealing (methods.md §8.2).
+"""Cardinality-constrained subset search: GA, binary PSO and simulated annealing
+(docs/methods.md §8.2).
 
 These algorithms know nothing about networks: they search bool *genomes* ``x`` of length ``n``
 (``True`` = gene selected) under a per-segment cardinality constraint, maximising a batched
@@ -41,12 +42,12 @@ Key = tuple[float, ...]
 
 @dataclass
 class GAConfig:
-    """Genetic algorithm (methods.md §8.2): ``population`` P, ``generations`` G, ``elitism`` best
-    individuals copied unchanged, tournament selection of size ``tournament``, cardinality-
-    preserving uniform crossover with probability ``crossover_prob``, swap mutation with
-    probability ``mutation_prob`` of ``max(1, round(mutation_rate * K))`` swaps (K = selected
-    genes), and a stop after ``patience`` generations without improvement. The values come from
-    ``method.*`` of ``optimized`` (``configs/method/optimized.yaml`` has the defaults)."""
+    """Genetic algorithm (docs/methods.md §8.2): ``population`` P, ``generations`` G, ``elitism``
+    best individuals copied unchanged, tournament selection of size ``tournament``, cardinality-
+    preserving uniform crossover with probability ``crossover_prob``, swap mutation with probability
+    ``mutation_prob`` of ``max(1, round(mutation_rate * K))`` swaps (K = selected genes), and a stop
+    after ``patience`` generations without improvement. The values come from ``method.*`` of
+    ``optimized`` (``configs/method/optimized.yaml`` has the defaults)."""
 
     population: int
     generations: int
@@ -60,9 +61,9 @@ class GAConfig:
 
 @dataclass
 class PSOConfig:
-    """Binary PSO (methods.md §8.2): ``v <- w v + c1 r1 (pbest - x) + c2 r2 (gbest - x)``, clipped
-    to ``[-vmax, vmax]``; bits are sampled with probability ``sigmoid(v)`` and projected onto the
-    cardinality constraint. ``particles`` swarm size, ``iterations`` swarm updates."""
+    """Binary PSO (docs/methods.md §8.2): ``v <- w v + c1 r1 (pbest - x) + c2 r2 (gbest - x)``,
+    clipped to ``[-vmax, vmax]``; bits are sampled with probability ``sigmoid(v)`` and projected
+    onto the cardinality constraint. ``particles`` swarm size, ``iterations`` swarm updates."""
 
     particles: int
     iterations: int
@@ -75,7 +76,7 @@ class PSOConfig:
 
 @dataclass
 class SAConfig:
-    """Simulated annealing (methods.md §8.2): swap neighbourhood, temperature ``t0`` cooled
+    """Simulated annealing (docs/methods.md §8.2): swap neighbourhood, temperature ``t0`` cooled
     geometrically by ``alpha`` after every ``moves`` proposals, for ``iterations`` temperatures.
 
     Temperatures are in units of the mean ``|ΔF|`` of ``moves`` random moves from the seed
@@ -169,7 +170,7 @@ def random_individual(problem: Problem, rng: np.random.Generator) -> np.ndarray:
 def crossover(
     problem: Problem, a: np.ndarray, b: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
-    """Cardinality-preserving uniform crossover (methods.md §8.2).
+    """Cardinality-preserving uniform crossover (docs/methods.md §8.2).
 
     Per segment the child keeps every gene both parents select (the intersection) and fills the
     remaining ``count - |A ∩ B|`` slots with a uniformly random subset of the genes exactly one
@@ -316,7 +317,7 @@ def _tournament(fit: list[Key], size: int, rng: np.random.Generator) -> int:
 def genetic_search(
     problem: Problem, cfg: GAConfig, rng: np.random.Generator, progress: bool = True
 ) -> SearchResult:
-    """The genetic algorithm of methods.md §8.2.
+    """The genetic algorithm of docs/methods.md §8.2.
 
     The initial population is the seed plus ``P - 1`` random genomes. Each generation keeps the
     ``elitism`` best unchanged (so the best fitness never decreases), then fills the population
@@ -365,7 +366,7 @@ def genetic_search(
 def binary_pso(
     problem: Problem, cfg: PSOConfig, rng: np.random.Generator, progress: bool = True
 ) -> SearchResult:
-    """Binary particle swarm optimisation (methods.md §8.2).
+    """Binary particle swarm optimisation (docs/methods.md §8.2).
 
     Particle 0 starts at the seed, the others at random genomes; velocities start at 0. After
     each velocity update a particle samples ``b ~ Bernoulli(sigmoid(v))`` and is projected onto
@@ -407,7 +408,7 @@ def binary_pso(
 def simulated_annealing(
     problem: Problem, cfg: SAConfig, rng: np.random.Generator, progress: bool = True
 ) -> SearchResult:
-    """Simulated annealing over swap moves (methods.md §8.2), starting at the seed.
+    """Simulated annealing over swap moves (docs/methods.md §8.2), starting at the seed.
 
     A move swaps ``swaps`` selected genes with unselected ones of the same segment; it is accepted
     when ``ΔF >= 0`` or with probability ``exp(ΔF / (T · scale))`` (``ΔF`` on the first fitness

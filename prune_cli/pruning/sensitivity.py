@@ -1,4 +1,5 @@
-"""Per-layer sensitivity analysis (Li et al. 2017, §3.2; Han et al. 2015) and per-layer ratios.
+"""Per-layer sensitivity analysis (Li et al. 2017, Section 3.2; Han et al. 2015) and per-layer
+ratios.
 
 :func:`layer_sensitivity` prunes each prunable layer *alone* at several ratios (``weight``:
 the lowest-|w| weights of the layer; ``filter``: its lowest-L1 filters, masked to zero) and

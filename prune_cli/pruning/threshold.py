@@ -1,4 +1,4 @@
-"""The percentile threshold of methods.md §2.1, in an exact and a reference flavour.
+"""The percentile threshold of docs/methods.md §2.1, in an exact and a reference flavour.
 
 The reference code (network-slimming, rethinking-network-pruning) does::
 

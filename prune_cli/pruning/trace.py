@@ -412,7 +412,7 @@ def _is_gate(node: Any, OP: Any) -> bool:
 
 
 def _mark_after_depthwise(members: list[Member], graph: Any, names: dict) -> list[Member]:
-    """Flag BNs that normalise a depthwise member of the same group (methods.md §3: a
+    """Flag BNs that normalise a depthwise member of the same group (docs/methods.md §3: a
     depthwise BN follows its producer's mask and is never ranked)."""
     depthwise = {m.module for m in members if m.kind == DEPTHWISE}
     if not depthwise:

@@ -1,5 +1,5 @@
-"""Parameter sharing through template banks (methods.md §9): layers, plans, the templates setting,
-materialisation and the report of a shared model."""
+"""Parameter sharing through template banks (docs/methods.md §9): layers, plans, the templates
+setting, materialisation and the report of a shared model."""
 
 from prune_cli.sharing.apply import (
     BANKS_ATTR,

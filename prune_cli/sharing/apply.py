@@ -1,22 +1,22 @@
 """Re-parameterising a model with template banks, the parameter formula, and materialisation.
 
-Sharing plans (which convs share which bank) [methods.md §9.2, §9.3]:
+Sharing plans (which convs share which bank) [docs/methods.md §9.2, §9.3]:
 
-- :func:`shufflenet_plans` (template reuse, §9.3, our design): per stage ``s`` of torchvision's
-  ShuffleNetV2 (``stage2..stage4``), the stride-1 units (every unit after the first) have a right
-  branch ``1x1 -> BN -> ReLU -> 3x3 depthwise -> BN -> 1x1 -> BN -> ReLU``. Both 1x1 convs
-  (``bf x bf``) of every stride-1 unit share one bank ``stage<s>``: ``L_s = 2 (n_s - 1)`` layers
-  (6, 14, 6). With ``depthwise=True`` (variant C) the depthwise convs (``bf x 1 x 3 x 3``,
+- :func:`shufflenet_plans` (template reuse, docs/methods.md §9.3, our design): per stage ``s`` of
+  torchvision's ShuffleNetV2 (``stage2..stage4``), the stride-1 units (every unit after the first)
+  have a right branch ``1x1 -> BN -> ReLU -> 3x3 depthwise -> BN -> 1x1 -> BN -> ReLU``. Both 1x1
+  convs (``bf x bf``) of every stride-1 unit share one bank ``stage<s>``: ``L_s = 2 (n_s - 1)``
+  layers (6, 14, 6). With ``depthwise=True`` (variant C) the depthwise convs (``bf x 1 x 3 x 3``,
   ``groups = bf``) share a second bank ``stage<s>_depthwise`` (``n_s - 1`` layers). The stride-2
   units, conv1, conv5, the classifier and every BN stay unshared.
-- :func:`resnet_plans` (soft sharing, §9.2, Savarese & Maire's SWRN rule, on the Wide ResNets of
-  the paper and on the project's CIFAR ResNets): per stage, every 3x3 conv of the blocks after
-  the first block shares one bank ``layer<s>``: ``L = 2 (n - 1)`` layers of shape
+- :func:`resnet_plans` (soft sharing, docs/methods.md §9.2, Savarese & Maire's SWRN rule, on the
+  Wide ResNets of the paper and on the project's CIFAR ResNets): per stage, every 3x3 conv of the
+  blocks after the first block shares one bank ``layer<s>``: ``L = 2 (n - 1)`` layers of shape
   ``C_s x C_s x 3 x 3``. The first block of a stage (stride or width change), the stem, the 1x1
   shortcuts and the classifier stay unshared.
 
-Parameter formula (§9.3, generalised to any plan): with ``P`` the unshared model's parameters and
-bank ``b`` serving ``L_b`` layers of weight size ``|W_b|`` with ``k_b`` templates,
+Parameter formula (docs/methods.md §9.3, generalised to any plan): with ``P`` the unshared model's
+parameters and bank ``b`` serving ``L_b`` layers of weight size ``|W_b|`` with ``k_b`` templates,
 
     P_shared = P - sum_b L_b |W_b| + sum_b (k_b |W_b| + L_b k_b c_b),
 

@@ -1,4 +1,4 @@
-"""Template banks and template-generated convolutions (methods.md §9.2, §9.3).
+"""Template banks and template-generated convolutions (docs/methods.md §9.2, §9.3).
 
 A :class:`TemplateBank` holds ``k`` templates ``T_j`` of one conv weight shape
 ``(C_out, C_in/groups, Kh, Kw)``. An :class:`SConv2d` owns only its layer-specific
@@ -6,8 +6,8 @@ A :class:`TemplateBank` holds ``k`` templates ``T_j`` of one conv weight shape
 
 - scalar coefficients (the soft-sharing layer of Savarese & Maire): ``alpha_i`` in R^k and
   ``W_i = sum_j alpha_i[j] * T_j``;
-- per-channel coefficients (template-reuse variant B, §9.3): ``alpha_i`` in R^(k x C_out) and
-  ``W_i[o] = sum_j alpha_i[j, o] * T_j[o]``.
+- per-channel coefficients (template-reuse variant B, docs/methods.md §9.3): ``alpha_i`` in
+  R^(k x C_out) and ``W_i[o] = sum_j alpha_i[j, o] * T_j[o]``.
 
 Convention: coefficients are stored flat, ``(k,)`` or ``(k, C_out)``, rather than the reference
 code's ``(k, 1, 1, 1, 1)``; the generated weight is the same. Gradients follow from the linear
@@ -165,7 +165,8 @@ class SConv2d(nn.Module):
 def orthogonal_coefficients(
     num_layers: int, num_templates: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """The ``(L, k)`` coefficient matrix of one bank: ``nn.init.orthogonal_`` (methods.md §9.2).
+    """The ``(L, k)`` coefficient matrix of one bank: ``nn.init.orthogonal_``
+    (docs/methods.md §9.2).
 
     Rows are orthonormal (``A A^T = I``) when ``L <= k``, columns (``A^T A = I``) when ``L > k``.
     Layer ``i`` of the bank gets row ``A[i]``.

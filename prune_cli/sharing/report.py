@@ -1,5 +1,5 @@
-"""What a shared model reports after training (methods.md §9): parameters against the unshared
-model and the §9.3 formula, MACs, and the materialisation check.
+"""What a shared model reports after training (docs/methods.md §9): parameters against the unshared
+model and the docs/methods.md §9.3 formula, MACs, and the materialisation check.
 
 Materialising folds the templates into plain conv weights (:func:`prune_cli.sharing.materialize`);
 the check requires the materialised model to have exactly the unshared model's parameter count

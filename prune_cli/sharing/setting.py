@@ -1,4 +1,4 @@
-"""How many templates each bank gets: the ``templates_per_stage`` setting (methods.md §9.3).
+"""How many templates each bank gets: the ``templates_per_stage`` setting (docs/methods.md §9.3).
 
 ``templates_per_stage`` is an integer ``k >= 1`` for every bank, a list of one ``k`` per shared
 stage, or ``auto``: the ``k`` (same for every bank) whose predicted parameter reduction

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from prune_cli import distributed
@@ -45,31 +44,17 @@ from prune_cli.engine import (
 from prune_cli.errors import explain, one_line
 from prune_cli.export import FORMATS, export_formats, onnx_bytes
 from prune_cli.methods import PruneContext, build_method
-from prune_cli.metrics.efficiency import add_speedup_efficiency
 from prune_cli.metrics.report import netscore_units, relative_to_dense, stage_metrics
-from prune_cli.metrics.versus import dense_vs_final
+from prune_cli.metrics.versus import run_latency
 from prune_cli.portable import describe, save_portable
 from prune_cli.record import RunFiles, RunRecord, completed_before
 from prune_cli.retrain import Retrainer
 from prune_cli.run_models import RunModels, launch_dir
-from prune_cli.schema import RunPlan, validate_config
+from prune_cli.schema import RunPlan, peek, validate_config
 from prune_cli.tracking import RunInfo
 from prune_cli.trained import CachedTraining
 
 log = logging.getLogger("prune_cli")
-#: Set by a launcher that ran the job otherwise than asked (hydra_plugins/prune_cli_launchers).
-LAUNCHER_NOTE_ENV = "PRUNE_CLI_LAUNCHER_NOTE"
-
-
-def _peek(cfg: DictConfig | RunPlan, key: str) -> Any:
-    """``cfg``'s value at ``key`` before validation: None if it is missing or cannot be
-    resolved (validate() then reports it, recorded in metrics.json)."""
-    try:
-        if isinstance(cfg, RunPlan):
-            return OmegaConf.select(OmegaConf.create(cfg.resolved), key)
-        return OmegaConf.select(cfg, key)
-    except Exception:  # any OmegaConf error: the check comes in validate()
-        return None
 
 
 class Pipeline:
@@ -96,14 +81,14 @@ class Pipeline:
         self.files = RunFiles(self.run_dir)
         self.stage: str | None = None
         # Taken as typed only in validate(), so that a bad value is recorded in metrics.json too.
-        self.seed = _peek(cfg, "seed")
+        self.seed = peek(cfg, "seed")
         metrics: dict[str, Any] = {
             "status": "running",
             "error": None,
-            "model": str(_peek(cfg, "model.name")),
-            "dataset": str(_peek(cfg, "dataset.name")),
-            "method": str(_peek(cfg, "method.name")),
-            "ratio": _peek(cfg, "ratio"),
+            "model": str(peek(cfg, "model.name")),
+            "dataset": str(peek(cfg, "dataset.name")),
+            "method": str(peek(cfg, "method.name")),
+            "ratio": peek(cfg, "ratio"),
             "seed": self.seed,
             "run_dir": str(self.run_dir),
             "netscore_units": None,
@@ -145,7 +130,7 @@ class Pipeline:
     # ------------------------------------------------------------------ stages
     def validate(self) -> None:
         """Check the whole config (:mod:`prune_cli.schema`) and go on with its typed plan."""
-        self._record_launcher()  # first: a run that fails validation still says where it ran
+        self.recorder.launcher()  # first: a run that fails validation still says where it ran
         self.plan = plan = validate_config(self.cfg)
         self.files = RunFiles(self.run_dir, plan.resume)
         self.metrics["ratio"] = plan.ratio
@@ -158,16 +143,6 @@ class Pipeline:
             }
             run = RunInfo(self.run_dir, launch_dir(), plan.resolved, tags)
             self.recorder.start_tracking(plan.resolved["logger"], run)
-
-    def _record_launcher(self) -> None:
-        """Which GPUs a launcher gave this run (``hydra/launcher=gpu_pool`` sets one per job),
-        and a launcher's fallback (gpu_pool on a machine without GPUs) as a warning."""
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        if visible is not None:
-            self.metrics["cuda_visible_devices"] = visible
-        note = os.environ.get(LAUNCHER_NOTE_ENV)
-        if note:
-            self.warn(note)
 
     def setup(self) -> None:
         plan = self.plan
@@ -355,32 +330,20 @@ class Pipeline:
         final = self.record("final", self.model, per_layer=True)
         dense = self.metrics["dense_reference"]
         self.metrics["relative_to_dense"] = relative_to_dense(final, dense)
-        latency = self.plan.metrics.latency
-        if latency.enabled:
-            setting = {
-                "input_size": self.input_size,
-                "batch_sizes": latency.batch_sizes,
-                "device": self.device,
-                "warmup": latency.warmup,
-                "repeats": latency.repeats,
-                "compile": latency.compile,
-                "interleaved": latency.dense == "interleaved",
-                "cached": lambda key, compute: self.training.figures(
+        if self.plan.metrics.latency.enabled:
+            self.metrics["latency"] = run_latency(
+                self.plan.metrics.latency,
+                self.dense_model,
+                self.model,
+                input_size=self.input_size,
+                device=self.device,
+                cached=lambda key, compute: self.training.figures(
                     self.dense_model, self.dense_checkpoint, key, compute
                 ),
-            }
-            if "torch" in latency.backends:
-                self.metrics["latency"] = dense_vs_final(
-                    "torch", self.dense_model, self.model, **setting
-                )
-            if "onnxruntime" in latency.backends:  # the deployed runtime
-                onnx = self._final_onnx_bytes()
-                exported = {"final": onnx} if onnx is not None else {}
-                self.metrics.setdefault("latency", {})["onnxruntime"] = dense_vs_final(
-                    "onnxruntime", self.dense_model, self.model, **setting, exported=exported
-                )
-            if "latency" in self.metrics:  # eta = speedup / MAC reduction, per backend and batch
-                add_speedup_efficiency(self.metrics["latency"], dense["macs"], final["macs"])
+                final_onnx=self._final_onnx_bytes,
+                dense_macs=dense["macs"],
+                final_macs=final["macs"],
+            )
         self.recorder.timed("evaluate", time.perf_counter() - tic)
 
     def export(self) -> None:
@@ -415,7 +378,7 @@ class Pipeline:
     def run(self) -> dict[str, Any]:
         # With resume, a run whose metrics.json says completed is not run again (a resumed
         # sweep redoes only its unfinished jobs); its figures are returned.
-        resume = _peek(self.cfg, "resume") is True
+        resume = peek(self.cfg, "resume") is True
         done = completed_before(self.files.metrics_path) if resume else None
         if done is not None:
             log.info("%s already completed: nothing to resume", self.run_dir)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from prune_cli.tracking import RunInfo, Trackers, build_trackers
 
 log = logging.getLogger("prune_cli")
 
+#: Set by a launcher that ran the job otherwise than asked (hydra_plugins/prune_cli_launchers).
+LAUNCHER_NOTE_ENV = "PRUNE_CLI_LAUNCHER_NOTE"
 #: How far an achieved pruning rate may be from the one asked for before the run says so.
 RATE_TOLERANCE = 0.01
 
@@ -78,6 +81,16 @@ class RunRecord:
             if self.metrics["status"] == "completed":
                 raise
             log.error("could not record the failure in %s: %s", self.path, exc)
+
+    def launcher(self) -> None:
+        """Which GPUs a launcher gave this run (``hydra/launcher=gpu_pool`` sets one per job),
+        and a launcher's fallback (gpu_pool on a machine without GPUs) as a warning."""
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            self.metrics["cuda_visible_devices"] = visible
+        note = os.environ.get(LAUNCHER_NOTE_ENV)
+        if note:
+            self.warn(note)
 
     def timed(self, stage: str, seconds: float) -> None:
         """Add ``seconds`` to the stage's ``timings``."""

@@ -377,6 +377,17 @@ def _keep_spelling(original: Any, typed: Any) -> Any:
     return typed
 
 
+def peek(cfg: DictConfig | RunPlan, key: str) -> Any:
+    """``cfg``'s value at ``key`` before validation: None if it is missing or cannot be
+    resolved (validate() then reports it, recorded in metrics.json)."""
+    try:
+        if isinstance(cfg, RunPlan):
+            return OmegaConf.select(OmegaConf.create(cfg.resolved), key)
+        return OmegaConf.select(cfg, key)
+    except Exception:  # any OmegaConf error: the check comes in validate()
+        return None
+
+
 def validate_config(cfg: DictConfig | Mapping[str, Any] | RunPlan) -> RunPlan:
     """The run config checked against the schema and returned as the typed, frozen
     :class:`RunPlan` (values converted where needed, e.g. ``train.epochs="3"`` -> 3), after the

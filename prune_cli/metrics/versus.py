@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from prune_cli.metrics.deploy import LATENCY_BACKENDS, onnxruntime_latency
+from prune_cli.metrics.efficiency import add_speedup_efficiency
 from prune_cli.metrics.latency import compare_latency, latency_setting, measure_latency
 
 #: ``cached(key, compute) -> (figures, source)``: the dense model's figures for ``key``, from
@@ -91,3 +92,42 @@ def dense_vs_final(
     }
     result["dense_source"] = source
     return result
+
+
+def run_latency(
+    options: Any,
+    dense: nn.Module,
+    final: nn.Module,
+    *,
+    input_size: tuple[int, int, int],
+    device: torch.device,
+    cached: Cached,
+    final_onnx: Callable[[], bytes | None],
+    dense_macs: float,
+    final_macs: float,
+) -> dict[str, Any]:
+    """A run's ``latency`` block: :func:`dense_vs_final` in PyTorch eager at its top level and
+    in ONNX Runtime under ``onnxruntime``, as ``options`` (``metrics.latency``: batch sizes,
+    warmup, repeats, compile, dense, backends) ask, with the speedup efficiency (eta) of each.
+    ``final_onnx()``: the final model's ONNX bytes, made once (None when it does not export)."""
+    setting = {
+        "input_size": input_size,
+        "batch_sizes": options.batch_sizes,
+        "device": device,
+        "warmup": options.warmup,
+        "repeats": options.repeats,
+        "compile": options.compile,
+        "interleaved": options.dense == "interleaved",
+        "cached": cached,
+    }
+    latency: dict[str, Any] = {}
+    if "torch" in options.backends:
+        latency = dense_vs_final("torch", dense, final, **setting)
+    if "onnxruntime" in options.backends:  # the deployed runtime
+        onnx = final_onnx()
+        exported = {"final": onnx} if onnx is not None else {}
+        latency["onnxruntime"] = dense_vs_final(
+            "onnxruntime", dense, final, **setting, exported=exported
+        )
+    add_speedup_efficiency(latency, dense_macs, final_macs)  # eta per backend and batch
+    return latency

@@ -343,6 +343,7 @@ class Pipeline:
                 final_onnx=self._final_onnx_bytes,
                 dense_macs=dense["macs"],
                 final_macs=final["macs"],
+                precision=self.plan.metrics.precision,
             )
         self.recorder.timed("evaluate", time.perf_counter() - tic)
 

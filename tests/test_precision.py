@@ -119,3 +119,37 @@ def view_net(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     del image_size
     torch.manual_seed(0)
     return ViewNet(in_channels, num_classes)
+
+
+def test_latency_runs_in_the_metrics_precision_and_says_which(tiny_net: nn.Module) -> None:
+    """metrics.precision reaches the latency measurement: the forwards run under its autocast,
+    the block records the precision used, and the cached dense figures of another precision
+    are not reused (the key differs; fp32 keeps the key of the figures stored before)."""
+    from prune_cli.metrics.versus import dense_vs_final
+
+    seen: list[torch.dtype] = []
+    probe = nn.Sequential(tiny_net, nn.Flatten())
+    probe.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    keys: list[dict] = []
+
+    def cached(key: dict, compute):  # noqa: ANN001, ANN202
+        keys.append(dict(key))
+        return dict(compute()), "measured"
+
+    setting = {
+        "input_size": (3, 8, 8),
+        "batch_sizes": [2],
+        "device": torch.device("cpu"),
+        "warmup": 0,
+        "repeats": 1,
+        "compile": False,
+        "interleaved": False,
+        "cached": cached,
+    }
+    fp32 = dense_vs_final("torch", probe, probe, **setting)
+    assert fp32["precision"] == "fp32" and set(seen) == {torch.float32}
+    seen.clear()
+    bf16 = dense_vs_final("torch", probe, probe, **setting, precision="bf16")
+    assert bf16["precision"] == "bf16" and set(seen) == {torch.bfloat16}
+    assert "precision" not in keys[0] and keys[1]["precision"] == "bf16"
+    assert bf16["speedup"].keys() == {"b2"}

@@ -10,7 +10,8 @@ outliers of a shared machine.
 The model is measured on a deep copy, so the caller's model keeps its device, memory format and
 mode. With ``compile=True`` the copy is compiled with ``torch.compile`` (default inductor
 backend) and at least one untimed forward per batch size runs first, so compilation is never
-timed.
+timed. ``precision`` (``metrics.precision``: fp32 by default, so that speedups stay comparable
+with published ones) runs the forwards under that autocast (:mod:`prune_cli.engine.precision`).
 
 :func:`compare_latency` measures several models *interleaved*: each repeat times one forward of
 every model in turn, so a slow phase of a shared machine (another job, frequency scaling) slows
@@ -30,6 +31,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from prune_cli.engine.precision import resolve_precision
+
 
 def measure_latency(
     model: nn.Module,
@@ -40,15 +43,19 @@ def measure_latency(
     repeats: int = 10,
     channels_last: bool = False,
     compile: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, dict[str, float]]:
     """Latency per batch size, keyed ``"b<size>"``: ``{"batch", "latency_ms", "throughput"}``.
 
     ``channels_last`` converts the model copy and the inputs to NHWC memory format;
-    ``compile`` measures the copy compiled with ``torch.compile``.
+    ``compile`` measures the copy compiled with ``torch.compile``; ``precision``: the autocast
+    of the forwards (fp32: none).
     """
+    models = {"model": model}
     return compare_latency(
-        {"model": model}, input_size, batch_sizes, device, warmup, repeats, channels_last, compile
-    )["model"]
+        models, input_size, batch_sizes, device, warmup, repeats, channels_last, compile,
+        precision=precision,
+    )["model"]  # fmt: skip
 
 
 #: How the repeats of one forward are summarised: the median (the run's figures), or the
@@ -68,10 +75,12 @@ def compare_latency(
     channels_last: bool = False,
     compile: bool = False,
     statistic: str = "median",
+    precision: str = "fp32",
 ) -> dict[str, dict[str, dict[str, float]]]:
     """:func:`measure_latency` of every model, measured interleaved (module docstring):
     ``{name: {"b<size>": {"batch", "latency_ms", "throughput"}}}``; ``statistic``: a key of
-    :data:`STATISTICS`."""
+    :data:`STATISTICS`; ``precision``: the forwards' autocast (``auto``/``bf16``/``fp16``:
+    :func:`~prune_cli.engine.precision.resolve_precision` for ``device``)."""
     if statistic not in STATISTICS:
         raise ValueError(f"unknown statistic {statistic!r}; choose one of: {list(STATISTICS)}")
     if warmup < 0 or repeats < 1:
@@ -79,6 +88,7 @@ def compare_latency(
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     device = torch.device(device)
+    autocast = resolve_precision(precision, device).autocast
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     nets = {
         name: copy.deepcopy(m).to(device=device, memory_format=memory_format).eval()
@@ -91,7 +101,7 @@ def compare_latency(
     for b in batch_sizes:
         x = torch.randn((b, *input_size), device=device).to(memory_format=memory_format)
         times: dict[str, list[float]] = {name: [] for name in nets}
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             for net in nets.values():
                 for _ in range(warmup):
                     net(x)

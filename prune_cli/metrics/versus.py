@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prune_cli.engine.precision import resolve_precision
 from prune_cli.metrics.deploy import LATENCY_BACKENDS, onnxruntime_latency
 from prune_cli.metrics.efficiency import add_speedup_efficiency
 from prune_cli.metrics.latency import compare_latency, latency_setting, measure_latency
@@ -38,10 +39,13 @@ def dense_vs_final(
     interleaved: bool,
     cached: Cached,
     exported: Mapping[str, bytes] | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Latency of ``dense`` (the dense reference) and ``final`` in ``backend``, per batch size,
-    with ``speedup`` (dense latency / final latency) and ``dense_source`` (``interleaved``,
-    ``cached`` or ``measured``). ``compile`` (torch only) measures compiled copies;
+    with ``speedup`` (dense latency / final latency), ``dense_source`` (``interleaved``,
+    ``cached`` or ``measured``) and ``precision`` (the one the forwards ran in: ``precision``
+    resolved for ``device`` in PyTorch; fp32 in ONNX Runtime, whose exported graph is fp32).
+    ``compile`` (torch only) measures compiled copies;
     ``exported`` (onnxruntime only): ONNX bytes of the final model made already. An ONNX
     Runtime that cannot measure (not installed, a model it cannot take) gives
     ``{"skipped": reason}``."""
@@ -49,9 +53,12 @@ def dense_vs_final(
         raise ValueError(f"unknown latency backend {backend!r}; choose one of {LATENCY_BACKENDS}")
     common = {"batch_sizes": list(batch_sizes), "device": device, "warmup": warmup}
     common["repeats"] = repeats
+    used = resolve_precision(precision, device).name if backend == "torch" else "fp32"
     if backend == "torch":
-        kwargs = {**common, "compile": compile}
+        kwargs = {**common, "compile": compile, "precision": used}
         key = {"kind": "latency", **latency_setting(device), **kwargs, "device": str(device)}
+        if used == "fp32":  # the key of the figures stored before precision was a setting
+            del key["precision"]
 
         def measure(models: Mapping[str, nn.Module]) -> dict[str, Any]:
             return compare_latency(models, input_size, **kwargs)
@@ -79,7 +86,7 @@ def dense_vs_final(
     if interleaved:  # both now, each repeat timing both models in turn
         result, source = measure({"dense_reference": dense, "final": final}), "interleaved"
         if "skipped" in result:
-            return {**result, "dense_source": source}
+            return {**result, "dense_source": source, "precision": used}
     else:  # the dense latency once per trained checkpoint and setting
         stored, source = cached(key, dense_alone)
         result = measure({"final": final})
@@ -91,6 +98,7 @@ def dense_vs_final(
         k: round(before[k]["latency_ms"] / after[k]["latency_ms"], 4) for k in after
     }
     result["dense_source"] = source
+    result["precision"] = used
     return result
 
 
@@ -105,10 +113,12 @@ def run_latency(
     final_onnx: Callable[[], bytes | None],
     dense_macs: float,
     final_macs: float,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """A run's ``latency`` block: :func:`dense_vs_final` in PyTorch eager at its top level and
     in ONNX Runtime under ``onnxruntime``, as ``options`` (``metrics.latency``: batch sizes,
-    warmup, repeats, compile, dense, backends) ask, with the speedup efficiency (eta) of each.
+    warmup, repeats, compile, dense, backends) ask, with the speedup efficiency (eta) of each;
+    PyTorch's forwards in ``precision`` (``metrics.precision``).
     ``final_onnx()``: the final model's ONNX bytes, made once (None when it does not export)."""
     setting = {
         "input_size": input_size,
@@ -122,7 +132,7 @@ def run_latency(
     }
     latency: dict[str, Any] = {}
     if "torch" in options.backends:
-        latency = dense_vs_final("torch", dense, final, **setting)
+        latency = dense_vs_final("torch", dense, final, **setting, precision=precision)
     if "onnxruntime" in options.backends:  # the deployed runtime
         onnx = final_onnx()
         exported = {"final": onnx} if onnx is not None else {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -132,7 +133,7 @@ def test_latency_runs_in_the_metrics_precision_and_says_which(tiny_net: nn.Modul
     probe.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
     keys: list[dict] = []
 
-    def cached(key: dict, compute):  # noqa: ANN001, ANN202
+    def cached(key: dict, compute: Any) -> tuple[dict, str]:
         keys.append(dict(key))
         return dict(compute()), "measured"
 

@@ -156,10 +156,11 @@ def epochs_of(m: dict[str, Any]) -> str:
     train = m.get("train") or {}
     if train.get("epochs"):
         parts.append(f"{train['epochs']} training epochs")
-    for stage in ("slimmed_finetuned", "finetune"):
-        record = m.get(stage) or {}
-        if record.get("epochs"):
-            parts.append(f"{record['epochs']} fine-tuning epochs")
+    slim = (m.get("method_config") or {}).get("slim_finetune_epochs")
+    if "slimmed_finetuned" in m and slim:  # double pruning's fine-tune between its two cuts
+        parts.append(f"{slim} fine-tuning epochs after slimming")
+    if (m.get("finetune") or {}).get("epochs"):
+        parts.append(f"{m['finetune']['epochs']} fine-tuning epochs (final)")
     return ", ".join(parts) or "none"
 
 
@@ -234,7 +235,7 @@ def claim_sections(out: Path) -> tuple[list[str], list[dict[str, Any]]]:
         if not runs:
             lines += ["Not run yet.", ""]
             continue
-        budget = sorted({f"{epochs_of(m)} ({numerics_of(m)})" for m in metrics})
+        budget = sorted({f"{m['method']}: {epochs_of(m)} ({numerics_of(m)})" for m in metrics})
         wall = mean_sd(m["timings"]["total"] for m in metrics)
         lines += [
             f"Budget: {'; '.join(budget)}; {_ms(wall, 1 / 60, 1)} min of wall time per run.",
@@ -287,6 +288,16 @@ def parity_section(out: Path) -> tuple[list[str], list[dict[str, Any]]]:
     return [*lines, ""], csv_rows
 
 
+def _epochs_said(rows: list[dict[str, Any]], key: str, text: str) -> str:
+    """``text`` with the epochs the runs used (several values: all of them; none: "the
+    configured epochs")."""
+    values = sorted({int(r[key]) for r in rows if r.get(key) not in (None, "")})
+    if not values:
+        return text.format("the configured", "s")
+    shown = "/".join(str(v) for v in values)
+    return text.format(shown, "" if values == [1] else "s")
+
+
 def study_section(out: Path) -> tuple[list[str], list[dict[str, Any]]]:
     folder = out / "study"
     metrics = metrics_of(folder) if folder.is_dir() else []
@@ -320,6 +331,8 @@ CSV_FIELDS = (
     "macs_reduction",
     "params_removed",
     "budget",
+    "train_epochs",
+    "finetune_epochs",
     "numerics",
     "speedup_b1",
     "speedup_b64",
@@ -352,6 +365,8 @@ def csv_row(row: str, m: dict[str, Any]) -> dict[str, Any]:
         "macs_reduction": _round(macs_reduction(m)),
         "params_removed": _round(params_removed(m)),
         "budget": epochs_of(m),
+        "train_epochs": (m.get("train") or {}).get("epochs"),
+        "finetune_epochs": (m.get("finetune") or {}).get("epochs"),
         "numerics": numerics_of(m),
         "speedup_b1": speedup.get("b1"),
         "speedup_b64": speedup.get("b64"),
@@ -382,6 +397,8 @@ def page(out: Path, csv_path: Path, rel_csv: str) -> str:
     claimed, rows_b = claim_sections(out)
     parity, rows_c = parity_section(out)
     study, rows_d = study_section(out)
+    parity_epochs = _epochs_said(rows_c, "finetune_epochs", "fine-tuned {} epoch{}")
+    study_epochs = _epochs_said(rows_d, "train_epochs", "{} training epoch{}")
     all_rows = rows_a + rows_b + rows_c + rows_d
     write_csv(csv_path, all_rows)
     hours = sum(float(r["seconds_total"] or 0) for r in all_rows) / 3600
@@ -433,8 +450,8 @@ def page(out: Path, csv_path: Path, rel_csv: str) -> str:
         "",
         "`scripts/study.sh`'s pretrained setup (`SETUPS=resnet20:cifar10`): every method of "
         "prune-cli at ratios 0.3 and 0.6 from `weights=resnet20_cifar10_akamaster`, fine-tuned "
-        "2 epochs (sparsity training and DPF: 2 training epochs from the published weights, "
-        "lr 0.01 cosine). Template reuse and soft sharing train their templates from scratch, "
+        f"as `scripts/study.sh` sets it (sparsity training and DPF: {study_epochs} from the "
+        "published weights). Template reuse and soft sharing train their templates from scratch, "
         "so they have no place in a table that starts from published weights, and no "
         "pretrained ShuffleNetV2 for CIFAR exists here: the sharing methods stay at the study's "
         "scale (`docs/results.md`).",
@@ -442,8 +459,8 @@ def page(out: Path, csv_path: Path, rel_csv: str) -> str:
         *study,
         "## bf16 costs no accuracy",
         "",
-        "The same pruned ResNet-20 fine-tuned 2 epochs in fp32 and in bf16 autocast (both "
-        "channels-last), 3 seeds each, evaluated in fp32 "
+        f"The same pruned ResNet-20 {parity_epochs} in fp32 and in bf16 autocast (both "
+        "channels-last), 3 seeds each asked (n says how many ran), evaluated in fp32 "
         "(`experiment=precision_parity_resnet20`):",
         "",
         *parity,

@@ -40,8 +40,9 @@ def test_dense_reference_is_the_baseline_or_the_plain_model_trained_once(tmp_pat
     assert {k: v for k, v in ref.items() if k != "source"} == plain["baseline"]
     assert set(plain["latency"]) == {
         "dense_reference", "final", "speedup", "dense_source", "mac_reduction",
-        "speedup_efficiency",
+        "speedup_efficiency", "precision",
     }  # fmt: skip
+    assert plain["latency"]["precision"] == "fp32"  # metrics.precision's default
     # weights removed against the dense reference, by hand: conv weights pruned, fc kept
     final = plain["final"]
     expected = 1 - final["weights_nonzero"] / ref["weights"]

@@ -402,7 +402,11 @@ def page(out: Path, csv_path: Path, rel_csv: str) -> str:
     all_rows = rows_a + rows_b + rows_c + rows_d
     write_csv(csv_path, all_rows)
     hours = sum(float(r["seconds_total"] or 0) for r in all_rows) / 3600
-    commit = _git("rev-parse", "--short", "HEAD")
+    # The code the runs were made with: the checkout their folder lies in (a study is often run
+    # from a snapshot of the repository while work goes on), else this one.
+    commit = _git("rev-parse", "--short", "HEAD", cwd=out) if out.is_dir() else "unknown"
+    if commit == "unknown":
+        commit = _git("rev-parse", "--short", "HEAD")
     lines = [
         "# Reproduction: published rows, side by side, on a CPU",
         "",
@@ -476,10 +480,10 @@ def page(out: Path, csv_path: Path, rel_csv: str) -> str:
     return "\n".join(lines)
 
 
-def _git(*args: str) -> str:
+def _git(*args: str, cwd: Path = ROOT) -> str:
     try:
         return subprocess.run(
-            ["git", *args], capture_output=True, text=True, check=True, cwd=ROOT
+            ["git", *args], capture_output=True, text=True, check=True, cwd=cwd
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

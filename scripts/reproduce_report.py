@@ -201,7 +201,39 @@ def published_table(out: Path) -> tuple[list[str], list[dict[str, Any]]]:
                 name = title if arm == "run" else f"{title}; {arm}"
                 lines.append(_published_line(name, published, pub, command, runs))
     sources = [f"- {ROWS[r][0]}: {ROWS[r][1].source}." for r in ROWS if ROWS[r][1]]
-    return [*lines, "", "Sources:", "", *sources, ""], csv_rows
+    return [*lines, "", *_budget_notes(out), "Sources:", "", *sources, ""], csv_rows
+
+
+#: How far a run's MAC reduction may be from its row's budget before the page says so.
+BUDGET_TOLERANCE = 0.02
+
+
+def _budget_notes(out: Path) -> list[str]:
+    """A sentence for every arm whose runs missed their row's MAC budget (a row is comparable
+    at its MACs only), with the rounding those runs used."""
+    notes = []
+    for row, (title, pub, _) in ROWS.items():
+        folder = out / row
+        if pub is None or not pub.macs_reduction or not folder.is_dir():
+            continue
+        for arm in sorted(p.name for p in folder.iterdir() if p.is_dir()):
+            runs = metrics_of(folder / arm)
+            if not runs:
+                continue
+            reached = statistics.fmean(macs_reduction(m) for m in runs)
+            if abs(reached / pub.macs_reduction - 1) <= BUDGET_TOLERANCE:
+                continue
+            cfg = runs[0].get("method_config") or {}
+            notes.append(
+                f"**MAC budget ({title}; {arm}).** These runs reached {reached:.2f}x fewer MACs, "
+                f"not {pub.macs_reduction:.2f}x: with `scope={cfg.get('scope')}` one ratio sets "
+                "every layer's width (and `round_to="
+                f"{cfg.get('round_to')}` its steps), so same-size groups change together and the "
+                "reachable reductions come in steps; the smallest at or above the budget is the "
+                "one reached (`method.allocation=latency` sets each group's width for the budget "
+                "instead). Their accuracy is that of a smaller model than the row's."
+            )
+    return [*notes, ""] if notes else []
 
 
 def _published_line(

@@ -41,6 +41,8 @@ from prune_cli.engine import (
     save_checkpoint,
     seed_everything,
 )
+from prune_cli.engine.memo import EvalMemo, Setting, state_fingerprint
+from prune_cli.engine.precision import resolve_precision
 from prune_cli.errors import explain, one_line
 from prune_cli.export import FORMATS, export_formats, onnx_bytes
 from prune_cli.methods import PruneContext, build_method
@@ -98,6 +100,7 @@ class Pipeline:
         self.recorder = RunRecord(self.files.metrics_path, metrics)
         self.dense_checkpoint: Path | None = None  # the dense reference's, when trained here
         self.final_onnx: bytes | None = None  # the final model's ONNX graph, once made
+        self.evaluations = EvalMemo()  # test evaluations made, by weights (engine/memo.py)
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -108,10 +111,24 @@ class Pipeline:
         self.recorder.warn(message)
 
     def _test_eval(self, model: nn.Module) -> dict[str, float]:
-        loader = self.data.loader(
-            "test", self.plan.train.eval_batch_size, train=False, device=self.device
-        )
-        return evaluate(model, loader, self.device, precision=self.plan.metrics.precision).as_dict()
+        """``model``'s test figures; taken from an evaluation of the same weights made before in
+        this run (the fine-tune's last epoch) where there is one (:mod:`prune_cli.engine.memo`)."""
+        setting = self.test_setting()
+        fingerprint = state_fingerprint(model)
+        found = self.evaluations.get(fingerprint, setting)
+        if found is not None:
+            log.info("test evaluation of the same weights taken from %s", found[1])
+            return found[0]
+        batch_size = self.plan.train.eval_batch_size
+        loader = self.data.loader("test", batch_size, train=False, device=self.device)
+        values = evaluate(model, loader, self.device, precision=setting[2]).as_dict()
+        self.evaluations.add(fingerprint, setting, values, f"stage {self.stage}")
+        return values
+
+    def test_setting(self) -> Setting:
+        """What the run's test figures depend on besides the weights."""
+        precision = resolve_precision(self.plan.metrics.precision, self.device).name
+        return ("test", self.plan.train.eval_batch_size, precision)
 
     def record(
         self,
@@ -240,6 +257,7 @@ class Pipeline:
             baseline=self.baseline_model,
             rewind_dir=self.training.rewind_dir,
             fresh_model=lambda seed: self.models.fresh(seed).to(self.device),
+            evaluations=self.evaluations,
         )
         ctx = PruneContext(
             data=self.data,

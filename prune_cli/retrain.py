@@ -48,6 +48,7 @@ from torch import nn
 from prune_cli.cache import load_rewind_point, rewind_point_path
 from prune_cli.engine.distill import Distiller
 from prune_cli.engine.loop import FitResult, StageFiles, fit
+from prune_cli.engine.memo import EvalMemo
 from prune_cli.engine.settings import FitSettings, TrainOptions
 from prune_cli.pruning import MaskHold, rate_check
 from prune_cli.pruning.channels import rebuild
@@ -142,11 +143,15 @@ class Retrainer:
         baseline: nn.Module,
         rewind_dir: Path,
         fresh_model: Callable[[int], nn.Module],
+        evaluations: EvalMemo | None = None,
     ) -> None:
         self.plan, self.data, self.device = plan, data, device
         self.record, self.files, self.test_eval = record, files, test_eval
         self.dense, self.baseline, self.rewind_dir = dense, baseline, rewind_dir
         self.fresh_model = fresh_model
+        #: Where a stage's last-epoch test evaluation is kept for a later evaluation of the
+        #: same weights (the final stage's): :mod:`prune_cli.engine.memo`.
+        self.evaluations = evaluations
         #: Seconds spent fine-tuning inside ``prune()``: timed as their own stages.
         self.inner_seconds = 0.0
 
@@ -191,12 +196,25 @@ class Retrainer:
         )
         for note in result.notes:  # what the stage did otherwise than asked
             self.record.warn(note)
+        self._keep_last_eval(result, stage)
         metrics = self.record.metrics
         metrics[stage] = fit_summary(result, model, settings.epochs, self.device, self.test_eval)
         if self.plan.finetune.distills:
             metrics[stage]["kd"] = self.kd_record()
         self.record.timed(stage, time.perf_counter() - tic)
         return result
+
+    def _keep_last_eval(self, result: FitResult, stage: str) -> None:
+        """The stage's evaluation after its last epoch, when it was a test evaluation, for a
+        later test evaluation of the same weights."""
+        ev = result.last_eval
+        if self.evaluations is None or ev is None or result.last_state is None:
+            return
+        if result.select_split != "test" or result.eval_batch_size is None:
+            return
+        setting = ("test", result.eval_batch_size, str(result.eval_precision))
+        source = f"the {stage} stage's evaluation after its last epoch"
+        self.evaluations.add(result.last_state, setting, ev.as_dict(), source)
 
     def distiller(self) -> Distiller | None:
         """Distillation from the dense reference (``finetune.kd``), or None when it is off.

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from prune_cli import distributed
 from prune_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from prune_cli.engine.hooks import TrainHooks
+from prune_cli.engine.memo import state_fingerprint
 from prune_cli.engine.optim import build_optimizer, build_scheduler, step_lr_setter
 from prune_cli.engine.precision import Precision, choose_memory_format, resolve_precision
 from prune_cli.engine.settings import FitSettings, TrainOptions
@@ -80,6 +81,9 @@ class FitResult:
     last_eval: EvalResult | None = None
     eval_batch_size: int | None = None
     eval_precision: str | None = None
+    #: :func:`~prune_cli.engine.memo.state_fingerprint` of the returned model when
+    #: ``last_eval`` is its evaluation (the run reuses it for a later evaluation of it).
+    last_state: str | None = None
     #: What the stage trained in: precision (:meth:`Precision.record`) and memory format.
     numerics: dict[str, Any] = field(default_factory=dict)
     #: What the stage did otherwise than asked (a memory format that fell back), for the
@@ -382,6 +386,8 @@ def fit(
         write_history(files.history_csv, files.stage, result.history)
     if trainer.channels_last:  # the model leaves as it came: the stages after it expect NCHW
         model.to(memory_format=torch.contiguous_format)
+    if result.last_eval is not None:
+        result.last_state = state_fingerprint(model)
     distributed.barrier()  # rank 0's checkpoints are on disk before any rank reads them
     return result
 

@@ -14,14 +14,18 @@ Every run writes, beside ``checkpoints/final.pt``:
        "method": {"name": "l1_filter", "config": {...}, "ratio": 0.5, "seed": 0},
        "structure": {"channels": {"groups": "coupled", "input_size": [3, 32, 32],
                                   "channels": {"<group>": [kept, total]},
-                                  "keep": {"<group>": [kept channel indices]}},
+                                  "keep": {"<group>": [kept channel indices]},
+                                  "blocks": {"removed": ["layer1.2", ...]}},
                      "sharing": null,
                      "masks": ["layer1.0.conv1.weight", ...]}}
 
   ``structure.channels`` is the cut of a channel-removal method (``network_slimming``,
   ``l1_filter``, ``double_pruning``, ``dynamic_filter`` with removal); ``structure.sharing`` the
   plan of a sharing method (``template_reuse``, ``soft_sharing``: the banks' templates and which
-  convs share them); ``structure.masks`` names the masks in the weights file.
+  convs share them); ``structure.masks`` names the masks in the weights file. ``blocks``
+  (``l1_filter``'s ``method.remove_blocks``: residual blocks removed whole, replaced by the
+  identity before the channels were cut) makes the file version 2: an older prune-cli refuses it
+  in one line rather than misreading it.
 
 :func:`load_pruned` (``prune_cli.load_pruned``) rebuilds the model from these two files alone:
 the dense model is built from its registered name and options for the recorded input, the
@@ -53,7 +57,9 @@ from prune_cli.methods import build_method
 from prune_cli.models import build_model, without_library_weights
 
 FORMAT = "prune-cli/pruned-model"
-VERSION = 1
+VERSION = 2
+#: The version a file gets when nothing in it needs a newer reader (no removed blocks).
+BASE_VERSION = 1
 MASK_PREFIX = "masks/"
 #: The ``info`` keys a channel-removal method's ``restore`` reads (channels.rebuild).
 CHANNEL_KEYS = ("groups", "input_size", "channels", "keep")
@@ -89,9 +95,12 @@ def describe(
     channels = None
     if info.get("channels") and info.get("input_size"):
         channels = {key: info[key] for key in CHANNEL_KEYS if key in info}
+    removed = list((info.get("blocks") or {}).get("removed") or [])
+    if removed:
+        channels = {**(channels or {}), "blocks": {"removed": removed}}
     return {
         "format": FORMAT,
-        "version": VERSION,
+        "version": VERSION if removed else BASE_VERSION,
         "prune_cli_version": __version__,
         "model": {"name": model_name, "options": dict(model_options)},
         "input": {

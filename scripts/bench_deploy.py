@@ -4,8 +4,9 @@ For each model, the same randomly initialised dense network (BN statistics rando
 ``scripts/bench_vs_torch_pruning.py``; latency depends on the kept widths, not on the weights) is
 pruned by the ``l1_filter`` method itself (:class:`prune_cli.methods.l1_filter.L1FilterPruning`,
 ``groups=coupled``) to ``--macs-reduction`` (dense MACs / pruned MACs, default 2) in every
-``--variants`` setting, written ``allocation:round_to`` (``uniform:1`` is today's default,
-``latency:16`` the latency-aware allocation with widths in multiples of 16). Then, per backend
+``--variants`` setting, written ``allocation:round_to[:blocks]`` (``uniform:1`` is today's default,
+``latency:16`` the latency-aware allocation with widths in multiples of 16, ``latency:16:13``
+the same after removing 13 residual blocks whole: ``method.remove_blocks``). Then, per backend
 (``torch``: PyTorch eager; ``onnxruntime``: the models exported to ONNX, CPU execution provider,
 the same thread count) the dense model and every pruned one are timed in interleaved rounds (each
 round times one run of every model in turn, so that a slow phase of a shared machine slows all
@@ -62,8 +63,9 @@ def pruned(
     dense: nn.Module, variant: str, target: float, batch_sizes: list[int], backend: str
 ) -> tuple[nn.Module, dict[str, Any], float]:
     """``dense`` pruned by l1_filter at the MAC budget in setting ``variant``; seconds taken."""
-    allocation, _, round_to = variant.partition(":")
+    allocation, round_to, blocks = [*variant.split(":"), "", ""][:3]
     cfg = {
+        "remove_blocks": int(blocks or 0),
         "allocation": allocation,
         "round_to": int(round_to) if round_to.isdigit() else (round_to or 1),
         "macs_reduction": target,

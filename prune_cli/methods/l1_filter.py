@@ -45,10 +45,19 @@ fine-tunes it.
   uniform cut at ``ratio``. One shot. ``null`` (the default): ``method.scope`` decides.
   ``prune_info.allocation`` records the choice (and, for ``latency``, the budget, the MACs
   reached and the predicted latencies).
+- ``method.remove_blocks`` (default 0): that many residual blocks removed whole before the
+  channels are cut (:mod:`prune_cli.pruning.blocks`: identity-shortcut blocks of the ResNets,
+  Wide ResNets and MobileNetV2/V3, lowest RMS of the branch's last BN gamma first); their layer
+  calls go too, which channel widths cannot remove. ``method.macs_reduction`` stays relative to
+  the dense model (the channels are cut for what the blocks left of the budget; a budget the
+  blocks alone meet cuts no channels, and says so); a ``ratio`` applies to the channels left.
+  ``prune_info.blocks`` records the blocks removed, their scores and the MACs after them.
+  Asking for more blocks than the model has removes all it has and says so. One shot.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -66,14 +75,18 @@ from prune_cli.methods.base import (
     ScheduleOptions,
 )
 from prune_cli.methods.registry import METHODS
+from prune_cli.metrics.counting import count_macs
 from prune_cli.options import Float, Int, OneOf, Text
 from prune_cli.pruning.allocation import ALLOCATIONS, LATENCY_BACKENDS, latency_cut
+from prune_cli.pruning.blocks import block_scores, drop_blocks, lowest, removable_blocks
 from prune_cli.pruning.budget import ratio_for_macs_reduction
 from prune_cli.pruning.channels import channel_prune, restore_channels
 from prune_cli.pruning.groups import discover
 from prune_cli.pruning.importance import CRITERIA, FilterNorm
 from prune_cli.pruning.schedules import ChannelSteps
 from prune_cli.pruning.sensitivity import read_layer_ratios
+
+log = logging.getLogger("prune_cli")
 
 #: A MAC reduction this much above the one asked for is said (rounding makes ratios coarse).
 OVERSHOOT = 0.05
@@ -96,6 +109,8 @@ class L1FilterPruning(Method):
         allocation: OneOf(*ALLOCATIONS) | None
         latency_backend: OneOf(*LATENCY_BACKENDS)
         latency_batch_sizes: list[Int(ge=1)] = Field(min_length=1)
+        #: Residual blocks removed whole before the channel cut (pruning/blocks.py).
+        remove_blocks: Int(ge=0)
 
         @model_validator(mode="after")
         def _one_way_to_set_the_ratios(self) -> L1FilterPruning.Options:
@@ -108,6 +123,11 @@ class L1FilterPruning(Method):
                 raise ConfigError(
                     "method.layer_ratios and method.macs_reduction both set the ratios; "
                     "valid: one of them (the other null)"
+                )
+            if self.layer_ratios and self.remove_blocks:
+                raise ConfigError(
+                    "method.layer_ratios names the dense model's layers; it does not take "
+                    f"method.remove_blocks={self.remove_blocks} (valid: 0)"
                 )
             if self.layer_ratios and self.allocation not in (None, "uniform"):
                 raise ConfigError(
@@ -133,6 +153,8 @@ class L1FilterPruning(Method):
             return "method.allocation=latency prunes one shot"
         if cfg.get("macs_reduction") is not None:
             return "method.macs_reduction prunes one shot"
+        if cfg.get("remove_blocks"):
+            return "method.remove_blocks prunes one shot"
         if cfg.get("schedule") == "gradual":
             return "gradual channel removal is not supported; use method.schedule=iterative"
         return None
@@ -146,16 +168,29 @@ class L1FilterPruning(Method):
         importance = FilterNorm(p=1 if self.opts.norm == "l1" else 2, mean=mean)
         settings = {"scope": scope, **self.opts.channel_settings()}
         settings["round_to"], round_note = self._round_to(allocation)
-        if self.opts.layer_ratios:
+        target = self.opts.macs_reduction
+        blocks: dict[str, Any] | None = None
+        if self.opts.remove_blocks:
+            model, blocks = self._remove_blocks(model, ctx)
+            if target is not None:  # what the blocks left of the dense model's budget
+                target = target * blocks["macs_after"] / blocks["macs_before"]
+        if blocks is not None and target is not None and target <= 1.0:
+            result = self._blocks_only(model, blocks)
+        elif self.opts.layer_ratios:
             result = self._per_layer(model, ctx, importance, settings)
         elif allocation == "latency":
-            result = self._latency_allocation(model, ctx, importance, settings)
-        elif self.opts.macs_reduction is not None:
-            result = self._to_macs_budget(model, ctx, importance, settings)
+            result = self._latency_allocation(model, ctx, importance, settings, target)
+        elif target is not None:
+            result = self._to_macs_budget(model, ctx, importance, settings, target)
         else:
             step = ChannelSteps(importance, ctx.input_size, ctx.device, **settings)
             model, _, info = self.scheduled(model, ctx, step, self.ratio)
             result = PruneResult(model=model, masks={}, info={**step.info, **info})
+        if blocks is not None:
+            final = float(count_macs(result.model, ctx.input_size).dense)
+            blocks["macs_reduction_total"] = round(blocks["macs_before"] / final, 4)
+            result.info["blocks"] = blocks
+            result.info.setdefault("warnings", []).extend(blocks.pop("warnings"))
         result.info.setdefault("allocation", {"name": allocation})
         result.info["round_to_rule"] = {
             "requested": self.opts.round_to,
@@ -176,7 +211,12 @@ class L1FilterPruning(Method):
         return 1, "a ratio sets the cut: exact counts (set round_to=auto|16 for the fast kernels)"
 
     def _latency_allocation(
-        self, model: nn.Module, ctx: PruneContext, importance: FilterNorm, settings: dict
+        self,
+        model: nn.Module,
+        ctx: PruneContext,
+        importance: FilterNorm,
+        settings: dict,
+        target: float | None,
     ) -> PruneResult:
         """Per-group widths from the latency table for the MAC budget
         (:func:`~prune_cli.pruning.allocation.latency_cut`)."""
@@ -185,7 +225,7 @@ class L1FilterPruning(Method):
             importance,
             ctx.input_size,
             ratio=self.ratio,
-            macs_reduction=self.opts.macs_reduction,
+            macs_reduction=target,
             backend=self.opts.latency_backend,
             batch_sizes=list(self.opts.latency_batch_sizes),
             **settings,
@@ -206,10 +246,15 @@ class L1FilterPruning(Method):
         return PruneResult(model=pruned.model.to(ctx.device), masks={}, info=info)
 
     def _to_macs_budget(
-        self, model: nn.Module, ctx: PruneContext, importance: FilterNorm, settings: dict
+        self,
+        model: nn.Module,
+        ctx: PruneContext,
+        importance: FilterNorm,
+        settings: dict,
+        target: float,
     ) -> PruneResult:
-        """One shot at the smallest ratio that reaches ``method.macs_reduction``."""
-        target = float(self.opts.macs_reduction)  # type: ignore[arg-type]
+        """One shot at the smallest ratio that reaches ``target`` (``method.macs_reduction``,
+        or what removed blocks left of it)."""
         found = discover(model, ctx.input_size, self.opts.groups)  # once for every cut below
 
         def cut(ratio: float) -> nn.Module:
@@ -218,22 +263,26 @@ class L1FilterPruning(Method):
             ).model
 
         ratio, search = ratio_for_macs_reduction(model, cut, target, ctx.input_size)
+        asked = float(self.opts.macs_reduction)  # type: ignore[arg-type]
+        budget = f"method.macs_reduction={asked:g}"
+        if target != asked:  # blocks removed first: the channels' share of the budget
+            budget += f" ({target:.4g}x after the removed blocks)"
         pruned = channel_prune(
             model, importance, ratio, input_size=ctx.input_size, found=found, **settings
         )
         info = {**pruned.info, "macs_reduction": search}
         info["warnings"] = [
-            f"l1_filter: ratio {self.ratio} not used: method.macs_reduction={target:g} solved "
+            f"l1_filter: ratio {self.ratio} not used: {budget} solved "
             f"for ratio {search['ratio']:.4f}"
         ]
         if not search["reached"]:
             info["warnings"].append(
-                f"l1_filter: method.macs_reduction={target:g} not reached: at most "
+                f"l1_filter: {budget} not reached: at most "
                 f"{search['achieved']:.3f}x with these groups and guards"
             )
         elif search["achieved"] > target * (1 + OVERSHOOT):
             info["warnings"].append(
-                f"l1_filter: method.macs_reduction={target:g} overshot: {search['achieved']:.3f}x "
+                f"l1_filter: {budget} overshot: {search['achieved']:.3f}x "
                 f"fewer MACs, the nearest one ratio reaches with round_to={self.opts.round_to} "
                 "(method.allocation=latency chooses each group's width for the budget)"
             )
@@ -242,6 +291,51 @@ class L1FilterPruning(Method):
         if rate is not None:
             rate["target"] = search["ratio"]
         return PruneResult(model=pruned.model.to(ctx.device), masks={}, info=info)
+
+    def _remove_blocks(self, model: nn.Module, ctx: PruneContext) -> tuple[nn.Module, dict]:
+        """``model`` less its ``method.remove_blocks`` lowest-scored removable blocks, and the
+        record for ``prune_info.blocks`` (with the warnings of a request it could not meet)."""
+        asked = int(self.opts.remove_blocks)
+        found = removable_blocks(model)
+        scores = block_scores(model, found)
+        chosen = lowest(scores, asked)
+        warnings = []
+        if len(chosen) < asked:
+            warnings.append(
+                f"l1_filter: method.remove_blocks={asked}: the model has {len(found)} removable "
+                f"residual blocks (identity shortcut, a known block class); removed {len(chosen)}"
+            )
+        before = float(count_macs(model, ctx.input_size).dense)
+        model = drop_blocks(model, chosen)
+        after = float(count_macs(model, ctx.input_size).dense)
+        record = {
+            "requested": asked,
+            "removable": len(found),
+            "removed": chosen,
+            "criterion": "rms of the residual branch's last BN gamma (conv weight)",
+            "scores": {name: round(value, 6) for name, value in scores.items()},
+            "macs_before": round(before),
+            "macs_after": round(after),
+            "macs_reduction": round(before / after, 4) if after else None,
+            "warnings": warnings,
+        }
+        log.info(
+            "l1_filter: removed %d residual blocks whole (%.3fx fewer MACs): %s",
+            len(chosen), record["macs_reduction"] or 0.0, ", ".join(chosen) or "none",
+        )  # fmt: skip
+        return model.to(ctx.device), record
+
+    def _blocks_only(self, model: nn.Module, blocks: dict[str, Any]) -> PruneResult:
+        """The removed blocks alone met ``method.macs_reduction``: no channel is cut."""
+        target = float(self.opts.macs_reduction)  # type: ignore[arg-type]
+        reached = blocks["macs_before"] / blocks["macs_after"]
+        note = (
+            f"l1_filter: method.remove_blocks={blocks['requested']} alone gave {reached:.3f}x "
+            f"fewer MACs, at least method.macs_reduction={target:g}: no channel was cut"
+        )
+        info = {"macs_reduction": {"target": target, "achieved": round(reached, 4),
+                                   "reached": True}, "warnings": [note]}  # fmt: skip
+        return PruneResult(model=model, masks={}, info=info)
 
     def _per_layer(
         self, model: nn.Module, ctx: PruneContext, importance: FilterNorm, settings: dict

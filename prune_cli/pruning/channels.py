@@ -43,6 +43,7 @@ from torch import nn
 
 from prune_cli.engine.checkpoint import load_state_into
 from prune_cli.errors import ConfigError
+from prune_cli.pruning.blocks import drop_blocks
 from prune_cli.pruning.groups import (
     BN,
     CONV,
@@ -539,8 +540,14 @@ def rebuild(model: nn.Module, info: Mapping[str, Any]) -> nn.Module:
 
     Older checkpoints without ``keep`` record only ``channels`` (``[kept, total]``): the first
     ``kept`` channels of each group are kept (only the shapes matter; the weights are loaded
-    afterwards), which reproduces every structure they could describe.
+    afterwards), which reproduces every structure they could describe. Blocks removed whole
+    (``info["blocks"]["removed"]``, :mod:`.blocks`) go first, as they went when it was cut.
     """
+    removed = list((info.get("blocks") or {}).get("removed") or [])
+    if removed:
+        model = drop_blocks(model, removed)
+    if not info.get("channels"):
+        return model
     grouping = str(info.get("groups", "single"))
     groups = discover(model, info["input_size"], grouping, verify=False).groups
     by_name = {g.name: g for g in groups}
@@ -574,7 +581,7 @@ def restore_channels(model: nn.Module, checkpoint: Mapping[str, Any], source: st
     ``restore``, which comes here.)
     """
     info = dict(checkpoint.get("info", {}))
-    if info.get("channels"):
+    if info.get("channels") or info.get("blocks"):
         model = rebuild(model, info)
     load_state_into(model, dict(checkpoint), source)
     return model

@@ -5,6 +5,7 @@ model's, the record rebuilds the structure, and requests it cannot meet are said
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from prune_cli.pruning.removal import mask_channels
 
 INPUT = (3, 32, 32)
 CTX = PruneContext(data=None, device=torch.device("cpu"), seed=0, input_size=INPUT)
+TIMM = importlib.util.find_spec("timm") is not None
+NEEDS_TIMM = pytest.mark.skipif(not TIMM, reason="the optional timm extra is not installed")
 
 
 def _x() -> torch.Tensor:
@@ -52,6 +55,17 @@ def test_removable_blocks_are_the_identity_shortcut_blocks(name: str, count: int
     assert len(removable_blocks(registered(name))) == count
 
 
+@NEEDS_TIMM
+def test_a_timm_resnet_with_another_activation_keeps_its_blocks() -> None:
+    """relu(x + 0) = x holds for a ReLU only: a SiLU ResNet's blocks are not removable."""
+    from prune_cli.models import build_model
+
+    kwargs = {"num_classes": 10, "in_channels": 3, "image_size": 32}
+    assert len(removable_blocks(build_model("timm-resnet18", **kwargs))) == 5
+    silu = build_model("timm-resnet18", act_layer="silu", **kwargs)
+    assert removable_blocks(silu) == []
+
+
 def test_a_subclass_is_not_recognised() -> None:
     class Custom(BasicBlock):  # may compute something else
         pass
@@ -61,7 +75,18 @@ def test_a_subclass_is_not_recognised() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["resnet20", "wrn16_4", "mobilenet_v2", "resnet50", "torchvision-resnet18"]
+    "name",
+    [
+        "resnet20",
+        "wrn16_4",
+        "mobilenet_v2",
+        "resnet50",
+        "torchvision-resnet18",
+        "torchvision-mobilenet_v3_small",
+        pytest.param("timm-resnet18", marks=NEEDS_TIMM),
+        pytest.param("timm-mobilenetv3_small_100", marks=NEEDS_TIMM),
+        pytest.param("timm-efficientnet_b0", marks=NEEDS_TIMM),
+    ],
 )
 def test_a_removed_block_equals_its_zeroed_branch_exactly(name: str) -> None:
     dense = registered(name).eval()

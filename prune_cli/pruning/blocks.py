@@ -19,7 +19,10 @@ makes the block the identity function exactly:
   the previous block's);
 - Wide ResNet's pre-activation block with the identity shortcut (``conv2(...) + x``);
 - MobileNetV2's and MobileNetV3's inverted residuals with ``use_res_connect`` (linear
-  bottlenecks: ``x + 0 = x``).
+  bottlenecks: ``x + 0 = x``);
+- with timm installed, timm's ResNet ``BasicBlock`` / ``Bottleneck`` without downsampling whose
+  last activation is a ReLU, and its EfficientNet / MobileNetV3 blocks (``InvertedResidual``,
+  ``DepthwiseSeparableConv``) with ``has_skip`` whose last BatchNorm applies no activation.
 
 Only these exact classes are recognised (a subclass may compute something else). Removing a
 block replaces it with ``nn.Identity`` (:func:`drop_blocks`); :func:`zero_blocks` is the
@@ -76,6 +79,40 @@ def _kinds() -> dict[type[nn.Module], Callable[[nn.Module], str | None]]:
         WideBasicBlock: lambda b: "conv2" if b.shortcut is None else None,
         mobilenetv2.InvertedResidual: inverted_v2,
         mobilenetv3.InvertedResidual: inverted_v3,
+        **_timm_kinds(),
+    }
+
+
+def _timm_kinds() -> dict[type[nn.Module], Callable[[nn.Module], str | None]]:
+    """timm's ResNet blocks (when their last activation is a ReLU: ``relu(x + 0) = x`` needs
+    it) and its EfficientNet/MobileNetV3 blocks with ``has_skip`` (when the branch's last
+    BatchNormAct applies no activation), if timm is installed."""
+    try:
+        from timm.models import _efficientnet_blocks as efficientnet
+        from timm.models import resnet as timm_resnet
+    except ImportError:  # the optional extra
+        return {}
+
+    def residual(last: str, act: str) -> Callable[[nn.Module], str | None]:
+        def rule(block: nn.Module) -> str | None:
+            relu = isinstance(getattr(block, act), nn.ReLU)
+            return last if block.downsample is None and relu else None
+
+        return rule
+
+    def skip(last: str) -> Callable[[nn.Module], str | None]:
+        def rule(block: nn.Module) -> str | None:
+            act = getattr(block.get_submodule(last), "act", None)
+            plain = act is None or isinstance(act, nn.Identity)
+            return last if block.has_skip and plain else None
+
+        return rule
+
+    return {
+        timm_resnet.BasicBlock: residual("bn2", "act2"),
+        timm_resnet.Bottleneck: residual("bn3", "act3"),
+        efficientnet.InvertedResidual: skip("bn3"),
+        efficientnet.DepthwiseSeparableConv: skip("bn2"),
     }
 
 

@@ -75,10 +75,9 @@ from prune_cli.methods.base import (
     ScheduleOptions,
 )
 from prune_cli.methods.registry import METHODS
-from prune_cli.metrics.counting import count_macs
 from prune_cli.options import Float, Int, OneOf, Text
 from prune_cli.pruning.allocation import ALLOCATIONS, LATENCY_BACKENDS, latency_cut
-from prune_cli.pruning.blocks import block_scores, drop_blocks, lowest, removable_blocks
+from prune_cli.pruning.blocks import remove_lowest_blocks, total_reduction
 from prune_cli.pruning.budget import ratio_for_macs_reduction
 from prune_cli.pruning.channels import channel_prune, restore_channels
 from prune_cli.pruning.groups import discover
@@ -187,8 +186,7 @@ class L1FilterPruning(Method):
             model, _, info = self.scheduled(model, ctx, step, self.ratio)
             result = PruneResult(model=model, masks={}, info={**step.info, **info})
         if blocks is not None:
-            final = float(count_macs(result.model, ctx.input_size).dense)
-            blocks["macs_reduction_total"] = round(blocks["macs_before"] / final, 4)
+            blocks["macs_reduction_total"] = total_reduction(blocks, result.model, ctx.input_size)
             result.info["blocks"] = blocks
             result.info.setdefault("warnings", []).extend(blocks.pop("warnings"))
         result.info.setdefault("allocation", {"name": allocation})
@@ -296,32 +294,18 @@ class L1FilterPruning(Method):
         """``model`` less its ``method.remove_blocks`` lowest-scored removable blocks, and the
         record for ``prune_info.blocks`` (with the warnings of a request it could not meet)."""
         asked = int(self.opts.remove_blocks)
-        found = removable_blocks(model)
-        scores = block_scores(model, found)
-        chosen = lowest(scores, asked)
-        warnings = []
-        if len(chosen) < asked:
-            warnings.append(
-                f"l1_filter: method.remove_blocks={asked}: the model has {len(found)} removable "
-                f"residual blocks (identity shortcut, a known block class); removed {len(chosen)}"
+        model, record = remove_lowest_blocks(model, asked, ctx.input_size)
+        removed = record["removed"]
+        record["warnings"] = []
+        if len(removed) < asked:
+            record["warnings"].append(
+                f"l1_filter: method.remove_blocks={asked}: the model has {record['removable']} "
+                f"removable residual blocks (identity shortcut, a known block class); removed "
+                f"{len(removed)}"
             )
-        before = float(count_macs(model, ctx.input_size).dense)
-        model = drop_blocks(model, chosen)
-        after = float(count_macs(model, ctx.input_size).dense)
-        record = {
-            "requested": asked,
-            "removable": len(found),
-            "removed": chosen,
-            "criterion": "rms of the residual branch's last BN gamma (conv weight)",
-            "scores": {name: round(value, 6) for name, value in scores.items()},
-            "macs_before": round(before),
-            "macs_after": round(after),
-            "macs_reduction": round(before / after, 4) if after else None,
-            "warnings": warnings,
-        }
         log.info(
             "l1_filter: removed %d residual blocks whole (%.3fx fewer MACs): %s",
-            len(chosen), record["macs_reduction"] or 0.0, ", ".join(chosen) or "none",
+            len(removed), record["macs_reduction"] or 0.0, ", ".join(removed) or "none",
         )  # fmt: skip
         return model.to(ctx.device), record
 

@@ -42,11 +42,22 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["Block", "block_scores", "drop_blocks", "removable_blocks", "zero_blocks"]
+from prune_cli.metrics.counting import count_macs
+
+__all__ = [
+    "Block",
+    "block_scores",
+    "drop_blocks",
+    "removable_blocks",
+    "remove_lowest_blocks",
+    "total_reduction",
+    "zero_blocks",
+]
 
 
 @dataclass(frozen=True)
@@ -146,6 +157,35 @@ def lowest(scores: dict[str, float], count: int) -> list[str]:
     ranked = sorted(order, key=lambda n: (scores[n], -order.index(n)))
     chosen = set(ranked[:count])
     return [n for n in order if n in chosen]
+
+
+def remove_lowest_blocks(
+    model: nn.Module, count: int, input_size: Sequence[int]
+) -> tuple[nn.Module, dict[str, Any]]:
+    """``model`` less its ``count`` lowest-scored removable blocks (all it has when it has
+    fewer), and the record of the cut (``prune_info.blocks``)."""
+    found = removable_blocks(model)
+    scores = block_scores(model, found)
+    chosen = lowest(scores, count)
+    before = float(count_macs(model, input_size).dense)
+    new = drop_blocks(model, chosen)
+    after = float(count_macs(new, input_size).dense)
+    record = {
+        "requested": count,
+        "removable": len(found),
+        "removed": chosen,
+        "criterion": "rms of the residual branch's last BN gamma (conv weight)",
+        "scores": {name: round(value, 6) for name, value in scores.items()},
+        "macs_before": round(before),
+        "macs_after": round(after),
+        "macs_reduction": round(before / after, 4) if after else None,
+    }
+    return new, record
+
+
+def total_reduction(record: dict[str, Any], final: nn.Module, input_size: Sequence[int]) -> float:
+    """Dense MACs (before the blocks went) over ``final``'s."""
+    return round(record["macs_before"] / float(count_macs(final, input_size).dense), 4)
 
 
 def drop_blocks(model: nn.Module, names: Sequence[str]) -> nn.Module:

@@ -102,8 +102,8 @@ def test_the_final_figures_are_the_finetunes_last_evaluation(
 def test_changed_weights_are_evaluated_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A fine-tune selected on a validation split, or weights changed after the last epoch's
-    evaluation, mean a fresh test evaluation of the final model."""
+    """Weights changed after the last epoch's evaluation mean a fresh test evaluation of the
+    final model."""
     from prune_cli.retrain import Retrainer
 
     calls = _count_evaluations(monkeypatch)
@@ -120,3 +120,19 @@ def test_changed_weights_are_evaluated_again(
     overrides += [f"cache.dir={tmp_path / 'cache'}"]
     run_in_process(tmp_path / "run", overrides)
     assert calls == ["test", "test"]
+
+
+def test_a_validation_evaluation_is_never_taken_for_a_test_one(tmp_path: Path) -> None:
+    """With a validation split the fine-tune evaluates on it: the final test figures are those a
+    fresh test evaluation gives, not the last epoch's validation figures."""
+    overrides = [*TINY_DATA, *TINY_FINETUNE, "metrics.latency.enabled=false", "export.onnx=false"]
+    overrides += ["dataset.val_size=8", "dataset.train_size=24", f"cache.dir={tmp_path / 'c'}"]
+    run = run_in_process(tmp_path / "run", overrides)
+    assert run.metrics["finetune"]["selected_on"] == "val"
+    from prune_cli.engine import evaluate
+
+    loader = run.data.loader("test", run.plan.train.eval_batch_size, train=False)
+    fresh = evaluate(run.model, loader, "cpu", precision="fp32")
+    final = run.metrics["final"]
+    assert final["top1"] == pytest.approx(fresh.top1, abs=1e-4)
+    assert final["loss"] == pytest.approx(fresh.loss, rel=1e-6)
